@@ -1,0 +1,38 @@
+# Quick start: `make demo` then `make test`. Everything installs from uv.lock.
+UV_VERSION := 0.13.8
+VENV := .venv
+TOOLS := .tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(VENV)/.installed
+
+$(TOOLS)/bin/uv:
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+demo: setup  ## simulate, ingest, clean, engineer, train, gate, promote, score
+	$(VENV)/bin/aistack run fraud
+
+test: setup  ## the default suite (what CI runs)
+	$(VENV)/bin/pytest
+
+test-all: setup  ## also the slow tests
+	$(VENV)/bin/pytest -m "slow or not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(VENV)/bin/python bench/pipeline.py
+	$(VENV)/bin/python bench/training_set.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .aistack

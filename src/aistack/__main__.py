@@ -1,0 +1,5 @@
+"""`python -m aistack` runs the CLI."""
+
+from aistack.cli import main
+
+main()

@@ -1,0 +1,279 @@
+"""The `aistack` command: parse arguments, build settings, call the platform.
+
+Bad input or configuration prints one line naming the field and the reason and
+exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from aistack.errors import AIStackError, ConfigError
+from aistack.platform.pipeline import STAGES, Stage, Workspace, new_progress, run
+from aistack.platform.training import lineage_of, tracking
+from aistack.platform.usecase import UseCase, get_use_case
+from aistack.render import history_table, run_summary, tables_table
+from aistack.settings import load_settings
+
+app = typer.Typer(
+    name="aistack",
+    help="AI Stack: raw data to a served, monitored model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace folder (AISTACK_WORKSPACE)."),
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow URI (AISTACK_TRACKING_URI)."),
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (AISTACK_SEED).")]
+
+
+def _workspace(
+    workspace: Path | None, tracking_uri: str | None, seed: int | None
+) -> Workspace:
+    return Workspace(
+        load_settings(workspace=workspace, tracking_uri=tracking_uri, seed=seed)
+    )
+
+
+def parse_params(use_case: UseCase, args: list[str]) -> BaseModel:
+    """Turn `--days 30 --bad-rows=5` into the use case's validated params model."""
+    values: dict[str, Any] = {}
+    fields = use_case.params.model_fields
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}: expected --option value")
+        key, _, value = token[2:].partition("=")
+        name = key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join("--" + f.replace("_", "-") for f in fields)
+            raise ConfigError(
+                f"--{key}: not an option of use case {use_case.name} ({known})"
+            )
+        if not value:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"--{key}: expected a value")
+            value = args[i + 1]
+            i += 1
+        values[name] = value
+        i += 1
+    try:
+        return use_case.params.model_validate(values)
+    except ValidationError as exc:
+        parts = [
+            f"--{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise ConfigError("; ".join(parts)) from exc
+
+
+@app.command(
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def run_command(
+    ctx: typer.Context,
+    use_case: Annotated[str, typer.Argument(help="Registered use case, e.g. fraud.")],
+    *,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stage", "-s", help=f"Stage(s) to run: {', '.join(STAGES)} (default all)."
+        ),
+    ] = None,
+    start: Annotated[
+        datetime | None,
+        typer.Option(help="Batch scoring: first timestamp (default: test period)."),
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option(help="Batch scoring: end (exclusive).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars.")
+    ] = False,
+) -> None:
+    """Run a use case end to end, or chosen stages; other options go to the use case."""
+    uc = get_use_case(use_case)
+    stages = _stages(stage)
+    params = parse_params(uc, list(ctx.args))
+    if (start is None) != (end is None):
+        raise ConfigError("--start and --end: give both or neither")
+    if start is not None and end is not None and start >= end:
+        raise ConfigError("--end: must be after --start")
+    ws = _workspace(workspace, tracking_uri, seed)
+    window = (start, end) if start is not None and end is not None else None
+    report = run(
+        uc,
+        ws,
+        params,
+        stages=stages,
+        progress=new_progress(enabled=not quiet),
+        score_range_=window,
+    )
+    run_summary(console, uc, ws, report)
+
+
+def _stages(stage: list[str] | None) -> list[Stage]:
+    if not stage:
+        return list(STAGES)
+    unknown = [s for s in stage if s not in STAGES]
+    if unknown:
+        raise ConfigError(
+            f"--stage: unknown {', '.join(unknown)} (expected {', '.join(STAGES)})"
+        )
+    return [s for s in STAGES if s in stage]
+
+
+@app.command("tables")
+def tables_command(
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """List the workspace's Delta tables with version and rows."""
+    ws = _workspace(workspace, tracking_uri, seed)
+    console.print(tables_table(ws.lake.tables()))
+
+
+@app.command("models")
+def models_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    history: Annotated[
+        bool, typer.Option("--history", help="Show every alias move.")
+    ] = False,
+    at: Annotated[
+        datetime | None,
+        typer.Option("--at", help="Which version was champion at this time (UTC)."),
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Model versions with their aliases and metrics; --history for alias moves."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    if at is not None:
+        when = at if at.tzinfo else at.replace(tzinfo=UTC)
+        version = ws.registry.version_at(uc.name, "champion", when)
+        console.print(f"champion of {uc.name} at {when.isoformat()}: version {version}")
+        return
+    if history:
+        console.print(history_table(ws.registry.history(uc.name)))
+        return
+    client = ws.registry.client
+    table = Table(title=f"registered model {uc.name}")
+    for column in ("version", "aliases", "run", *uc.metrics):
+        table.add_column(column)
+    with tracking(ws.settings.mlflow_uri):
+        versions = client.search_model_versions(f"name = '{uc.name}'")
+        aliases: dict[int, list[str]] = {}
+        for alias in ("champion", "challenger"):
+            held = ws.registry.version_of(uc.name, alias)
+            if held is not None:
+                aliases.setdefault(held, []).append(alias)
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+            table.add_row(
+                str(mv.version),
+                ", ".join(aliases.get(int(mv.version), [])),
+                mv.run_id or "-",
+                *(f"{metrics.get(m, float('nan')):.4f}" for m in uc.metrics),
+            )
+    console.print(table)
+
+
+@app.command("lineage")
+def lineage_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    alias: Annotated[str, typer.Option(help="Alias to trace.")] = "champion",
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Trace an alias: model version -> MLflow run -> input table@version."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    version = ws.registry.version_of(uc.name, alias)
+    if version is None:
+        raise ConfigError(f"alias {alias!r}: model {uc.name} has no such alias yet")
+    with tracking(ws.settings.mlflow_uri):
+        mv = ws.registry.client.get_model_version(uc.name, str(version))
+        if not mv.run_id:
+            raise ConfigError(f"{uc.name} version {version} was not logged by a run")
+        tables = lineage_of(mv.run_id)
+    console.print(f"{uc.name}@{alias} -> version {version} -> run {mv.run_id}")
+    for name, table_version in sorted(tables.items()):
+        console.print(f"    <- {name}@{table_version}")
+
+
+@app.command("promote")
+def promote_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    version: Annotated[
+        int, typer.Argument(help="Model version to make champion.", min=1)
+    ],
+    *,
+    reason: Annotated[
+        str, typer.Option(help="Why (kept in the alias history).")
+    ] = "manual promotion",
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Make VERSION the champion by hand (recorded with who, when and why)."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    event = ws.registry.move(
+        uc.name, "champion", version, actor=getpass.getuser(), reason=reason
+    )
+    console.print(f"champion of {uc.name}: {event.from_version} -> {event.to_version}")
+
+
+@app.command("rollback")
+def rollback_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    reason: Annotated[
+        str, typer.Option(help="Why (kept in the alias history).")
+    ] = "manual rollback",
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Move champion back to the version it held before the current one."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    event = ws.registry.rollback(uc.name, actor=getpass.getuser(), reason=reason)
+    console.print(f"champion of {uc.name}: {event.from_version} -> {event.to_version}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning AI Stack errors into one line and exit 2."""
+    try:
+        app(standalone_mode=True)
+    except AIStackError as exc:
+        Console(stderr=True).print(
+            f"[red]error:[/] {exc}", highlight=False, soft_wrap=True
+        )
+        sys.exit(2)

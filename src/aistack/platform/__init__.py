@@ -1,0 +1,1 @@
+"""The platform layer: storage, stages, training, registry. It knows no use case."""

@@ -1,0 +1,168 @@
+"""Delta tables under the workspace: the only place stages read and write storage.
+
+Tables are named `layer.name` (`bronze.transactions`, `silver.transactions`,
+`gold.fraud_customer_spending`) and live at `<workspace>/tables/<layer>/<name>`.
+Every write is one Delta commit, so a crash mid-write leaves the previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+from aistack.errors import ConfigError, TableNotFoundError
+
+INPUTS_KEY = "aistack.inputs"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table as listed by `Lake.tables`."""
+
+    name: str
+    version: int
+    rows: int
+    path: Path
+
+
+def check_table_name(name: str) -> str:
+    """Return `name` if it has the form `layer.name` in lower snake case."""
+    if not _NAME.match(name):
+        msg = f"table name {name!r}: expected 'layer.name' in lower snake case"
+        raise ConfigError(msg)
+    return name
+
+
+class Lake:
+    """The workspace's Delta tables, addressed by name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        """Folder of table `name`."""
+        layer, table = check_table_name(name).split(".")
+        return self.root / layer / table
+
+    def _table(self, name: str, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(str(self.path(name)), version=version)
+        except DeltaTableNotFound as exc:
+            msg = f"table {name} does not exist yet under {self.root}"
+            raise TableNotFoundError(msg) from exc
+
+    def exists(self, name: str) -> bool:
+        """Whether table `name` has at least one committed version."""
+        return (self.path(name) / "_delta_log").is_dir() and any(
+            (self.path(name) / "_delta_log").glob("*.json")
+        )
+
+    def version(self, name: str) -> int | None:
+        """Current version of `name`, or None when it does not exist."""
+        return self._table(name).version() if self.exists(name) else None
+
+    def versions(self, names: Iterable[str]) -> dict[str, int]:
+        """Current version of each existing table: the lineage of a stage's inputs."""
+        found = {n: self.version(n) for n in names}
+        return {n: v for n, v in found.items() if v is not None}
+
+    def dataset(self, name: str, *, version: int | None = None) -> pads.Dataset:
+        """Arrow dataset of `name` (lazy; DuckDB and Arrow scan it)."""
+        return self._table(name, version).to_pyarrow_dataset()
+
+    def read(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Read `name` (optionally at `version`) into memory."""
+        return self.dataset(name, version=version).to_table(columns=columns)
+
+    def rows(self, name: str, *, version: int | None = None) -> int:
+        """Row count from the Delta log's file statistics (no data scan)."""
+        actions = pa.table(self._table(name, version).get_add_actions(flatten=True))
+        return int(pc.sum(actions.column("num_records")).as_py() or 0)
+
+    def write(
+        self,
+        name: str,
+        data: pa.Table,
+        *,
+        mode: Literal["append", "overwrite"],
+        inputs: Mapping[str, int | str] | None = None,
+        merge_schema: bool = False,
+    ) -> int:
+        """Commit `data` to `name` in one transaction and return the new version.
+
+        `inputs` (table -> version) is stored on the commit: it is the lineage of
+        the write and lets a stage see that it already ran on the same inputs.
+        `merge_schema` lets an append add new columns (bronze only).
+        """
+        path = self.path(name)
+        path.mkdir(parents=True, exist_ok=True)
+        metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
+        write_deltalake(
+            str(path),
+            data,
+            mode=mode,
+            schema_mode="overwrite"
+            if mode == "overwrite"
+            else ("merge" if merge_schema else None),
+            commit_properties=CommitProperties(custom_metadata=metadata),
+        )
+        return self._table(name).version()
+
+    def last_inputs(self, name: str) -> dict[str, int | str] | None:
+        """Inputs recorded on the latest commit of `name`, None if none were."""
+        if not self.exists(name):
+            return None
+        history = self._table(name).history(1)
+        raw = history[0].get(INPUTS_KEY) if history else None
+        return None if raw is None else dict(json.loads(raw))
+
+    def distinct(self, name: str, column: str) -> set[str]:
+        """Distinct values of one column (e.g. the batch ids a table holds)."""
+        if not self.exists(name):
+            return set()
+        con = duckdb.connect()
+        con.register("dataset", self.dataset(name))
+        query = f'SELECT DISTINCT "{column}" FROM dataset'
+        return {row[0] for row in con.execute(query).fetchall()}
+
+    def tables(self) -> list[TableInfo]:
+        """Every table in the workspace with its version and row count."""
+        found = []
+        for log in sorted(self.root.glob("*/*/_delta_log")):
+            name = f"{log.parent.parent.name}.{log.parent.name}"
+            if _NAME.match(name) and self.exists(name):
+                found.append(
+                    TableInfo(
+                        name, self.version(name) or 0, self.rows(name), log.parent
+                    )
+                )
+        return found
+
+    def connect(self, versions: Mapping[str, int]) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection where each table is a view `layer.name` at a version."""
+        con = duckdb.connect()
+        for name, version in versions.items():
+            layer, table = name.split(".")
+            alias = f"_{layer}_{table}"
+            con.register(alias, self.dataset(name, version=version))
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+            con.execute(f"CREATE OR REPLACE VIEW {layer}.{table} AS FROM {alias}")
+        return con

@@ -1,0 +1,157 @@
+"""Gold feature tables and point-in-time joins.
+
+A gold table is the append-only history of a feature view: each row carries the
+entity, `event_time` (when the value holds) and `_written_at` (when it became
+known). A build appends only rows that are new or changed since the latest
+version of their (entity, event_time), so backfills are visible as later writes.
+
+The point-in-time join gives each label row, for each view, the latest value with
+event_time <= the row's timestamp among rows written by `as_of`. Ties on
+(entity, event_time) go to the latest `_written_at`. A value older than the
+view's ttl is dropped: the row is kept with NULL features and `_missing_<view>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+
+from aistack.errors import SchemaError
+from aistack.platform.delta import Lake
+from aistack.platform.usecase import FeatureView, UseCase
+
+EVENT_TIME = "event_time"
+WRITTEN_AT = "_written_at"
+SPINE_ROW = "_spine_row"
+
+
+@dataclass(frozen=True)
+class GoldResult:
+    """What one gold build did."""
+
+    table: str
+    version: int | None
+    new_rows: int
+    skipped: bool
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _latest(gold: str, view: FeatureView, as_of: str) -> str:
+    """SQL of the view's rows known by `as_of`, one per (entity, event_time)."""
+    columns = ", ".join(_q(c) for c in (view.entity, EVENT_TIME, *view.feature_names))
+    return (
+        f"SELECT {columns} FROM {gold} WHERE {WRITTEN_AT} <= {as_of} "
+        f"QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}, {EVENT_TIME} "
+        f"ORDER BY {WRITTEN_AT} DESC) = 1"
+    )
+
+
+def build_gold(
+    lake: Lake, use_case: UseCase, view: FeatureView, *, written_at: datetime
+) -> GoldResult:
+    """Append the view's new or changed rows to its gold table.
+
+    Skips (no new version) when the inputs' versions equal the last build's.
+    """
+    table = use_case.gold_table(view)
+    inputs = lake.versions(view.inputs)
+    if lake.last_inputs(table) == inputs:
+        return GoldResult(table, lake.version(table), 0, skipped=True)
+    con = lake.connect({**inputs, **lake.versions([table])})
+    fresh = con.sql(view.query)
+    expected = [view.entity, EVENT_TIME, *view.feature_names]
+    missing = [c for c in expected if c not in fresh.columns]
+    if missing:
+        msg = f"feature view {view.name}: query does not return {', '.join(missing)}"
+        raise SchemaError(msg)
+    cols = ", ".join(_q(c) for c in expected)
+    order = ", ".join(f"{_q(f)} DESC NULLS LAST" for f in view.feature_names)
+    con.execute(
+        f"CREATE TEMP TABLE fresh AS SELECT {cols} FROM ({view.query}) "
+        f"QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}, {EVENT_TIME} "
+        f"ORDER BY {order}) = 1"
+    )
+    if lake.exists(table):
+        same = " AND ".join(
+            f"f.{_q(c)} IS NOT DISTINCT FROM g.{_q(c)}" for c in expected
+        )
+        latest = _latest(table, view, "'infinity'::TIMESTAMPTZ")
+        rows_sql = f"SELECT f.* FROM fresh f ANTI JOIN ({latest}) g ON {same}"
+    else:
+        rows_sql = "SELECT * FROM fresh"
+    rows = con.sql(
+        f"SELECT *, $written_at::TIMESTAMPTZ AS {WRITTEN_AT} FROM ({rows_sql}) "
+        f"ORDER BY {_q(view.entity)}, {EVENT_TIME}",
+        params={"written_at": written_at},
+    ).to_arrow_table()
+    rows = rows.cast(_utc(rows.schema))
+    # An empty append still records the new inputs, so the next run can skip.
+    version = lake.write(table, rows, mode="append", inputs=inputs)
+    return GoldResult(table, version, rows.num_rows, skipped=False)
+
+
+def _utc(schema: pa.Schema) -> pa.Schema:
+    fields = [
+        pa.field(f.name, pa.timestamp("us", tz="UTC"))
+        if f.name == WRITTEN_AT
+        else pa.field(f.name, pa.timestamp("us"))
+        if f.name == EVENT_TIME
+        else f
+        for f in schema
+    ]
+    return pa.schema(fields)
+
+
+def point_in_time_join(
+    lake: Lake,
+    use_case: UseCase,
+    spine: pa.Table,
+    *,
+    as_of: datetime,
+    versions: Mapping[str, int] | None = None,
+) -> pa.Table:
+    """Spine rows (entity keys + timestamp) with every view's features as of each row.
+
+    Row order and count are the spine's. `versions` pins gold tables (lineage).
+    """
+    labels = use_case.labels
+    gold = {use_case.gold_table(v): v for v in use_case.views}
+    pinned = dict(versions) if versions is not None else lake.versions(gold)
+    con = lake.connect(pinned)
+    con.register("spine_in", spine)
+    con.execute(
+        f"CREATE TEMP VIEW spine AS SELECT *, row_number() OVER () AS {SPINE_ROW} "
+        "FROM spine_in"
+    )
+    ts = _q(labels.timestamp)
+    ctes, joins, selects = [], [], ["s.*"]
+    for i, (table, view) in enumerate(gold.items()):
+        alias = f"v{i}"
+        ctes.append(f"{alias} AS ({_latest(table, view, '$as_of::TIMESTAMPTZ')})")
+        key = _q(view.entity)
+        joins.append(
+            f"ASOF LEFT JOIN {alias} ON s.{key} = {alias}.{key} "
+            f"AND s.{ts} >= {alias}.{EVENT_TIME}"
+        )
+        ttl = f"INTERVAL {int(view.ttl.total_seconds())} SECOND"
+        stale = (
+            f"({alias}.{EVENT_TIME} IS NULL OR s.{ts} - {alias}.{EVENT_TIME} > {ttl})"
+        )
+        for feature in view.feature_names:
+            value = f"{alias}.{_q(feature)}"
+            selects.append(
+                f"CASE WHEN {stale} THEN NULL ELSE {value} END AS {_q(feature)}"
+            )
+        selects.append(f"{stale} AS {_q('_missing_' + view.name)}")
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT {', '.join(selects)} FROM spine s "
+        f"{' '.join(joins)} ORDER BY s.{SPINE_ROW}"
+    )
+    result = con.sql(sql, params={"as_of": as_of}).to_arrow_table()
+    return result.drop_columns([SPINE_ROW])

@@ -1,0 +1,77 @@
+"""The model object the platform trains, logs, gates and serves.
+
+`ScoringModel` wraps any scikit-learn-style estimator: it selects the feature
+columns (so an id column in the input is ignored unless a model reads it), fills
+unknown features with their declared defaults, and returns one score per row,
+higher meaning more positive: `predict_proba[:, 1]`, or the anomaly score
+`-score_samples` for unsupervised detectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, Self
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from aistack.errors import NotFittedError, SchemaError
+
+
+class Scorer(Protocol):
+    """Anything that scores a frame of model inputs, one float per row."""
+
+    def predict(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """One score per row."""
+        ...
+
+
+class ScoringModel(BaseEstimator):  # type: ignore[misc]
+    """Estimator + feature list + defaults -> one score per row."""
+
+    def __init__(
+        self,
+        estimator: Any,  # noqa: ANN401  (any scikit-learn-style estimator)
+        features: list[str],
+        defaults: Mapping[str, float],
+        *,
+        supervised: bool,
+    ) -> None:
+        self.estimator = estimator
+        self.features = features
+        self.defaults = defaults
+        self.supervised = supervised
+
+    def _matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise SchemaError(
+                f"model input lacks feature columns: {', '.join(missing)}"
+            )
+        defaults = {k: v for k, v in self.defaults.items() if k in self.features}
+        return frame[self.features].astype("float64").fillna(defaults)
+
+    def fit(self, frame: pd.DataFrame, y: npt.ArrayLike | None = None) -> Self:
+        """Fit on the feature columns of `frame` (labels only when supervised)."""
+        matrix = self._matrix(frame)
+        if self.supervised:
+            self.estimator.fit(matrix, np.asarray(y))
+        else:
+            self.estimator.fit(matrix)
+        self.n_features_in_ = len(self.features)
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """One score per row of `frame`; higher is more likely positive."""
+        if not hasattr(self, "n_features_in_"):
+            raise NotFittedError("ScoringModel.predict called before fit")
+        matrix = self._matrix(frame)
+        if hasattr(self.estimator, "predict_proba"):
+            scores = self.estimator.predict_proba(matrix)[:, 1]
+        elif hasattr(self.estimator, "score_samples"):
+            scores = -self.estimator.score_samples(matrix)
+        else:
+            scores = self.estimator.decision_function(matrix)
+        return np.asarray(scores, dtype=np.float64)

@@ -1,0 +1,360 @@
+"""Training sets, training, tracking in MLflow, gating and promotion.
+
+The training set is a point-in-time join of label rows onto the gold views, split
+by time as the handbook does: train days, then a gap as long as the label delay
+(labels of those days are not known yet when the model is trained), then test
+days. Each trainer is one MLflow run with params, test metrics, gate results,
+a signature, explicit pip requirements and the lineage of every input table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib.metadata import version as package_version
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+from mlflow.models import infer_signature
+
+from aistack.errors import ContractError
+from aistack.platform.delta import Lake
+from aistack.platform.features import point_in_time_join
+from aistack.platform.gates import GateResult, check_gates
+from aistack.platform.models import Scorer, ScoringModel
+from aistack.platform.registry import Registry
+from aistack.platform.usecase import Trainer, UseCase
+
+LINEAGE_TAG = "aistack.lineage"
+KEY_TAG = "aistack.training_key"
+REQUIREMENTS = (
+    "scikit-learn",
+    "xgboost-cpu",
+    "pandas",
+    "numpy",
+    "scipy",
+    "cloudpickle",
+)
+
+
+@dataclass
+class TrainingSet:
+    """Label rows with their point-in-time features, split by time."""
+
+    frame: pd.DataFrame
+    train: pd.DataFrame
+    test: pd.DataFrame
+    periods: dict[str, str]
+    lineage: dict[str, int]
+
+
+@dataclass
+class Candidate:
+    """One trained model version and its verdict."""
+
+    trainer: str
+    run_id: str
+    version: int
+    metrics: dict[str, float]
+    gates: list[GateResult] = field(default_factory=list)
+    reused: bool = False
+
+    @property
+    def passed(self) -> bool:
+        """Whether every gate passed."""
+        return all(g.passed for g in self.gates)
+
+
+def label_spine(
+    lake: Lake, use_case: UseCase, start: datetime, end: datetime, *, version: int
+) -> pa.Table:
+    """Label-table rows with start <= timestamp < end, in timestamp then id order."""
+    labels = use_case.labels
+    columns = dict.fromkeys(
+        [labels.id, labels.timestamp, *labels.columns, labels.label]
+    )
+    select = ", ".join(f'"{c}"' for c in columns)
+    con = lake.connect({labels.table: version})
+    return con.sql(
+        f'SELECT {select} FROM {labels.table} WHERE "{labels.timestamp}" >= $start '
+        f'AND "{labels.timestamp}" < $end ORDER BY "{labels.timestamp}", "{labels.id}"',
+        params={"start": start, "end": end},
+    ).to_arrow_table()
+
+
+def with_request_features(frame: pa.Table, use_case: UseCase) -> pd.DataFrame:
+    """Add request-time features (the same polars expressions the server uses)."""
+    df = pl.from_arrow(frame)
+    assert isinstance(df, pl.DataFrame)
+    exprs = [expr.alias(name) for name, expr in use_case.request_features.items()]
+    return df.with_columns(exprs).to_pandas()
+
+
+def split_periods(last_timestamp: datetime, use_case: UseCase) -> dict[str, datetime]:
+    """Train / delay / test boundaries counted back from the last labelled day."""
+    split = use_case.split
+    end = datetime.combine(last_timestamp.date(), datetime.min.time()) + timedelta(
+        days=1
+    )
+    test_start = end - timedelta(days=split.test_days)
+    train_end = test_start - timedelta(days=split.delay_days)
+    return {
+        "train_start": train_end - timedelta(days=split.train_days),
+        "train_end": train_end,
+        "test_start": test_start,
+        "test_end": end,
+    }
+
+
+def build_training_set(
+    lake: Lake, use_case: UseCase, *, as_of: datetime
+) -> TrainingSet:
+    """Point-in-time training set as of `as_of`, split by time."""
+    labels = use_case.labels
+    lineage = lake.versions(
+        [labels.table, *(use_case.gold_table(v) for v in use_case.views)]
+    )
+    con = lake.connect({labels.table: lineage[labels.table]})
+    last = con.execute(
+        f'SELECT max("{labels.timestamp}") FROM {labels.table}'
+    ).fetchone()
+    if last is None or last[0] is None:
+        raise ContractError(f"{labels.table} holds no labelled rows")
+    periods = split_periods(last[0], use_case)
+    spine = label_spine(
+        lake,
+        use_case,
+        periods["train_start"],
+        periods["test_end"],
+        version=lineage[labels.table],
+    )
+    joined = point_in_time_join(lake, use_case, spine, as_of=as_of, versions=lineage)
+    frame = with_request_features(joined, use_case)
+    ts = frame[labels.timestamp]
+    train = frame[(ts >= periods["train_start"]) & (ts < periods["train_end"])]
+    test = frame[(ts >= periods["test_start"]) & (ts < periods["test_end"])]
+    for name, part in (("train", train), ("test", test)):
+        if part[labels.label].nunique() < 2:  # noqa: PLR2004
+            msg = (
+                f"{name} period holds {len(part)} rows with a single label class; "
+                "simulate or ingest more days"
+            )
+            raise ContractError(msg)
+    return TrainingSet(
+        frame, train, test, {k: v.isoformat() for k, v in periods.items()}, lineage
+    )
+
+
+def evaluate(model: Scorer, frame: pd.DataFrame, use_case: UseCase) -> dict[str, float]:
+    """Every declared metric of `model` on `frame`."""
+    scored = frame.assign(
+        label=frame[use_case.labels.label].to_numpy(),
+        score=model.predict(frame[use_case.model_inputs]),
+    )
+    return {name: float(metric(scored)) for name, metric in use_case.metrics.items()}
+
+
+@contextlib.contextmanager
+def tracking(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri` for the duration, then restore it."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def experiment_id(use_case: UseCase, artifacts: str) -> str:
+    """The use case's experiment, created with artifacts under the workspace."""
+    name = f"aistack-{use_case.name}"
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    return str(mlflow.create_experiment(name, artifact_location=artifacts))
+
+
+def training_key(
+    use_case: UseCase, trainer: Trainer, lineage: dict[str, int], seed: int
+) -> str:
+    """Identity of a training: same key, same model (so it is not trained again)."""
+    payload = {
+        "use_case": use_case.name,
+        "trainer": trainer.name,
+        "inputs": list(trainer.inputs),
+        "lineage": lineage,
+        "seed": seed,
+        "split": use_case.split.__dict__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def existing_candidate(
+    experiment: str, key: str, use_case: UseCase
+) -> Candidate | None:
+    """The registered candidate an earlier run with the same training key produced."""
+    runs = mlflow.search_runs(
+        [experiment], filter_string=f"tags.`{KEY_TAG}` = '{key}'", output_format="list"
+    )
+    for found in runs:
+        versions = mlflow.tracking.MlflowClient().search_model_versions(
+            f"name = '{use_case.name}' and run_id = '{found.info.run_id}'"
+        )
+        if not versions:
+            continue
+        tags = found.data.tags
+        gates = [
+            GateResult(
+                name[len("gate.") :], value.startswith("pass"), value.split(": ", 1)[-1]
+            )
+            for name, value in tags.items()
+            if name.startswith("gate.")
+        ]
+        return Candidate(
+            tags.get("mlflow.runName", ""),
+            found.info.run_id,
+            int(versions[0].version),
+            dict(found.data.metrics),
+            gates,
+            reused=True,
+        )
+    return None
+
+
+def _requirements() -> list[str]:
+    return [f"{name}=={package_version(name)}" for name in REQUIREMENTS]
+
+
+def _params(trainer: Trainer, model: ScoringModel, data: TrainingSet) -> dict[str, Any]:
+    estimator = {
+        f"est.{k}": v
+        for k, v in model.estimator.get_params().items()
+        if isinstance(v, (int, float, str, bool)) or v is None
+    }
+    return {
+        "trainer": trainer.name,
+        "estimator": type(model.estimator).__name__,
+        "supervised": trainer.supervised,
+        "n_features": len(model.features),
+        "train_rows": len(data.train),
+        "test_rows": len(data.test),
+        **data.periods,
+        **dict(list(estimator.items())[:60]),
+    }
+
+
+def champion_metric(
+    registry: Registry, use_case: UseCase, holdout: pd.DataFrame
+) -> float | None:
+    """The current champion's primary metric on this holdout, None without one."""
+    if registry.version_of(use_case.name, "champion") is None:
+        return None
+    champion = mlflow.sklearn.load_model(f"models:/{use_case.name}@champion")
+    return evaluate(champion, holdout, use_case)[use_case.gates.primary_metric]
+
+
+def train_candidate(
+    use_case: UseCase,
+    trainer: Trainer,
+    data: TrainingSet,
+    *,
+    registry: Registry,
+    experiment: str,
+    champion: float | None,
+    seed: int,
+    actor: str,
+) -> Candidate:
+    """Fit, evaluate, log and register one model; gate it; make it challenger."""
+    labels = use_case.labels
+    model = ScoringModel(
+        trainer.build(seed),
+        list(trainer.inputs) or use_case.feature_names,
+        use_case.feature_defaults,
+        supervised=trainer.supervised,
+    )
+    model.fit(data.train[use_case.model_inputs], data.train[labels.label].to_numpy())
+    metrics = evaluate(model, data.test, use_case)
+    holdout = data.test[use_case.model_inputs]
+    gates = check_gates(
+        model, holdout, metrics, use_case.gates, champion_metric=champion, seed=seed
+    )
+    with mlflow.start_run(experiment_id=experiment, run_name=trainer.name) as run:
+        mlflow.log_params(_params(trainer, model, data))
+        mlflow.log_metrics({k: v for k, v in metrics.items() if not np.isnan(v)})
+        mlflow.set_tags({f"{LINEAGE_TAG}.{t}": str(v) for t, v in data.lineage.items()})
+        mlflow.set_tags(
+            {
+                KEY_TAG: training_key(use_case, trainer, data.lineage, seed),
+                "aistack.use_case": use_case.name,
+                "aistack.gates_passed": str(all(g.passed for g in gates)).lower(),
+                **{
+                    f"gate.{g.name}": f"{'pass' if g.passed else 'FAIL'}: {g.detail}"
+                    for g in gates
+                },
+            }
+        )
+        mlflow.log_metrics({f"gate.{g.name}": float(g.passed) for g in gates})
+        mlflow.log_dict({g.name: g.__dict__ for g in gates}, "gates.json")
+        mlflow.log_dict(data.lineage, "lineage.json")
+        example = holdout.head(5)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format="cloudpickle",
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+            pip_requirements=_requirements(),
+            registered_model_name=use_case.name,
+        )
+    version = int(info.registered_model_version)
+    registry.move(
+        use_case.name,
+        "challenger",
+        version,
+        actor=actor,
+        reason=f"new version from run {run.info.run_id} ({trainer.name})",
+    )
+    return Candidate(trainer.name, run.info.run_id, version, metrics, gates)
+
+
+def choose_champion(
+    use_case: UseCase, candidates: list[Candidate], *, registry: Registry, actor: str
+) -> Candidate | None:
+    """Promote the best candidate that passed every gate, by the primary metric."""
+    primary = use_case.gates.primary_metric
+    passing = [c for c in candidates if c.passed]
+    if not passing:
+        return None
+    best = max(passing, key=lambda c: c.metrics[primary])
+    reason = (
+        f"passed all gates; {primary}={best.metrics[primary]:.4f} "
+        f"(run {best.run_id}, {best.trainer})"
+    )
+    registry.move(use_case.name, "champion", best.version, actor=actor, reason=reason)
+    if registry.version_of(use_case.name, "challenger") == best.version:
+        registry.move(
+            use_case.name, "challenger", None, actor=actor, reason="became champion"
+        )
+    return best
+
+
+def lineage_of(run_id: str) -> dict[str, int]:
+    """Input tables and versions recorded on a run."""
+    tags = mlflow.get_run(run_id).data.tags
+    prefix = f"{LINEAGE_TAG}."
+    return {k[len(prefix) :]: int(v) for k, v in tags.items() if k.startswith(prefix)}
+
+
+def describe(gates: list[GateResult]) -> str:
+    """Failed gates in one line (or 'all passed')."""
+    failed = [f"{g.name} ({g.detail})" for g in gates if not g.passed]
+    return "all passed" if not failed else "; ".join(failed)

@@ -1,0 +1,335 @@
+"""What a use case declares, and how the platform finds use cases.
+
+A use case is a package exposing one `UseCase` object through the entry-point
+group `aistack.use_cases`. The platform reads the declaration and executes it; it
+never imports a use case by name. Declarations check themselves when built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+import pandas as pd
+import pandera.polars as pa_pl
+import polars as pl
+import pyarrow as pa
+from pydantic import BaseModel
+
+from aistack.errors import DeclarationError, UseCaseNotFoundError
+
+ENTRY_POINT_GROUP = "aistack.use_cases"
+_IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
+
+Metric = Callable[[pd.DataFrame], float]
+"""A metric reads a scored frame (label-row columns, `label`, `score`)."""
+
+
+def _ident(kind: str, value: str) -> str:
+    if not _IDENT.match(value):
+        msg = f"{kind} {value!r}: expected a lower snake case identifier"
+        raise DeclarationError(msg)
+    return value
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of raw rows from a source; ingesting the same id twice is a no-op."""
+
+    source: str
+    id: str
+    data: pa.Table
+
+    def __post_init__(self) -> None:
+        _ident("source", self.source)
+        if not self.id:
+            raise DeclarationError(f"batch of source {self.source}: empty batch id")
+
+
+@dataclass(frozen=True)
+class SilverTable:
+    """A trusted entity table built from one bronze source under a data contract.
+
+    `transform` renames and selects raw (string) columns, one row out per row in;
+    the platform then types each column to the contract's dtype, validates, drops
+    duplicate keys and checks references; every rejected row goes to quarantine.
+    `references` maps a column to `silver.table.column`.
+    """
+
+    name: str
+    source: str
+    transform: Callable[[pl.DataFrame], pl.DataFrame]
+    contract: type[pa_pl.DataFrameModel]
+    key: tuple[str, ...] = ()
+    references: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _ident("silver table", self.name)
+        _ident("source", self.source)
+        columns = set(self.columns)
+        for column in (*self.key, *self.references):
+            if column not in columns:
+                msg = f"silver.{self.name}: column {column!r} is not in the contract"
+                raise DeclarationError(msg)
+        for column, target in self.references.items():
+            if target.count(".") != 2 or not target.startswith("silver."):  # noqa: PLR2004
+                msg = (
+                    f"silver.{self.name}: reference of {column!r} is {target!r}, "
+                    "expected 'silver.table.column'"
+                )
+                raise DeclarationError(msg)
+
+    @property
+    def columns(self) -> dict[str, pl.DataType]:
+        """Contract column names and their polars dtypes, in contract order."""
+        schema = self.contract.to_schema()
+        return {name: col.dtype.type for name, col in schema.columns.items()}
+
+    @property
+    def optional_columns(self) -> set[str]:
+        """Contract columns a source may leave out (declared `Optional`)."""
+        schema = self.contract.to_schema()
+        return {name for name, col in schema.columns.items() if not col.required}
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature: its name, the value served when it is unknown, what it means."""
+
+    name: str
+    default: float = 0.0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _ident("feature", self.name)
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """Features of one entity computed by DuckDB SQL over silver tables.
+
+    The query reads tables by name (`FROM silver.transactions`) and returns the
+    entity column, `event_time` and every feature. A value older than `ttl` at a
+    label's time is not used (NULL and flagged). Rows with the same entity and
+    event time in one build are collapsed to one (the largest feature values win,
+    compared in feature order); across builds the latest written row wins.
+    """
+
+    name: str
+    entity: str
+    features: tuple[Feature, ...]
+    query: str
+    inputs: tuple[str, ...]
+    ttl: timedelta
+
+    def __post_init__(self) -> None:
+        _ident("feature view", self.name)
+        _ident(f"entity of view {self.name}", self.entity)
+        names = [f.name for f in self.features]
+        if not names or len(set(names)) != len(names):
+            msg = f"feature view {self.name}: features must be non-empty and unique"
+            raise DeclarationError(msg)
+        if self.ttl <= timedelta(0):
+            raise DeclarationError(f"feature view {self.name}: ttl must be positive")
+        for table in self.inputs:
+            if not table.startswith("silver."):
+                msg = f"feature view {self.name}: input {table!r} is not a silver table"
+                raise DeclarationError(msg)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature column names in declaration order."""
+        return [f.name for f in self.features]
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Where labelled rows come from and when their label becomes known.
+
+    `columns` are the request columns of a row (entity keys and raw fields that
+    request-time features read); `id` identifies a row and is never a feature.
+    """
+
+    table: str
+    id: str
+    timestamp: str
+    label: str
+    columns: tuple[str, ...]
+    delay: timedelta
+
+    def __post_init__(self) -> None:
+        if not self.table.startswith("silver."):
+            raise DeclarationError(f"labels: table {self.table!r} is not silver")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Time split counted back from the last labelled day: train, delay, test."""
+
+    train_days: int = 7
+    delay_days: int = 7
+    test_days: int = 7
+
+    def __post_init__(self) -> None:
+        if min(self.train_days, self.test_days) < 1 or self.delay_days < 0:
+            msg = "split: train_days and test_days must be >= 1, delay_days >= 0"
+            raise DeclarationError(msg)
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """A model to train: `build(seed)` returns an unfitted scikit-learn estimator.
+
+    `inputs` are the model input columns it reads (default: every feature).
+    """
+
+    name: str
+    build: Callable[[int], Any]
+    supervised: bool
+    inputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _ident("trainer", self.name)
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What a challenger must pass to become champion.
+
+    `metric_floors`: minimum test metrics. `irrelevant_columns`: scores must not
+    change when these are shuffled. `monotonic`: mean score must not fall
+    (increasing) or rise (decreasing) by more than `monotonic_tolerance` along the
+    feature's 50th..99th percentile grid. `max_latency_ms`: median single-row
+    predict time. A challenger must also score at least the champion's
+    `primary_metric` on the same holdout, less `champion_tolerance`.
+    """
+
+    primary_metric: str
+    metric_floors: Mapping[str, float] = field(default_factory=dict)
+    score_range: tuple[float, float] = (0.0, 1.0)
+    irrelevant_columns: tuple[str, ...] = ()
+    monotonic: Mapping[str, Literal["increasing", "decreasing"]] = field(
+        default_factory=dict
+    )
+    monotonic_tolerance: float = 0.02
+    max_latency_ms: float = 50.0
+    champion_tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class UseCase:
+    """Everything the platform needs to run one use case end to end.
+
+    `read_sources(params, seed)` yields raw batches; `params` is the pydantic model
+    of the run options it accepts (e.g. `--days 30` on the CLI).
+    """
+
+    name: str
+    description: str
+    params: type[BaseModel]
+    read_sources: Callable[[Any, int], Iterable[Batch]]
+    silver: tuple[SilverTable, ...]
+    views: tuple[FeatureView, ...]
+    labels: Labels
+    trainers: tuple[Trainer, ...]
+    metrics: Mapping[str, Metric]
+    gates: Gates
+    request_features: Mapping[str, pl.Expr] = field(default_factory=dict)
+    split: Split = field(default_factory=Split)
+
+    def __post_init__(self) -> None:  # noqa: PLR0912
+        _ident("use case", self.name)
+        silver = {f"silver.{s.name}" for s in self.silver}
+        for view in self.views:
+            for table in view.inputs:
+                if table not in silver:
+                    msg = f"{self.name}: view {view.name} reads undeclared {table}"
+                    raise DeclarationError(msg)
+        if self.labels.table not in silver:
+            msg = f"{self.name}: labels table {self.labels.table} is not declared"
+            raise DeclarationError(msg)
+        if not self.trainers:
+            raise DeclarationError(f"{self.name}: declare at least one trainer")
+        names = self.feature_names
+        if len(set(names)) != len(names):
+            raise DeclarationError(f"{self.name}: feature names must be unique")
+        gates = self.gates
+        for metric in (gates.primary_metric, *gates.metric_floors):
+            if metric not in self.metrics:
+                msg = f"{self.name}: gate metric {metric!r} is not a declared metric"
+                raise DeclarationError(msg)
+        inputs = set(self.model_inputs)
+        for column in (*gates.irrelevant_columns, *gates.monotonic):
+            if column not in inputs:
+                msg = f"{self.name}: gate column {column!r} is not a model input"
+                raise DeclarationError(msg)
+        for trainer in self.trainers:
+            for column in trainer.inputs:
+                if column not in inputs:
+                    msg = (
+                        f"{self.name}: trainer {trainer.name} reads unknown {column!r}"
+                    )
+                    raise DeclarationError(msg)
+        for view in self.views:
+            if view.entity not in self.labels.columns:
+                msg = (
+                    f"{self.name}: entity {view.entity!r} of view {view.name} is not "
+                    "among the label columns"
+                )
+                raise DeclarationError(msg)
+
+    def gold_table(self, view: FeatureView) -> str:
+        """Delta table name of a feature view."""
+        return f"gold.{self.name}_{view.name}"
+
+    @property
+    def predictions_table(self) -> str:
+        """Delta table name of batch predictions."""
+        return f"gold.{self.name}_predictions"
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Request-time features, then each view's features, in declaration order."""
+        names = list(self.request_features)
+        for view in self.views:
+            names.extend(view.feature_names)
+        return names
+
+    @property
+    def feature_defaults(self) -> dict[str, float]:
+        """Value used for a view feature that is unknown (no row inside the ttl)."""
+        return {f.name: f.default for v in self.views for f in v.features}
+
+    @property
+    def model_inputs(self) -> list[str]:
+        """Columns a model receives: the row id (never a feature) and the features."""
+        return [self.labels.id, *self.feature_names]
+
+
+def discover() -> dict[str, UseCase]:
+    """Every use case registered under the `aistack.use_cases` entry-point group."""
+    found: dict[str, UseCase] = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        use_case = point.load()
+        if not isinstance(use_case, UseCase):
+            msg = (
+                f"entry point {point.name} = {point.value} is a "
+                f"{type(use_case).__name__}, expected an aistack UseCase"
+            )
+            raise DeclarationError(msg)
+        found[use_case.name] = use_case
+    return found
+
+
+def get_use_case(name: str, registry: Mapping[str, UseCase] | None = None) -> UseCase:
+    """The use case called `name`, with the known names in the error if absent."""
+    known = discover() if registry is None else registry
+    if name not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        msg = f"use case {name!r} is not registered (known: {listed})"
+        raise UseCaseNotFoundError(msg)
+    return known[name]

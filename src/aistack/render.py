@@ -1,0 +1,97 @@
+"""Rich tables for what the CLI prints: runs, tables, models, lineage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from aistack.platform.delta import TableInfo
+from aistack.platform.pipeline import RunReport, Workspace
+from aistack.platform.registry import AliasEvent
+from aistack.platform.usecase import UseCase
+
+
+def tables_table(tables: Sequence[TableInfo], title: str = "Delta tables") -> Table:
+    """Every table with its version and row count."""
+    table = Table(title=title)
+    for column, justify in (("table", "left"), ("version", "right"), ("rows", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for info in tables:
+        table.add_row(info.name, str(info.version), f"{info.rows:,}")
+    return table
+
+
+def run_summary(
+    console: Console, use_case: UseCase, ws: Workspace, report: RunReport
+) -> None:
+    """The end-of-run summary: tables, quarantine, models, champion, MLflow."""
+    console.print(tables_table(ws.lake.tables(), title=f"{use_case.name}: tables"))
+    quarantined = {s.table: s.by_check for s in report.silver if s.by_check}
+    if quarantined:
+        table = Table(title="quarantined rows (this run) by check")
+        table.add_column("silver table")
+        table.add_column("check")
+        table.add_column("rows", justify="right")
+        for name, checks in quarantined.items():
+            for check, rows in sorted(checks.items()):
+                table.add_row(name, check, str(rows))
+        console.print(table)
+    for result in report.silver:
+        for note in result.notes:
+            console.print(f"[yellow]note[/] {result.table}: {note}")
+    if report.candidates:
+        metrics = list(use_case.metrics)
+        table = Table(title="models trained (test period after the label delay)")
+        for column in ("model", "version", *metrics, "gates"):
+            table.add_column(
+                column, justify="left" if column in ("model", "gates") else "right"
+            )
+        for c in report.candidates:
+            failed = [g.name for g in c.gates if not g.passed]
+            gates = (
+                "[green]all passed[/]"
+                if not failed
+                else "[red]failed: " + ", ".join(failed)
+            )
+            table.add_row(
+                c.trainer,
+                str(c.version),
+                *(f"{c.metrics[m]:.4f}" for m in metrics),
+                gates,
+            )
+        console.print(table)
+    champion = ws.registry.version_of(use_case.name, "champion")
+    console.print(f"champion: [bold]{use_case.name}[/] version [bold]{champion}[/]")
+    if report.scoring is not None:
+        s = report.scoring
+        action = "unchanged" if s.skipped else f"{s.rows:,} rows scored"
+        console.print(
+            f"batch scoring: {s.table} v{s.version} "
+            f"({action}, model v{s.model_version})"
+        )
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    console.print(f"stage times: {timings}")
+    console.print(f"MLflow store: {ws.settings.mlflow_uri}")
+    console.print(
+        f"open it with: mlflow ui --backend-store-uri {ws.settings.mlflow_uri} "
+        "--host 127.0.0.1 --port 5000"
+    )
+
+
+def history_table(events: Sequence[AliasEvent]) -> Table:
+    """Alias moves, oldest first."""
+    table = Table(title="alias history")
+    for column in ("when (UTC)", "alias", "from", "to", "who", "why"):
+        table.add_column(column)
+    for e in events:
+        table.add_row(
+            e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.alias,
+            "-" if e.from_version is None else str(e.from_version),
+            "-" if e.to_version is None else str(e.to_version),
+            e.actor,
+            e.reason,
+        )
+    return table

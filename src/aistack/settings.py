@@ -1,0 +1,106 @@
+"""Settings: one pydantic object built at the entry point and passed down.
+
+Read from `AISTACK_*` environment variables and an optional `aistack.toml` in the
+working directory (or the file named by `AISTACK_CONFIG`); arguments win over both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from aistack.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Where AI Stack keeps its state, and how runs are seeded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AISTACK_", toml_file="aistack.toml", extra="forbid"
+    )
+
+    workspace: Path = Field(
+        default=Path(".aistack"),
+        description="Folder with the Delta tables, MLflow store and artifacts.",
+    )
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking/registry URI; default sqlite in the workspace.",
+    )
+    seed: int = Field(default=42, ge=0, description="Seed for simulators and models.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        schemes = ("sqlite:///", "postgresql", "file:", "http://", "https://")
+        if not value.startswith(schemes):
+            msg = f"expected a URI starting with one of {', '.join(schemes)}"
+            raise ValueError(msg)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then environment, then `aistack.toml`."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def tables_dir(self) -> Path:
+        """Root folder of every Delta table."""
+        return self.workspace / "tables"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Root folder of MLflow artifacts."""
+        return self.workspace / "artifacts"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The MLflow tracking and registry URI in force."""
+        if self.tracking_uri is not None:
+            return self.tracking_uri
+        return f"sqlite:///{self.workspace.resolve() / 'mlflow.db'}"
+
+
+def load_settings(
+    *,
+    workspace: Path | str | None = None,
+    tracking_uri: str | None = None,
+    seed: int | None = None,
+) -> Settings:
+    """Build settings, turning validation failures into one `ConfigError`.
+
+    Arguments left as None fall back to the environment, then `aistack.toml`.
+    Each failure is named by its field, as `field: reason`.
+    """
+    given: dict[str, Any] = {
+        "workspace": workspace,
+        "tracking_uri": tracking_uri,
+        "seed": seed,
+    }
+    try:
+        return Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        parts = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid settings: " + "; ".join(parts)) from exc
+    except (OSError, ValueError) as exc:  # unreadable or malformed aistack.toml
+        raise ConfigError(f"invalid settings file aistack.toml: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Reference use cases shipped with AI Stack, each registered as an entry point."""

@@ -1,0 +1,41 @@
+"""Silver data contracts of the fraud use case (pandera, polars)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import pandera.polars as pa
+import polars as pl
+
+
+class Customer(pa.DataFrameModel):
+    """A card holder's profile: home location and spending habits."""
+
+    customer_id: pl.Int64 = pa.Field(ge=0)
+    x_customer_id: pl.Float64 = pa.Field(ge=0, le=100)
+    y_customer_id: pl.Float64 = pa.Field(ge=0, le=100)
+    mean_amount: pl.Float64 = pa.Field(ge=0)
+    std_amount: pl.Float64 = pa.Field(ge=0)
+    mean_nb_tx_per_day: pl.Float64 = pa.Field(ge=0)
+
+
+class Terminal(pa.DataFrameModel):
+    """A payment terminal and its location."""
+
+    terminal_id: pl.Int64 = pa.Field(ge=0)
+    x_terminal_id: pl.Float64 = pa.Field(ge=0, le=100)
+    y_terminal_id: pl.Float64 = pa.Field(ge=0, le=100)
+
+
+class Transaction(pa.DataFrameModel):
+    """One card payment; `tx_fraud` is its label (known after the label delay)."""
+
+    transaction_id: pl.Int64 = pa.Field(ge=0)
+    tx_datetime: Annotated[pl.Datetime, "us", None]
+    customer_id: pl.Int64 = pa.Field(ge=0)
+    terminal_id: pl.Int64 = pa.Field(ge=0)
+    tx_amount: pl.Float64 = pa.Field(ge=0)
+    tx_fraud: pl.Int64 = pa.Field(isin=[0, 1])
+    tx_fraud_scenario: Optional[pl.Int64] = pa.Field(  # noqa: UP045
+        isin=[0, 1, 2, 3], nullable=True
+    )

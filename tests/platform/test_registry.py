@@ -1,0 +1,42 @@
+"""Aliases and their history: who moved what, when, and why."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from aistack.errors import RegistryError
+
+
+def test_history_answers_which_version_was_champion(fraud_run) -> None:
+    ws, report = fraud_run
+    registry = ws.registry
+    champion = registry.version_of("fraud", "champion")
+    assert champion == report.champion.version
+    versions = sorted(c.version for c in report.candidates)
+    other = next(v for v in versions if v != champion)
+    t0 = datetime.now(UTC)
+    registry.move("fraud", "champion", other, actor="alice", reason="test: manual")
+    t1 = datetime.now(UTC)
+    registry.rollback("fraud", actor="bob", reason="test: rollback")
+    assert registry.version_of("fraud", "champion") == champion
+    assert registry.version_at("fraud", "champion", t0) == champion
+    assert registry.version_at("fraud", "champion", t1) == other
+    last = registry.history("fraud")[-1]
+    assert (last.alias, last.from_version, last.to_version) == (
+        "champion",
+        other,
+        champion,
+    )
+    assert (last.actor, last.reason) == ("bob", "test: rollback")
+    tag = registry.client.get_model_version("fraud", str(champion)).tags[
+        "champion_reason"
+    ]
+    assert tag == "test: rollback"
+
+
+def test_unknown_version_is_refused(fraud_run) -> None:
+    ws, _ = fraud_run
+    with pytest.raises(RegistryError, match="no version 999"):
+        ws.registry.move("fraud", "champion", 999, actor="x", reason="y")

@@ -1,0 +1,103 @@
+"""The `aistack` command, run as a user would: real subprocesses, exit codes, output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMALL = ["--customers", "300", "--terminals", "600", "--days", "45"]
+
+
+def aistack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aistack", *args],
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "fraud", "--customerz", "3"],
+            "--customerz: not an option of use case fraud",
+        ),
+        (
+            ["run", "fraud", "--days", "-1"],
+            "--days: Input should be greater than or equal to 1",
+        ),
+        (["run", "fraud", "--days"], "--days: expected a value"),
+        (
+            ["run", "fraud", "--source", "/no/such/dir"],
+            "--source: Value error, /no/such/dir is not a folder",
+        ),
+        (["run", "fraud", "--stage", "cook"], "--stage: unknown cook"),
+        (["run", "nope"], "use case 'nope' is not registered"),
+        (
+            ["run", "fraud", "--start", "2018-01-01"],
+            "--start and --end: give both or neither",
+        ),
+        (
+            ["promote", "fraud", "0"],
+            "Invalid value for 'version': Input should be greater than or equal to 1",
+        ),
+        (["lineage", "fraud"], "alias 'champion': model fraud has no such alias yet"),
+        (
+            ["run", "fraud", "--seed", "-4"],
+            "seed: Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field(tmp_path: Path, args, message) -> None:
+    result = aistack(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in " ".join((result.stderr + result.stdout).split())
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "aistack.toml").write_text("seed = 'many'\n")
+    result = aistack("tables", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "seed: Input should be a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_then_inspect(tmp_path: Path) -> None:
+    first = aistack("run", "fraud", *SMALL, "--quiet", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "champion: fraud version" in first.stdout
+    assert "silver.transactions" in first.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in first.stdout
+    tables = aistack("tables", cwd=tmp_path)
+    assert "gold.fraud_customer_spending" in tables.stdout
+    lineage = aistack("lineage", "fraud", cwd=tmp_path)
+    assert lineage.returncode == 0
+    assert "silver.transactions@0" in lineage.stdout
+    assert "gold.fraud_terminal_risk@0" in lineage.stdout
+    models = aistack("models", "fraud", cwd=tmp_path)
+    assert "champion" in models.stdout
+    promote = aistack(
+        "promote", "fraud", "1", "--reason", "try the forest", cwd=tmp_path
+    )
+    assert promote.returncode == 0, promote.stderr
+    history = aistack("models", "fraud", "--history", cwd=tmp_path)
+    assert "try the forest" in history.stdout
+    rollback = aistack("rollback", "fraud", cwd=tmp_path)
+    assert rollback.returncode == 0, rollback.stderr
+    assert "-> 1" not in rollback.stdout
+    # a second run on the same inputs writes no new table version
+    again = aistack("run", "fraud", *SMALL, "--quiet", cwd=tmp_path)
+    assert again.returncode == 0
+    assert (
+        aistack("tables", cwd=tmp_path).stdout == aistack("tables", cwd=tmp_path).stdout
+    )
+    assert "unchanged" in again.stdout

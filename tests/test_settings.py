@@ -1,0 +1,40 @@
+"""Settings: arguments, then environment, then aistack.toml; errors name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aistack.errors import ConfigError
+from aistack.settings import load_settings
+
+
+def test_defaults_and_precedence(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AISTACK_SEED", raising=False)
+    settings = load_settings()
+    assert settings.workspace == Path(".aistack")
+    assert settings.mlflow_uri == f"sqlite:///{tmp_path / '.aistack' / 'mlflow.db'}"
+    (tmp_path / "aistack.toml").write_text('seed = 5\nworkspace = "from-toml"\n')
+    assert load_settings().seed == 5
+    monkeypatch.setenv("AISTACK_SEED", "6")
+    assert load_settings().seed == 6
+    assert load_settings(seed=7).seed == 7
+    assert load_settings().workspace == Path("from-toml")
+
+
+def test_bad_values_name_the_field(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ConfigError, match="seed: Input should be greater than or equal to 0"
+    ):
+        load_settings(seed=-1)
+    with pytest.raises(ConfigError, match="tracking_uri: Value error, expected a URI"):
+        load_settings(tracking_uri="mysql://x")
+    (tmp_path / "aistack.toml").write_text("colour = 'blue'\n")
+    with pytest.raises(ConfigError, match="colour: Extra inputs are not permitted"):
+        load_settings()
+    (tmp_path / "aistack.toml").write_text("seed = \n")
+    with pytest.raises(ConfigError, match=r"aistack\.toml"):
+        load_settings()

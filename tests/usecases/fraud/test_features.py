@@ -1,0 +1,59 @@
+"""Fraud's DuckDB feature views give the handbook's pandas values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from aistack.platform.features import point_in_time_join
+from aistack.platform.training import with_request_features
+from aistack.platform.usecase import get_use_case
+from aistack.usecases.fraud.handbook import handbook_features
+
+HANDBOOK = {
+    "customer_nb_tx_{d}d": "CUSTOMER_ID_NB_TX_{d}DAY_WINDOW",
+    "customer_avg_amount_{d}d": "CUSTOMER_ID_AVG_AMOUNT_{d}DAY_WINDOW",
+    "terminal_nb_tx_{d}d": "TERMINAL_ID_NB_TX_{d}DAY_WINDOW",
+    "terminal_risk_{d}d": "TERMINAL_ID_RISK_{d}DAY_WINDOW",
+}
+
+
+def test_training_features_equal_the_handbook_pandas_code(fraud_run) -> None:
+    ws, _ = fraud_run
+    uc = get_use_case("fraud")
+    silver = ws.lake.read("silver.transactions")
+    spine = silver.select(
+        [
+            "transaction_id",
+            "tx_datetime",
+            "customer_id",
+            "terminal_id",
+            "tx_amount",
+            "tx_fraud",
+        ]
+    )
+    ours = with_request_features(
+        point_in_time_join(ws.lake, uc, spine, as_of=pd.Timestamp.now(tz="UTC")), uc
+    ).set_index("transaction_id")
+    frame = pl.from_arrow(silver).to_pandas()
+    frame.columns = [c.upper() for c in frame.columns]
+    theirs = handbook_features(frame).set_index("TRANSACTION_ID").loc[ours.index]
+    # RANGE windows treat rows with the same timestamp as peers; pandas rolls row
+    # by row. Compare rows whose entity has no other transaction at that second.
+    unique = ~(
+        frame.duplicated(["CUSTOMER_ID", "TX_DATETIME"], keep=False)
+        | frame.duplicated(["TERMINAL_ID", "TX_DATETIME"], keep=False)
+    )
+    keep = frame.loc[unique, "TRANSACTION_ID"]
+    assert len(keep) > 0.99 * len(frame)
+    for ours_name, their_name in HANDBOOK.items():
+        for d in (1, 7, 30):
+            a = ours.loc[keep, ours_name.format(d=d)].to_numpy(dtype=float)
+            b = theirs.loc[keep, their_name.format(d=d)].to_numpy(dtype=float)
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9, err_msg=ours_name)
+    weekend = pd.to_datetime(frame["TX_DATETIME"]).dt.day_of_week >= 5
+    assert (
+        ours.loc[frame["TRANSACTION_ID"], "tx_during_weekend"].to_numpy() == weekend
+    ).all()
+    assert ours["_missing_customer_spending"].sum() == 0
