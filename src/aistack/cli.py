@@ -7,7 +7,9 @@ exits with code 2, never a traceback.
 from __future__ import annotations
 
 import getpass
+import logging
 import sys
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,7 +33,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# A pipe or CI log gets a wide, stable layout; a terminal keeps its own width.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 WorkspaceOpt = Annotated[
     Path | None,
@@ -270,6 +273,9 @@ def rollback_command(
 
 def main() -> None:
     """Entry point: run the app, turning AI Stack errors into one line and exit 2."""
+    # MLflow's own chatter (pickle advice, pip resolution) is not the user's concern
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="mlflow")
     try:
         app(standalone_mode=True)
     except AIStackError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -305,16 +306,18 @@ def train_candidate(
         mlflow.log_metrics({f"gate.{g.name}": float(g.passed) for g in gates})
         mlflow.log_dict({g.name: g.__dict__ for g in gates}, "gates.json")
         mlflow.log_dict(data.lineage, "lineage.json")
-        example = holdout.head(5)
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            serialization_format="cloudpickle",
-            signature=infer_signature(example, model.predict(example)),
-            input_example=example,
-            pip_requirements=_requirements(),
-            registered_model_name=use_case.name,
-        )
+        example = holdout.head(5).astype("float64")  # ids too: NaN-safe schema
+        # MLflow prints registration notices to stderr itself; the CLI reports them
+        with contextlib.redirect_stderr(io.StringIO()):
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="cloudpickle",
+                signature=infer_signature(example, model.predict(example)),
+                input_example=example,
+                pip_requirements=_requirements(),
+                registered_model_name=use_case.name,
+            )
     version = int(info.registered_model_version)
     registry.move(
         use_case.name,
