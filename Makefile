@@ -3,6 +3,8 @@ UV_VERSION := 0.13.8
 VENV := .venv
 TOOLS := .tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+# uv trusts the system's CA store (the machine's package proxy may sign with it)
+export UV_SYSTEM_CERTS := 1
 
 .PHONY: setup demo test test-all lint bench clean
 
