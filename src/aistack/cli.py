@@ -19,7 +19,9 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from aistack.api.server import serve
 from aistack.errors import AIStackError, ConfigError
+from aistack.platform.online import materialize, open_store
 from aistack.platform.pipeline import STAGES, Stage, Workspace, new_progress, run
 from aistack.platform.training import lineage_of, tracking
 from aistack.platform.usecase import UseCase, get_use_case
@@ -269,6 +271,67 @@ def rollback_command(
     ws = _workspace(workspace, tracking_uri, seed)
     event = ws.registry.rollback(uc.name, actor=getpass.getuser(), reason=reason)
     console.print(f"champion of {uc.name}: {event.from_version} -> {event.to_version}")
+
+
+@app.command("materialize")
+def materialize_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    online_url: Annotated[
+        str | None, typer.Option(help="Online store URL (AISTACK_ONLINE_URL).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Copy the latest gold feature values per entity into the online store."""
+    uc = get_use_case(use_case)
+    settings = load_settings(
+        workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
+    )
+    ws = Workspace(settings)
+    store = open_store(settings.online_url, settings.workspace, uc.name)
+    table = Table(title=f"{uc.name}: online store")
+    for column in ("view", "gold version", "entities written"):
+        table.add_column(column)
+    for result in materialize(ws.lake, store, uc):
+        written = "unchanged" if result.skipped else f"{result.entities:,}"
+        table.add_row(result.view, str(result.gold_version), written)
+    console.print(table)
+
+
+@app.command("serve")
+def serve_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (AISTACK_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (AISTACK_PORT).")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    nodelay: Annotated[
+        bool, typer.Option(help="Set TCP_NODELAY on connections (uvicorn#3149).")
+    ] = True,
+    online_url: Annotated[
+        str | None, typer.Option(help="Online store URL (AISTACK_ONLINE_URL).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Serve the champion over HTTP (FastAPI + uvicorn) on 127.0.0.1 by default."""
+    uc = get_use_case(use_case)
+    if uc.serving is None:
+        raise ConfigError(f"use case {uc.name}: declares no serving request model")
+    settings = load_settings(
+        workspace=workspace,
+        tracking_uri=tracking_uri,
+        seed=seed,
+        online_url=online_url,
+        host=host,
+        port=port,
+    )
+    serve(uc.name, settings, workers=workers, nodelay=nodelay)
 
 
 def main() -> None:

@@ -35,5 +35,9 @@ class NotFittedError(AIStackError):
     """A model was used before `fit`."""
 
 
+class StoreUnavailableError(AIStackError):
+    """The online store did not answer."""
+
+
 class RegistryError(AIStackError):
     """A registry operation cannot be carried out (no such version or alias)."""

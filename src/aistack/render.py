@@ -73,10 +73,12 @@ def run_summary(
         )
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     console.print(f"stage times: {timings}")
-    console.print(f"MLflow store: {ws.settings.mlflow_uri}")
-    console.print(
+    console.print(f"MLflow store: {ws.settings.mlflow_uri}", soft_wrap=True)
+    console.print(  # commands are printed unwrapped, to copy and paste
         f"open it with: mlflow ui --backend-store-uri {ws.settings.mlflow_uri} "
-        "--host 127.0.0.1 --port 5000"
+        "--host 127.0.0.1 --port 5000",
+        soft_wrap=True,
+        highlight=False,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +36,27 @@ class Settings(BaseSettings):
         description="MLflow tracking/registry URI; default sqlite in the workspace.",
     )
     seed: int = Field(default=42, ge=0, description="Seed for simulators and models.")
+    online_url: str | None = Field(
+        default=None,
+        description="Online store: redis://HOST:PORT/DB (default: SQLite file).",
+    )
+    api_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens the API accepts; empty: no authentication.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the server binds.")
+    port: int = Field(
+        default=8000, ge=1, le=65535, description="Port the server binds."
+    )
+    poll_seconds: float = Field(
+        default=5.0, gt=0, description="How often the server checks for a new champion."
+    )
+    max_batch_rows: int = Field(
+        default=10_000, ge=1, description="Most rows one batch request may carry."
+    )
+    log_flush_seconds: float = Field(
+        default=1.0, gt=0, description="Prediction log flush interval."
+    )
 
     @field_validator("tracking_uri")
     @classmethod
@@ -83,6 +104,9 @@ def load_settings(
     workspace: Path | str | None = None,
     tracking_uri: str | None = None,
     seed: int | None = None,
+    online_url: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
 ) -> Settings:
     """Build settings, turning validation failures into one `ConfigError`.
 
@@ -93,6 +117,9 @@ def load_settings(
         "workspace": workspace,
         "tracking_uri": tracking_uri,
         "seed": seed,
+        "online_url": online_url,
+        "host": host,
+        "port": port,
     }
     try:
         return Settings(**{k: v for k, v in given.items() if v is not None})

@@ -57,9 +57,9 @@ class ScoringModel(BaseEstimator):  # type: ignore[misc]
         """Fit on the feature columns of `frame` (labels only when supervised)."""
         matrix = self._matrix(frame)
         if self.supervised:
-            self.estimator.fit(matrix, np.asarray(y))
+            self.estimator.fit(matrix.to_numpy(), np.asarray(y))
         else:
-            self.estimator.fit(matrix)
+            self.estimator.fit(matrix.to_numpy())
         self.n_features_in_ = len(self.features)
         return self
 
@@ -67,7 +67,12 @@ class ScoringModel(BaseEstimator):  # type: ignore[misc]
         """One score per row of `frame`; higher is more likely positive."""
         if not hasattr(self, "n_features_in_"):
             raise NotFittedError("ScoringModel.predict called before fit")
-        matrix = self._matrix(frame)
+        return self.predict_matrix(self._matrix(frame).to_numpy())
+
+    def predict_matrix(
+        self, matrix: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        """Scores of a float matrix whose columns are `features`, defaults filled."""
         if hasattr(self.estimator, "predict_proba"):
             scores = self.estimator.predict_proba(matrix)[:, 1]
         elif hasattr(self.estimator, "score_samples"):

@@ -221,6 +221,23 @@ class Gates:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """What the online API accepts and decides.
+
+    `request` is the pydantic model of one payload: it must have the label
+    columns and timestamp (the id is optional: a request id is used when absent).
+    A score at or above `threshold` is a positive decision.
+    """
+
+    request: type[BaseModel]
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise DeclarationError("serving: threshold must be within [0, 1]")
+
+
+@dataclass(frozen=True)
 class UseCase:
     """Everything the platform needs to run one use case end to end.
 
@@ -240,6 +257,7 @@ class UseCase:
     gates: Gates
     request_features: Mapping[str, pl.Expr] = field(default_factory=dict)
     split: Split = field(default_factory=Split)
+    serving: Serving | None = None
 
     def __post_init__(self) -> None:  # noqa: PLR0912
         _ident("use case", self.name)
@@ -274,6 +292,13 @@ class UseCase:
                         f"{self.name}: trainer {trainer.name} reads unknown {column!r}"
                     )
                     raise DeclarationError(msg)
+        if self.serving is not None:
+            fields = set(self.serving.request.model_fields)
+            needed = {*self.labels.columns, self.labels.timestamp}
+            if not needed <= fields:
+                missing = ", ".join(sorted(needed - fields))
+                msg = f"{self.name}: serving request lacks label columns {missing}"
+                raise DeclarationError(msg)
         for view in self.views:
             if view.entity not in self.labels.columns:
                 msg = (

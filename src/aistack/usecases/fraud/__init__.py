@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from aistack.platform.usecase import Gates, Labels, SilverTable, Split, UseCase
+from aistack.platform.usecase import (
+    Gates,
+    Labels,
+    Serving,
+    SilverTable,
+    Split,
+    UseCase,
+)
 from aistack.usecases.fraud import (
     contract,
     features,
@@ -66,4 +73,5 @@ use_case = UseCase(
         monotonic={"tx_amount": "increasing"},
         max_latency_ms=50.0,
     ),
+    serving=Serving(request=contract.TransactionRequest, threshold=0.5),
 )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Optional
 
 import pandera.polars as pa
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Customer(pa.DataFrameModel):
@@ -39,3 +41,23 @@ class Transaction(pa.DataFrameModel):
     tx_fraud_scenario: Optional[pl.Int64] = pa.Field(  # noqa: UP045
         isin=[0, 1, 2, 3], nullable=True
     )
+
+
+class TransactionRequest(BaseModel):
+    """One transaction to score online (the handbook's raw fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_id: int | None = Field(None, ge=0, description="Your id; optional.")
+    customer_id: int = Field(ge=0, description="Card holder id.")
+    terminal_id: int = Field(ge=0, description="Payment terminal id.")
+    tx_amount: float = Field(ge=0, le=1e9, allow_inf_nan=False, description="Amount.")
+    tx_datetime: datetime = Field(description="When the payment happened (UTC).")
+
+    @field_validator("tx_datetime")
+    @classmethod
+    def _naive_utc(cls, value: datetime) -> datetime:
+        """Features are computed on naive UTC times, as in the simulator and silver."""
+        if value.tzinfo is not None:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value

@@ -1,0 +1,1 @@
+"""The HTTP API: `main.py` assembles routers; each router owns its routes."""

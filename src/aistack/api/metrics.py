@@ -1,0 +1,88 @@
+"""Prometheus metrics of one server, in a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+AGE_BUCKETS = (60, 600, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
+SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
+
+
+@dataclass
+class ServerMetrics:
+    """Request, model and feature metrics exported on /metrics."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "aistack_requests", "HTTP requests", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "aistack_request_latency_seconds",
+            "Request latency",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scores = Histogram(
+            "aistack_score",
+            "Model scores",
+            ["model_version"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.lookup = Histogram(
+            "aistack_feature_lookup_seconds",
+            "Online feature lookup time per request",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.feature_age = Histogram(
+            "aistack_online_feature_age_seconds",
+            "Age of the online feature values used, at the request's time",
+            ["view"],
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
+        self.unknown = Counter(
+            "aistack_unknown_entities",
+            "Requests served with defaults",
+            ["view"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "aistack_auth_failures",
+            "Requests refused for a missing or wrong token",
+            registry=r,
+        )
+        self.model = Gauge(
+            "aistack_model_info",
+            "The model version being served (1 = current)",
+            ["model_name", "model_version", "single_row_path", "batch_path"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.swaps = Counter(
+            "aistack_model_swaps", "Champion changes picked up", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        """The text format; merged over workers when running multi-process."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
+        return generate_latest(self.registry)

@@ -1,0 +1,18 @@
+"""Prometheus exposition."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from aistack.api.auth import require_token
+from aistack.api.state import ServerState
+
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)])
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Request, latency, score, feature and model metrics."""
+    state: ServerState = request.app.state.server
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

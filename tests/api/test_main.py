@@ -1,0 +1,249 @@
+"""The API under a real uvicorn on 127.0.0.1: answers, errors, auth, swaps, logs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import polars as pl
+import pytest
+
+from aistack.api.state import prediction_log_table
+from aistack.platform.online import materialize, open_store
+from aistack.platform.usecase import get_use_case
+from servers import aistack_server, redis_binary, redis_server
+
+GOOD = {
+    "customer_id": 1,
+    "terminal_id": 2,
+    "tx_amount": 42.5,
+    "tx_datetime": "2018-05-30T12:00:00",
+}
+
+
+def test_predict_answers_with_model_features_and_ids(served_workspace) -> None:
+    with aistack_server(served_workspace.settings.workspace) as (base, _):
+        ready = httpx.get(f"{base}/ready").json()
+        assert ready["status"] == "ready" and ready["model"]["name"] == "fraud"
+        one = httpx.post(
+            f"{base}/v1/fraud/predict", json={**GOOD, "transaction_id": 77}
+        )
+        assert one.status_code == 200
+        body = one.json()
+        assert body["request_id"] == "77"
+        assert 0.0 <= body["score"] <= 1.0
+        assert body["decision"] == (body["score"] >= 0.5)
+        champion = served_workspace.registry.version_of("fraud", "champion")
+        assert (body["model_name"], body["model_version"]) == ("fraud", champion)
+        assert set(body["feature_age_seconds"]) == {
+            "customer_spending",
+            "terminal_risk",
+        }
+        unknown = httpx.post(
+            f"{base}/v1/fraud/predict", json={**GOOD, "customer_id": 10**9}
+        )
+        assert unknown.json()["unknown_entities"] == ["customer_spending"]
+        batch = httpx.post(
+            f"{base}/v1/fraud/predict/batch",
+            json={"rows": [{**GOOD, "customer_id": i} for i in range(50)]},
+        )
+        assert batch.status_code == 200
+        assert len(batch.json()["predictions"]) == 50
+        assert "/v1/fraud/predict" in httpx.get(f"{base}/openapi.json").json()["paths"]
+
+
+BAD = [
+    ({**GOOD, "customer_id": -1}, ["body", "customer_id"]),
+    ({**GOOD, "terminal_id": "x"}, ["body", "terminal_id"]),
+    ({**GOOD, "tx_amount": "NaN"}, ["body", "tx_amount"]),
+    (
+        '{"customer_id": 1, "terminal_id": 2, "tx_amount": 1e400, '
+        '"tx_datetime": "2018-05-30T12:00:00"}',
+        ["body", "tx_amount"],
+    ),
+    ({**GOOD, "tx_datetime": "yesterday"}, ["body", "tx_datetime"]),
+    ({k: v for k, v in GOOD.items() if k != "customer_id"}, ["body", "customer_id"]),
+    ({**GOOD, "surprise": 1}, ["body", "surprise"]),
+    ([GOOD], ["body"]),
+    ("not json", ["body"]),
+]
+
+
+@pytest.mark.parametrize(("payload", "loc"), BAD)
+def test_bad_payloads_get_422_with_the_field(
+    served_workspace_server, payload, loc
+) -> None:
+    base = served_workspace_server
+    if isinstance(payload, str):
+        r = httpx.post(
+            f"{base}/v1/fraud/predict",
+            content=payload,
+            headers={"content-type": "application/json"},
+        )
+    else:
+        r = httpx.post(f"{base}/v1/fraud/predict", json=payload)
+    assert r.status_code == 422, r.text
+    errors = r.json()["detail"]
+    assert any(e["loc"][: len(loc)] == loc for e in errors), errors
+    assert all(e["msg"] for e in errors)
+
+
+def test_batch_over_the_limit_is_422(served_workspace) -> None:
+    env = {"AISTACK_MAX_BATCH_ROWS": "10"}
+    with aistack_server(served_workspace.settings.workspace, env=env) as (base, _):
+        r = httpx.post(f"{base}/v1/fraud/predict/batch", json={"rows": [GOOD] * 11})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["body", "rows"]
+        assert (
+            httpx.post(f"{base}/v1/fraud/predict/batch", json={"rows": []}).status_code
+            == 422
+        )
+
+
+def test_tokens_guard_predictions_not_health(served_workspace) -> None:
+    env = {"AISTACK_API_TOKENS": '["s3cret", "other"]'}
+    with aistack_server(served_workspace.settings.workspace, env=env) as (base, _):
+        url = f"{base}/v1/fraud/predict"
+        assert httpx.post(url, json=GOOD).status_code == 401
+        wrong = httpx.post(url, json=GOOD, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.headers["www-authenticate"] == "Bearer"
+        ok = httpx.post(url, json=GOOD, headers={"Authorization": "Bearer other"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{base}/health").status_code == 200
+        assert httpx.get(f"{base}/ready").status_code == 200
+        assert httpx.get(f"{base}/metrics").status_code == 401
+        text = httpx.get(
+            f"{base}/metrics", headers={"Authorization": "Bearer s3cret"}
+        ).text
+        assert "aistack_auth_failures_total 3.0" in text
+
+
+def test_metrics_cover_requests_scores_lookups_and_model(
+    served_workspace_server,
+) -> None:
+    base = served_workspace_server
+    for _ in range(5):
+        httpx.post(f"{base}/v1/fraud/predict", json=GOOD)
+    httpx.post(f"{base}/v1/fraud/predict", json={})
+    text = httpx.get(f"{base}/metrics").text
+    assert 'aistack_requests_total{route="/v1/fraud/predict",status="200"}' in text
+    assert 'aistack_requests_total{route="/v1/fraud/predict",status="422"} 1.0' in text
+    assert (
+        'aistack_request_latency_seconds_bucket{le="0.01",route="/v1/fraud/predict"'
+        in text
+    )
+    assert "aistack_score_count" in text
+    assert "aistack_feature_lookup_seconds_count" in text
+    assert 'aistack_online_feature_age_seconds_count{view="terminal_risk"}' in text
+    assert 'aistack_model_info{batch_path="' in text
+
+
+def test_champion_swap_under_load_drops_nothing(served_workspace) -> None:
+    ws = served_workspace
+    registry = ws.registry
+    old = registry.version_of("fraud", "champion")
+    other = next(
+        int(v.version)
+        for v in registry.client.search_model_versions("name = 'fraud'")
+        if int(v.version) != old
+    )
+    versions: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+    with aistack_server(ws.settings.workspace) as (base, _):
+
+        def stream() -> None:
+            with httpx.Client(base_url=base) as client:
+                while not stop.is_set():
+                    r = client.post("/v1/fraud/predict", json=GOOD)
+                    if r.status_code != 200:
+                        failures.append(r.text)
+                    else:
+                        versions.append(r.json()["model_version"])
+
+        threads = [threading.Thread(target=stream) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        registry.move("fraud", "champion", other, actor="test", reason="swap test")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not versions or versions[-1] != other):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert versions[0] == old and versions[-1] == other
+    switched = versions.index(other)
+    assert all(v == other for v in versions[switched:])  # no flapping back
+
+
+def test_sigterm_flushes_every_logged_prediction(served_workspace) -> None:
+    ws = served_workspace
+    env = {"AISTACK_LOG_FLUSH_SECONDS": "3600"}  # only the shutdown flush can write
+    n = 120
+    with aistack_server(ws.settings.workspace, env=env) as (base, proc):
+        with httpx.Client(base_url=base) as client:
+            for i in range(n // 2):
+                assert client.post(
+                    "/v1/fraud/predict", json={**GOOD, "transaction_id": i}
+                ).is_success
+            rows = [{**GOOD, "transaction_id": 1000 + i} for i in range(n // 2)]
+            assert client.post(
+                "/v1/fraud/predict/batch", json={"rows": rows}
+            ).is_success
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises it
+    table = prediction_log_table(get_use_case("fraud"))
+    log = pl.from_arrow(ws.lake.read(table))
+    assert log.height == n
+    assert set(log.get_column("route").to_list()) == {"predict", "predict_batch"}
+    assert log.get_column("request_id").n_unique() == n
+    assert (
+        log.get_column("online_versions")[0]
+        == '{"customer_spending":0,"terminal_risk":0}'
+    )
+
+
+@pytest.fixture
+def served_workspace_server(served_workspace):
+    with aistack_server(served_workspace.settings.workspace) as (base, _):
+        yield base
+
+
+def test_redis_store_serves_and_ready_flips_when_it_goes_down(
+    served_workspace, tmp_path
+) -> None:
+    ws = served_workspace
+    uc = get_use_case("fraud")
+    with redis_server(tmp_path) as (url, redis_proc):
+        materialize(ws.lake, open_store(url, tmp_path, uc.name), uc)
+        env = {"AISTACK_ONLINE_URL": url}
+        with aistack_server(ws.settings.workspace, env=env) as (base, _):
+            assert httpx.get(f"{base}/ready").status_code == 200
+            r = httpx.post(f"{base}/v1/fraud/predict", json=GOOD)
+            assert r.status_code == 200 and r.json()["unknown_entities"] == []
+            redis_proc.terminate()
+            redis_proc.wait()
+            down = httpx.get(f"{base}/ready")
+            assert down.status_code == 503
+            assert down.json()["online_store"] == "unreachable"
+            assert httpx.post(f"{base}/v1/fraud/predict", json=GOOD).status_code == 503
+            port = url.rsplit(":", 1)[1].split("/")[0]
+            again = subprocess.Popen(
+                [redis_binary(), "--port", port, "--bind", "127.0.0.1", "--save", ""],
+                stdout=subprocess.DEVNULL,
+            )
+            try:
+                deadline = time.monotonic() + 10
+                while httpx.get(f"{base}/ready").status_code != 200:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            finally:
+                again.terminate()
+                again.wait()
