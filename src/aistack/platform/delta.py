@@ -24,6 +24,7 @@ from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from aistack.errors import ConfigError, TableNotFoundError
 
 INPUTS_KEY = "aistack.inputs"
+_PLAIN_READER_FEATURES = {"timestampNtz"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 
 
@@ -100,7 +101,7 @@ class Lake:
     def write(
         self,
         name: str,
-        data: pa.Table,
+        data: pa.Table | pa.RecordBatchReader,
         *,
         mode: Literal["append", "overwrite"],
         inputs: Mapping[str, int | str] | None = None,
@@ -156,13 +157,39 @@ class Lake:
                 )
         return found
 
+    def column_range(
+        self, name: str, column: str, *, version: int | None = None
+    ) -> tuple[object, object] | None:
+        """(min, max) of a column from the Delta log's file statistics (no scan)."""
+        actions = pa.table(self._table(name, version).get_add_actions(flatten=True))
+        low, high = f"min.{column}", f"max.{column}"
+        if actions.num_rows == 0 or low not in actions.column_names:
+            return None
+        return pc.min(actions.column(low)).as_py(), pc.max(actions.column(high)).as_py()
+
     def connect(self, versions: Mapping[str, int]) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection where each table is a view `layer.name` at a version."""
+        """A DuckDB connection where each table is a view `layer.name` at a version.
+
+        Plain tables are scanned by DuckDB's own Parquet reader over the version's
+        files (measured ~600 MB less than an Arrow dataset scan at 1.8 M rows);
+        tables using Delta reader features beyond timestampNtz (deletion
+        vectors, column mapping) go through delta-rs' Arrow dataset.
+        """
         con = duckdb.connect()
         for name, version in versions.items():
             layer, table = name.split(".")
-            alias = f"_{layer}_{table}"
-            con.register(alias, self.dataset(name, version=version))
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+            delta = self._table(name, version)
+            features = set(delta.protocol().reader_features or ())
+            files = delta.file_uris()
+            if files and features <= _PLAIN_READER_FEATURES:
+                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                con.execute(
+                    f"CREATE OR REPLACE VIEW {layer}.{table} AS "
+                    f"FROM read_parquet([{listed}], union_by_name = true)"
+                )
+                continue
+            alias = f"_{layer}_{table}"
+            con.register(alias, delta.to_pyarrow_dataset())
             con.execute(f"CREATE OR REPLACE VIEW {layer}.{table} AS FROM {alias}")
         return con

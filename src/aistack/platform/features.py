@@ -26,6 +26,7 @@ from aistack.platform.usecase import FeatureView, UseCase
 EVENT_TIME = "event_time"
 WRITTEN_AT = "_written_at"
 SPINE_ROW = "_spine_row"
+_BATCH_ROWS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,25 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _latest(gold: str, view: FeatureView, as_of: str) -> str:
-    """SQL of the view's rows known by `as_of`, one per (entity, event_time)."""
+def _latest(gold: str, view: FeatureView, as_of: str, *, single_write: bool) -> str:
+    """SQL of the view's rows known by `as_of`, one per (entity, event_time).
+
+    A table holding a single write has one row per key already (a build
+    collapses its own ties), so the de-duplication is skipped.
+    """
     columns = ", ".join(_q(c) for c in (view.entity, EVENT_TIME, *view.feature_names))
+    sql = f"SELECT {columns} FROM {gold} WHERE {WRITTEN_AT} <= {as_of}"
+    if single_write:
+        return sql
     return (
-        f"SELECT {columns} FROM {gold} WHERE {WRITTEN_AT} <= {as_of} "
-        f"QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}, {EVENT_TIME} "
-        f"ORDER BY {WRITTEN_AT} DESC) = 1"
+        f"{sql} QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}, "
+        f"{EVENT_TIME} ORDER BY {WRITTEN_AT} DESC) = 1"
     )
+
+
+def _single_write(lake: Lake, table: str, version: int | None = None) -> bool:
+    found = lake.column_range(table, WRITTEN_AT, version=version)
+    return found is not None and found[0] == found[1]
 
 
 def build_gold(
@@ -64,16 +76,16 @@ def build_gold(
     if lake.last_inputs(table) == inputs:
         return GoldResult(table, lake.version(table), 0, skipped=True)
     con = lake.connect({**inputs, **lake.versions([table])})
-    fresh = con.sql(view.query)
+    con.execute("SET preserve_insertion_order = false")  # the write orders rows
     expected = [view.entity, EVENT_TIME, *view.feature_names]
-    missing = [c for c in expected if c not in fresh.columns]
+    missing = [c for c in expected if c not in con.sql(view.query).columns]
     if missing:
         msg = f"feature view {view.name}: query does not return {', '.join(missing)}"
         raise SchemaError(msg)
     cols = ", ".join(_q(c) for c in expected)
     order = ", ".join(f"{_q(f)} DESC NULLS LAST" for f in view.feature_names)
-    con.execute(
-        f"CREATE TEMP TABLE fresh AS SELECT {cols} FROM ({view.query}) "
+    fresh = (
+        f"SELECT {cols} FROM ({view.query}) "
         f"QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}, {EVENT_TIME} "
         f"ORDER BY {order}) = 1"
     )
@@ -81,19 +93,29 @@ def build_gold(
         same = " AND ".join(
             f"f.{_q(c)} IS NOT DISTINCT FROM g.{_q(c)}" for c in expected
         )
-        latest = _latest(table, view, "'infinity'::TIMESTAMPTZ")
-        rows_sql = f"SELECT f.* FROM fresh f ANTI JOIN ({latest}) g ON {same}"
+        latest = _latest(
+            table,
+            view,
+            "'infinity'::TIMESTAMPTZ",
+            single_write=_single_write(lake, table),
+        )
+        rows_sql = f"SELECT f.* FROM ({fresh}) f ANTI JOIN ({latest}) g ON {same}"
     else:
-        rows_sql = "SELECT * FROM fresh"
-    rows = con.sql(
-        f"SELECT *, $written_at::TIMESTAMPTZ AS {WRITTEN_AT} FROM ({rows_sql}) "
-        f"ORDER BY {_q(view.entity)}, {EVENT_TIME}",
-        params={"written_at": written_at},
-    ).to_arrow_table()
-    rows = rows.cast(_utc(rows.schema))
+        rows_sql = fresh
+    con.execute(
+        f"CREATE TEMP TABLE new_rows AS SELECT *, $written_at::TIMESTAMPTZ AS "
+        f"{WRITTEN_AT} FROM ({rows_sql}) ORDER BY {_q(view.entity)}, {EVENT_TIME}",
+        {"written_at": written_at},
+    )
+    counted = con.execute("SELECT count(*) FROM new_rows").fetchall()[0]
+    stream = con.sql("FROM new_rows").to_arrow_reader(batch_size=_BATCH_ROWS)
+    schema = _utc(stream.schema)
+    batches = pa.RecordBatchReader.from_batches(
+        schema, (batch.cast(schema) for batch in stream)
+    )
     # An empty append still records the new inputs, so the next run can skip.
-    version = lake.write(table, rows, mode="append", inputs=inputs)
-    return GoldResult(table, version, rows.num_rows, skipped=False)
+    version = lake.write(table, batches, mode="append", inputs=inputs)
+    return GoldResult(table, version, int(counted[0]), skipped=False)
 
 
 def _utc(schema: pa.Schema) -> pa.Schema:
@@ -133,7 +155,13 @@ def point_in_time_join(
     ctes, joins, selects = [], [], ["s.*"]
     for i, (table, view) in enumerate(gold.items()):
         alias = f"v{i}"
-        ctes.append(f"{alias} AS ({_latest(table, view, '$as_of::TIMESTAMPTZ')})")
+        latest = _latest(
+            table,
+            view,
+            "$as_of::TIMESTAMPTZ",
+            single_write=_single_write(lake, table, pinned.get(table)),
+        )
+        ctes.append(f"{alias} AS ({latest})")
         key = _q(view.entity)
         joins.append(
             f"ASOF LEFT JOIN {alias} ON s.{key} = {alias}.{key} "

@@ -14,17 +14,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import duckdb
 import pandera.errors
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aistack.errors import ContractError, DeclarationError
-from aistack.platform.bronze import BATCH_ID, INGESTED_AT, METADATA_COLUMNS, ROW
+from aistack.platform.bronze import (
+    BATCH_ID,
+    INGESTED_AT,
+    METADATA_COLUMNS,
+    ROW,
+    SOURCE,
+)
 from aistack.platform.delta import Lake
 from aistack.platform.usecase import SilverTable
 
 ACCOUNTING = "ops.batch_accounting"
+CHUNK_ROWS = 250_000
 _POS = "_pos"
 
 
@@ -186,15 +194,18 @@ def validate_rows(
             known = alive.join(existing_keys.select(key).unique(), on=key, how="semi")
             repeated = pl.concat([repeated, known]).unique(_POS)
         if repeated.height:
-            reason = pl.format(
-                "duplicate key ({}) already seen", pl.concat_str(key, separator=", ")
+            # few rows: plain Python (pl.format over this frame hits a polars
+            # string-view panic in 2.1)
+            reasons = pl.Series(
+                [
+                    f"duplicate key ({', '.join(map(str, k))}) already seen"
+                    for k in repeated.select(key).rows()
+                ],
+                dtype=pl.String,
             )
             failures.append(
                 _failures(
-                    repeated.get_column(_POS),
-                    ",".join(key),
-                    "duplicate_key",
-                    repeated.select(reason).to_series(),
+                    repeated.get_column(_POS), ",".join(key), "duplicate_key", reasons
                 )
             )
     for column, allowed in (references or {}).items():
@@ -248,6 +259,27 @@ def _split(
         ~pl.col(_POS).is_in(bad_pos.implode())
     )
     return good.drop(_POS), bad
+
+
+def _chunks(
+    con: duckdb.DuckDBPyConnection, bronze: str, batches: list[str]
+) -> list[list[str]]:
+    """Groups of whole batches of about CHUNK_ROWS rows: bounded memory per step."""
+    counted = con.sql(
+        f"SELECT {BATCH_ID}, count(*) FROM {bronze} "
+        f"WHERE {BATCH_ID} IN (SELECT unnest($batches)) GROUP BY ALL",
+        params={"batches": batches},
+    ).fetchall()
+    sizes = {str(batch): int(n) for batch, n in counted}
+    chunks: list[list[str]] = [[]]
+    rows = 0
+    for batch in batches:
+        if chunks[-1] and rows + sizes.get(batch, 0) > CHUNK_ROWS:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(batch)
+        rows += sizes.get(batch, 0)
+    return chunks
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:
@@ -307,37 +339,54 @@ def build_silver(
     pending = sorted(lake.distinct(bronze, BATCH_ID) - _accounted(lake, target))
     if not pending:
         return result
-    arrow = lake.dataset(bronze, version=bronze_version).to_table(
-        filter=pc.field(BATCH_ID).isin(pending)
+    con = lake.connect({bronze: bronze_version})  # streams row groups, filters early
+    columns = ", ".join(
+        f'"{c}"' for c in lake.dataset(bronze).schema.names if c != SOURCE
     )
-    raw = _frame(arrow).sort([INGESTED_AT, BATCH_ID, ROW])
     existing = None
     if spec.key and lake.exists(target):
         keys = lake.dataset(target).to_table(
             columns=[*spec.key], filter=~pc.field(BATCH_ID).isin(pending)
         )
         existing = _frame(keys)
-    good, bad = validate_rows(
-        raw,
-        spec,
-        existing_keys=existing,
-        references=_reference_values(lake, spec, result),
-    )
-    counts = _account(
-        raw,
-        good,
-        bad=bad,
-        table=target,
-        bronze_version=bronze_version,
-        processed_at=processed_at,
-    )
+    references = _reference_values(lake, spec, result)
+    goods, bads, counts = [], [], []
+    for chunk in _chunks(con, bronze, pending):
+        # one chunk of batches in memory at a time (validated rows are compact)
+        raw = _frame(
+            con.sql(
+                f"SELECT {columns} FROM {bronze} WHERE {BATCH_ID} IN "
+                f"(SELECT unnest($chunk)) ORDER BY {INGESTED_AT}, {BATCH_ID}, {ROW}",
+                params={"chunk": chunk},
+            ).to_arrow_table()
+        )
+        good, bad = validate_rows(
+            raw, spec, existing_keys=existing, references=references
+        )
+        counts.append(
+            _account(
+                raw,
+                good,
+                bad=bad,
+                table=target,
+                bronze_version=bronze_version,
+                processed_at=processed_at,
+            )
+        )
+        if spec.key:  # later chunks see this chunk's keys as already taken
+            taken = good.select(spec.key)
+            existing = taken if existing is None else pl.concat([existing, taken])
+        goods.append(good)
+        bads.append(bad)
+    good = pl.concat(goods, rechunk=False)
+    bad = pl.concat(bads, how="diagonal_relaxed")
     inputs: dict[str, int | str] = {bronze: bronze_version}
     _write_new_batches(lake, quarantine, bad, inputs)
     _write_new_batches(lake, target, good, inputs)
-    lake.write(ACCOUNTING, counts.to_arrow(), mode="append", inputs=inputs)
+    lake.write(ACCOUNTING, pl.concat(counts).to_arrow(), mode="append", inputs=inputs)
     result.batches = len(pending)
     result.bronze_rows, result.silver_rows, result.quarantined_rows = (
-        raw.height,
+        good.height + bad.height,
         good.height,
         bad.height,
     )
