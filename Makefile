@@ -20,6 +20,12 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 demo: setup  ## simulate, ingest, clean, engineer, train, gate, promote, score
 	$(VENV)/bin/aistack run fraud
+	$(VENV)/bin/aistack materialize fraud
+	@echo
+	@echo "Serve the champion (127.0.0.1:8000):  $(VENV)/bin/aistack serve fraud --port 8000"
+	@echo "Then score a transaction:"
+	@echo "  curl -s -X POST 127.0.0.1:8000/v1/fraud/predict -H 'content-type: application/json' \\"
+	@echo "       -d '{\"customer_id\": 12, \"terminal_id\": 345, \"tx_amount\": 250.5, \"tx_datetime\": \"2018-09-30T10:00:00\"}'"
 
 test: setup  ## the default suite (what CI runs)
 	$(VENV)/bin/pytest
