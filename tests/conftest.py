@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from aistack.platform.online import materialize, open_store
 from aistack.platform.pipeline import RunReport, Workspace, run
 from aistack.platform.usecase import get_use_case
 from aistack.settings import load_settings
@@ -30,3 +32,15 @@ def fraud_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, RunR
     uc = get_use_case("fraud")
     report = run(uc, ws, uc.params(**SMALL_FRAUD))
     return ws, report
+
+
+@pytest.fixture
+def served_workspace(fraud_run, tmp_path: Path) -> Workspace:
+    """A private copy of the small run (tests move aliases), materialized."""
+    source, _ = fraud_run
+    root = tmp_path / "served"
+    shutil.copytree(source.settings.workspace, root)
+    ws = make_workspace(root)
+    uc = get_use_case("fraud")
+    materialize(ws.lake, open_store(None, ws.settings.workspace, uc.name), uc)
+    return ws

@@ -10,7 +10,7 @@ import getpass
 import logging
 import sys
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,11 +21,19 @@ from rich.table import Table
 
 from aistack.api.server import serve
 from aistack.errors import AIStackError, ConfigError
+from aistack.platform.monitoring import ab_test, run_monitor
 from aistack.platform.online import materialize, open_store
 from aistack.platform.pipeline import STAGES, Stage, Workspace, new_progress, run
+from aistack.platform.rollout import Mode, end_rollout, read_rollout, start_rollout
 from aistack.platform.training import lineage_of, tracking
 from aistack.platform.usecase import UseCase, get_use_case
-from aistack.render import history_table, run_summary, tables_table
+from aistack.render import (
+    abtest_table,
+    history_table,
+    monitor_table,
+    run_summary,
+    tables_table,
+)
 from aistack.settings import load_settings
 
 app = typer.Typer(
@@ -332,6 +340,105 @@ def serve_command(
         port=port,
     )
     serve(uc.name, settings, workers=workers, nodelay=nodelay)
+
+
+@app.command("monitor")
+def monitor_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    hours: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Current window: the last N hours of the log."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="HTML report path (default: workspace).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Drift and live performance of the champion: HTML report, alerts, summary."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    path = report or ws.settings.workspace / "reports" / f"{uc.name}-monitor.html"
+    window = timedelta(hours=hours) if hours is not None else None
+    result = run_monitor(ws, uc, window=window, report_path=path)
+    console.print(monitor_table(result))
+    for event in result.alerts:
+        console.print(f"[red]alert[/] {event.rule}: {event.state} ({event.value:.4g})")
+    if result.rollout_action:
+        console.print(f"[yellow]{result.rollout_action}[/]")
+    console.print(f"report: {result.report}", soft_wrap=True)
+
+
+@app.command("rollout")
+def rollout_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    shadow: Annotated[
+        bool, typer.Option("--shadow", help="Challenger scores every request.")
+    ] = False,
+    canary: Annotated[
+        float | None,
+        typer.Option(help="Percent of entities (sticky) answered by the challenger."),
+    ] = None,
+    stop: Annotated[bool, typer.Option("--stop", help="End the rollout.")] = False,
+    version: Annotated[
+        int | None,
+        typer.Option(min=1, help="Version to roll out (default: challenger)."),
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Start a shadow or canary rollout (servers pick it up), show or stop it."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    chosen = [shadow, canary is not None, stop].count(True)
+    if chosen > 1:
+        raise ConfigError("--shadow, --canary and --stop: choose one")
+    actor = getpass.getuser()
+    if stop:
+        ended = end_rollout(
+            ws.registry,
+            uc.name,
+            status="stopped",
+            reason=f"stopped by {actor}",
+            actor=actor,
+        )
+        console.print(f"rollout: {ended}")
+        return
+    if chosen == 0:
+        console.print(f"rollout: {read_rollout(ws.registry, uc.name)}")
+        return
+    mode: Mode = "shadow" if shadow else "canary"
+    started = start_rollout(
+        ws.registry,
+        uc.name,
+        mode=mode,
+        share=canary or 100.0,
+        version=version,
+        actor=actor,
+    )
+    console.print(
+        f"{started.mode} rollout of {uc.name} version {started.version}"
+        + (f" for {started.share:g}% of entities" if mode == "canary" else "")
+        + ": running servers pick it up at their next registry poll"
+    )
+
+
+@app.command("abtest")
+def abtest_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Champion vs canary challenger on the declared business metric."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    console.print(abtest_table(ab_test(ws, uc)))
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from aistack.platform.abtest import ABResult
 from aistack.platform.delta import TableInfo
+from aistack.platform.monitoring import MonitorResult
 from aistack.platform.pipeline import RunReport, Workspace
 from aistack.platform.registry import AliasEvent
 from aistack.platform.usecase import UseCase
@@ -96,4 +98,63 @@ def history_table(events: Sequence[AliasEvent]) -> Table:
             e.actor,
             e.reason,
         )
+    return table
+
+
+def monitor_table(result: MonitorResult) -> Table:
+    """Per-column drift verdicts and live performance, in one table."""
+    table = Table(
+        title=(
+            f"drift: {sum(d.drifted for d in result.drift)} of {len(result.drift)} "
+            f"columns drifted ({result.current_rows:,} served rows vs "
+            f"{result.reference_rows:,} training rows, champion v{result.champion})"
+        )
+    )
+    for column in (
+        "column",
+        "kind",
+        "test",
+        "statistic",
+        "threshold",
+        "PSI",
+        "drifted",
+    ):
+        table.add_column(column)
+    for d in result.drift:
+        table.add_row(
+            d.column,
+            d.kind,
+            d.test,
+            f"{d.statistic:.4g}",
+            f"{d.threshold:g}",
+            "-" if d.psi is None else f"{d.psi:.3f}",
+            "[red]yes[/]" if d.drifted else "no",
+        )
+    perf = result.performance
+    if not perf.empty:
+        metrics = [c for c in perf.columns if c not in ("day", "n")]
+        trained = result.training_metrics
+        line = ", ".join(
+            f"{m} {perf[m].mean():.4f} (training {trained.get(m, float('nan')):.4f})"
+            for m in metrics
+        )
+        table.caption = f"live performance over {len(perf)} labelled days: {line}"
+    return table
+
+
+def abtest_table(result: ABResult) -> Table:
+    """Arms, difference with its interval, p-value and the sample size needed."""
+    table = Table(title=f"A/B: {result.metric} ({result.test})")
+    for column in ("arm", "rows", "value"):
+        table.add_column(column)
+    table.add_row("A champion", f"{result.n_a:,}", f"{result.value_a:.4f}")
+    table.add_row("B challenger", f"{result.n_b:,}", f"{result.value_b:.4f}")
+    verdict = "significant" if result.significant else "not significant"
+    table.caption = (
+        f"B - A = {result.difference:+.4f} "
+        f"[{result.ci_low:+.4f}, {result.ci_high:+.4f}] at {1 - result.alpha:.0%}, "
+        f"p = {result.p_value:.4g} ({verdict}); rows needed per arm for the declared "
+        f"effect: {result.required_per_arm:,}"
+        + ("" if result.enough_data else " (not reached yet)")
+    )
     return table

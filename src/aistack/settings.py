@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(
         default=1.0, gt=0, description="Prediction log flush interval."
     )
+    eval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the server checks rollout guards, drift and alerts.",
+    )
+    alert_webhook_url: str | None = Field(
+        default=None, description="Where alerts are POSTed (JSON); none: only recorded."
+    )
 
     @field_validator("tracking_uri")
     @classmethod

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,8 +49,12 @@ class MetricsMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             m = self.state.metrics
+            seconds = time.perf_counter() - start
             m.requests.labels(path, str(status)).inc()
-            m.latency.labels(path, str(status)).observe(time.perf_counter() - start)
+            m.latency.labels(path, str(status)).observe(seconds)
+            self.state.http_window.record(
+                1, seconds, (), errors=int(status >= HTTPStatus.INTERNAL_SERVER_ERROR)
+            )
 
 
 def field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

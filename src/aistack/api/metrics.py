@@ -75,6 +75,13 @@ class ServerMetrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.drift_psi = Gauge(
+            "aistack_feature_psi",
+            "PSI of served values against the champion's training set, per feature",
+            ["feature"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.swaps = Counter(
             "aistack_model_swaps", "Champion changes picked up", registry=r
         )

@@ -22,7 +22,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AISTACK_POLL_SECONDS": str(settings.poll_seconds),
         "AISTACK_MAX_BATCH_ROWS": str(settings.max_batch_rows),
         "AISTACK_LOG_FLUSH_SECONDS": str(settings.log_flush_seconds),
+        "AISTACK_EVAL_SECONDS": str(settings.eval_seconds),
     }
+    if settings.alert_webhook_url:
+        env["AISTACK_ALERT_WEBHOOK_URL"] = settings.alert_webhook_url
     if settings.online_url:
         env["AISTACK_ONLINE_URL"] = settings.online_url
     if settings.api_tokens:

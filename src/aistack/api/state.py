@@ -1,24 +1,49 @@
-"""What a running server holds: settings, stores, the current model, the log."""
+"""What a running server holds: settings, stores, models, rollout, log, monitors.
+
+The champion and (during a rollout) the challenger are swapped by reference
+assignment, so a request sees one consistent model. A poller follows the
+registry (champion alias, rollout tags); an evaluator checks rollout guards,
+publishes drift gauges and raises server-side alerts every `eval_seconds`.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 import numpy as np
 
 from aistack.api.metrics import ServerMetrics
+from aistack.platform.alerts import evaluate_alerts
 from aistack.platform.delta import Lake
+from aistack.platform.drift import StreamingHistograms, psi
 from aistack.platform.inference import Predictor, load_predictor
 from aistack.platform.online import OnlineStore, open_store, versions
 from aistack.platform.registry import Registry
-from aistack.platform.serving import PredictionLog
+from aistack.platform.rollout import (
+    Rollout,
+    end_rollout,
+    read_rollout,
+    routes_to_challenger,
+)
+from aistack.platform.serving import (
+    LookupTimings,
+    PredictionLog,
+    Scored,
+    score_requests,
+)
+from aistack.platform.training import PROFILE_ARTIFACT
 from aistack.platform.usecase import UseCase
 from aistack.settings import Settings
 
 log = logging.getLogger("aistack.server")
+_ACTOR = "aistack-server"
 
 
 def prediction_log_table(use_case: UseCase) -> str:
@@ -27,20 +52,66 @@ def prediction_log_table(use_case: UseCase) -> str:
 
 
 @dataclass
+class Window:
+    """Requests, errors, latencies and scores of one arm since the last check."""
+
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(
+        self, n: int, seconds: float, scores: Sequence[float], errors: int = 0
+    ) -> None:
+        """Add one scoring call (n rows, its duration, its scores)."""
+        with self.lock:
+            self.requests += n
+            self.errors += errors
+            self.latencies.append(seconds)
+            self.scores.extend(scores)
+
+    def take(self) -> Window:
+        """This window's contents; the window starts over."""
+        with self.lock:
+            snap = Window(self.requests, self.errors, self.latencies, self.scores)
+            self.requests, self.errors, self.latencies, self.scores = 0, 0, [], []
+        return snap
+
+    def absorb(self, other: Window) -> None:
+        """Add another window's contents (accumulate until enough to judge)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latencies += other.latencies
+        self.scores += other.scores
+
+
+@dataclass
 class ServerState:
-    """Everything the routes read; the predictor is swapped atomically."""
+    """Everything the routes read."""
 
     use_case: UseCase
     settings: Settings
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     predictor: Predictor | None = None
+    challenger: Predictor | None = None
+    rollout: Rollout | None = None
+    histograms: StreamingHistograms | None = None
     online_versions_cached: dict[str, int] = field(default_factory=dict)
+    champion_window: Window = field(default_factory=Window)
+    challenger_window: Window = field(default_factory=Window)
+    http_window: Window = field(default_factory=Window)
+    _pending: Window = field(default_factory=Window)
+    _judged: int = 0
     lake: Lake = field(init=False)
     store: OnlineStore = field(init=False)
     registry: Registry = field(init=False)
     log: PredictionLog = field(init=False)
+    _shadow: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="shadow")
+    )
     _stop: threading.Event = field(default_factory=threading.Event)
-    _poller: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.lake = Lake(self.settings.tables_dir)
@@ -54,21 +125,35 @@ class ServerState:
             flush_seconds=self.settings.log_flush_seconds,
         )
 
-    def online_versions(self) -> dict[str, int]:
-        """Gold version each view's online values reflect."""
-        return dict(versions(self.store, [v.name for v in self.use_case.views]))
+    # --- models -------------------------------------------------------------
+
+    def _load(self, version: int) -> tuple[Predictor, dict[str, Any] | None]:
+        name = self.use_case.name
+        model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+        sample = np.random.default_rng(0).random((256, len(model.features))) * 100
+        predictor = load_predictor(name, version, model, sample=sample)
+        run_id = self.registry.client.get_model_version(name, str(version)).run_id
+        try:
+            profile = mlflow.artifacts.load_dict(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
+        except Exception:
+            profile = None
+        return predictor, profile
 
     def refresh_model(self) -> bool:
-        """Load the champion if it changed; True when a new model is now served."""
+        """Follow the registry: champion alias and rollout. True if anything changed."""
+        changed = self._refresh_champion()
+        return self._refresh_rollout() or changed
+
+    def _refresh_champion(self) -> bool:
         name = self.use_case.name
         version = self.registry.version_of(name, "champion")
         current = self.predictor
         if version is None or (current is not None and current.version == version):
             return False
-        model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
-        sample = np.random.default_rng(0).random((256, len(model.features))) * 100
-        predictor = load_predictor(name, version, model, sample=sample)
-        self.predictor = predictor  # one reference assignment: requests see old or new
+        predictor, profile = self._load(version)
+        names = [*self.use_case.feature_names, "score"]
+        self.histograms = StreamingHistograms(profile, names) if profile else None
+        self.predictor = predictor  # one reference assignment: old or new, never mixed
         if current is not None:
             self.metrics.model.remove(
                 current.name, str(current.version), current.single, current.batch
@@ -78,42 +163,272 @@ class ServerState:
             name, str(version), predictor.single, predictor.batch
         ).set(1)
         log.info(
-            "serving %s version %s (single row: %s, batch: %s, timings us: %s%s)",
+            "serving %s version %s (single row: %s, batch: %s)%s",
             name,
             version,
             predictor.single,
             predictor.batch,
-            {k: round(v) for k, v in predictor.timings_us.items()},
-            f", onnx unavailable: {predictor.onnx_error}"
+            f"; onnx unavailable: {predictor.onnx_error}"
             if predictor.onnx_error
             else "",
         )
         return True
 
-    def _poll(self) -> None:
-        while not self._stop.wait(self.settings.poll_seconds):
+    def _refresh_rollout(self) -> bool:
+        rollout = read_rollout(self.registry, self.use_case.name)
+        active = rollout if rollout is not None and rollout.active else None
+        if active is None:
+            changed = self.rollout is not None
+            self.rollout, self.challenger = None, None
+            return changed
+        if self.challenger is None or self.challenger.version != active.version:
+            self.challenger, _ = self._load(active.version)
+            self._pending, self._judged = Window(), 0
+            self.challenger_window.take()
+            log.info("%s rollout of version %s started", active.mode, active.version)
+        changed = self.rollout != active
+        self.rollout = active
+        return changed
+
+    # --- requests -----------------------------------------------------------
+
+    def score(self, payloads: list[dict[str, Any]], route: str) -> list[Scored]:
+        """Answer payloads: champion, or the canary arm for sticky entities."""
+        champion, challenger, rollout = self.predictor, self.challenger, self.rollout
+        assert champion is not None
+        if rollout is not None and challenger is not None and rollout.mode == "canary":
+            key = self.use_case.labels.columns[0]
+            to_challenger = [routes_to_challenger(rollout, p[key]) for p in payloads]
+            if any(to_challenger):
+                return self._canary(
+                    payloads, to_challenger, champion, challenger, route
+                )
+        scored = self._arm(champion, payloads, self.champion_window)
+        self.log.append(
+            scored, payloads, route=route, online_versions=self.online_versions_cached
+        )
+        if rollout is not None and challenger is not None and rollout.mode == "shadow":
+            self._shadow.submit(self._shadow_score, challenger, payloads, route)
+        return scored
+
+    def _arm(
+        self, predictor: Predictor, payloads: list[dict[str, Any]], window: Window
+    ) -> list[Scored]:
+        timings = LookupTimings()
+        start = time.perf_counter()
+        scored = score_requests(
+            self.use_case, self.store, predictor, payloads, timings=timings
+        )
+        window.record(
+            len(scored), time.perf_counter() - start, [s.score for s in scored]
+        )
+        self._observe(scored, timings)
+        return scored
+
+    def _canary(
+        self,
+        payloads: list[dict[str, Any]],
+        mask: list[bool],
+        champion: Predictor,
+        challenger: Predictor,
+        route: str,
+    ) -> list[Scored]:
+        picked = [p for p, m in zip(payloads, mask, strict=True) if m]
+        rest = [p for p, m in zip(payloads, mask, strict=True) if not m]
+        start = time.perf_counter()
+        try:
+            timings = LookupTimings()
+            answered = score_requests(
+                self.use_case, self.store, challenger, picked, timings=timings
+            )
+            self.challenger_window.record(
+                len(picked), time.perf_counter() - start, [s.score for s in answered]
+            )
+            for s in answered:
+                s.arm = "challenger"
+        except Exception:
+            self.challenger_window.record(
+                len(picked), time.perf_counter() - start, [], errors=len(picked)
+            )
+            answered = self._arm(champion, picked, self.champion_window)
+        others = self._arm(champion, rest, self.champion_window) if rest else []
+        by_id = iter(answered), iter(others)
+        scored = [next(by_id[0]) if m else next(by_id[1]) for m in mask]
+        self.log.append(
+            scored, payloads, route=route, online_versions=self.online_versions_cached
+        )
+        return scored
+
+    def _shadow_score(
+        self, challenger: Predictor, payloads: list[dict[str, Any]], route: str
+    ) -> None:
+        start = time.perf_counter()
+        try:
+            scored = score_requests(self.use_case, self.store, challenger, payloads)
+        except Exception:
+            self.challenger_window.record(
+                len(payloads), time.perf_counter() - start, [], errors=len(payloads)
+            )
+            return
+        self.challenger_window.record(
+            len(payloads), time.perf_counter() - start, [s.score for s in scored]
+        )
+        for s in scored:
+            s.arm = "shadow"
+        self.log.append(
+            scored,
+            payloads,
+            route=f"{route}_shadow",
+            online_versions=self.online_versions_cached,
+        )
+
+    def _observe(self, scored: list[Scored], timings: LookupTimings) -> None:
+        metrics = self.metrics
+        metrics.lookup.observe(timings.lookup)
+        if scored:
+            version = str(scored[0].model_version)
+            for s in scored:
+                metrics.scores.labels(version).observe(s.score)
+                for view, age in s.feature_age_seconds.items():
+                    if age is not None:
+                        metrics.feature_age.labels(view).observe(age)
+                for view in s.unknown_entities:
+                    metrics.unknown.labels(view).inc()
+        histograms = self.histograms
+        if histograms is not None and timings.matrix is not None and scored:
+            features = {
+                f: i
+                for i, f in enumerate(self.predictor.features if self.predictor else [])
+            }
+            columns = [
+                timings.matrix[:, features[n]]
+                if n in features
+                else np.array([s.score for s in scored])
+                for n in histograms.names
+            ]
+            histograms.observe(np.column_stack(columns))
+
+    # --- checks -------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Rollout guards, drift gauges and server-side alerts, once."""
+        champion = self.champion_window.take()
+        challenger = self.challenger_window.take()
+        http = self.http_window.take()
+        if self.rollout is not None and self.challenger is not None:
+            self._judge(champion, challenger)
+        if self.histograms is not None:
+            for name, value in self.histograms.psi().items():
+                self.metrics.drift_psi.labels(name).set(value)
+        if http.requests:
+            rules = self.use_case.monitoring.alerts
+            observed = {
+                "error_rate": http.errors / http.requests,
+                "latency_p99_ms": float(np.percentile(http.latencies, 99)) * 1000,
+            }
+            evaluate_alerts(
+                self.lake,
+                self.use_case.name,
+                rules,
+                observed,
+                webhook_url=self.settings.alert_webhook_url,
+                source="server",
+            )
+
+    def _judge(self, champion: Window, challenger: Window) -> None:
+        guards = self.use_case.monitoring.guards
+        self._pending.absorb(challenger)
+        pending = self._pending
+        if pending.requests < guards.min_requests:
+            return
+        reasons = []
+        error_rate = pending.errors / pending.requests
+        if error_rate > guards.max_error_rate:
+            reasons.append(f"error rate {error_rate:.3f} > {guards.max_error_rate}")
+        p99 = (
+            float(np.percentile(pending.latencies, 99)) * 1000
+            if pending.latencies
+            else 0.0
+        )
+        if p99 > guards.max_latency_p99_ms:
+            reasons.append(f"latency p99 {p99:.1f} ms > {guards.max_latency_p99_ms} ms")
+        if pending.scores and champion.scores:
+            shift = psi(np.asarray(champion.scores), np.asarray(pending.scores))
+            if shift > guards.max_score_psi:
+                reasons.append(
+                    f"score PSI vs champion {shift:.3f} > {guards.max_score_psi}"
+                )
+        self._judged += pending.requests
+        self._pending = Window()
+        rollout = self.rollout
+        assert rollout is not None
+        if reasons:
+            why = (
+                f"automatic rollback of {rollout.mode} version {rollout.version}: "
+                + "; ".join(reasons)
+            )
+            self.challenger, self.rollout = None, None  # traffic back now
+            end_rollout(
+                self.registry,
+                self.use_case.name,
+                status="rolled_back",
+                reason=why,
+                actor=_ACTOR,
+            )
+            log.warning(why)
+        elif self._judged >= guards.promote_after:
+            why = (
+                f"{rollout.mode} version {rollout.version} held every guard "
+                f"for {self._judged} requests"
+            )
+            end_rollout(
+                self.registry,
+                self.use_case.name,
+                status="promoted",
+                reason=why,
+                actor=_ACTOR,
+            )
+            self.challenger, self.rollout = None, None
+            log.info(why)
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def online_versions(self) -> dict[str, int]:
+        """Gold version each view's online values reflect."""
+        return dict(versions(self.store, [v.name for v in self.use_case.views]))
+
+    def _loop(self, seconds: float, step: Any) -> None:  # noqa: ANN401
+        while not self._stop.wait(seconds):
             try:
-                self.online_versions_cached = self.online_versions()
-                self.refresh_model()
-            except Exception:  # a failed load keeps the current model serving
-                log.exception("loading the new champion failed; still serving the old")
+                step()
+            except Exception:  # a failed step keeps the server serving
+                log.exception("background step failed; will retry")
+
+    def _poll(self) -> None:
+        self.online_versions_cached = self.online_versions()
+        self.refresh_model()
 
     def start(self) -> None:
-        """Load the champion (if any), start the poller and the log flusher."""
+        """Load models, start the poller, evaluator and log flusher."""
         mlflow.set_tracking_uri(self.settings.mlflow_uri)
         mlflow.set_registry_uri(self.settings.mlflow_uri)
         try:
-            self.online_versions_cached = self.online_versions()
-            self.refresh_model()
+            self._poll()
         except Exception:
             log.exception("loading the champion failed; /ready reports 503")
         self.log.start()
-        self._poller = threading.Thread(
-            target=self._poll, name="model-poller", daemon=True
-        )
-        self._poller.start()
+        for seconds, step, name in (
+            (self.settings.poll_seconds, self._poll, "registry-poller"),
+            (self.settings.eval_seconds, self.evaluate, "evaluator"),
+        ):
+            thread = threading.Thread(
+                target=self._loop, args=(seconds, step), name=name, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop polling and flush every buffered prediction."""
+        """Stop background work and flush every buffered prediction."""
         self._stop.set()
+        self._shadow.shutdown(wait=True)
         self.log.close()

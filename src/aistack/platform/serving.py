@@ -39,6 +39,7 @@ class Scored:
     feature_age_seconds: dict[str, float | None]
     unknown_entities: list[str]
     features: dict[str, float]
+    arm: str = "champion"
 
 
 @dataclass
@@ -47,6 +48,7 @@ class LookupTimings:
 
     lookup: float = 0.0
     total: float = 0.0
+    matrix: np.ndarray | None = None
 
 
 def request_columns(use_case: UseCase) -> list[str]:
@@ -109,6 +111,8 @@ def score_requests(
     scores = predictor.score(matrix)
     threshold = use_case.serving.threshold if use_case.serving else 0.5
     names = use_case.feature_names
+    if timings is not None:
+        timings.matrix = matrix
     out = [
         Scored(
             request_ids[i],
@@ -141,6 +145,7 @@ _LOG_SCHEMA = pa.schema(
         ("model_version", pa.int64()),
         ("online_versions", pa.string()),
         ("unknown_entities", pa.string()),
+        ("arm", pa.string()),
     ]
 )
 
@@ -196,6 +201,7 @@ class PredictionLog:
                 "model_version": s.model_version,
                 "online_versions": versions,
                 "unknown_entities": ",".join(s.unknown_entities),
+                "arm": s.arm,
             }
             for s, p in zip(scored, payloads, strict=True)
         ]

@@ -28,6 +28,7 @@ from mlflow.models import infer_signature
 
 from aistack.errors import ContractError
 from aistack.platform.delta import Lake
+from aistack.platform.drift import reference_profile
 from aistack.platform.features import point_in_time_join
 from aistack.platform.gates import GateResult, check_gates
 from aistack.platform.models import Scorer, ScoringModel
@@ -35,6 +36,7 @@ from aistack.platform.registry import Registry
 from aistack.platform.usecase import Trainer, UseCase
 
 LINEAGE_TAG = "aistack.lineage"
+PROFILE_ARTIFACT = "reference_profile.json"
 KEY_TAG = "aistack.training_key"
 REQUIREMENTS = (
     "scikit-learn",
@@ -116,11 +118,19 @@ def split_periods(last_timestamp: datetime, use_case: UseCase) -> dict[str, date
 
 
 def build_training_set(
-    lake: Lake, use_case: UseCase, *, as_of: datetime
+    lake: Lake,
+    use_case: UseCase,
+    *,
+    as_of: datetime,
+    lineage: dict[str, int] | None = None,
 ) -> TrainingSet:
-    """Point-in-time training set as of `as_of`, split by time."""
+    """Point-in-time training set as of `as_of`, split by time.
+
+    `lineage` pins the input tables (table -> version), e.g. to rebuild the
+    training set of a registered model; default: the current versions.
+    """
     labels = use_case.labels
-    lineage = lake.versions(
+    lineage = lineage or lake.versions(
         [labels.table, *(use_case.gold_table(v) for v in use_case.views)]
     )
     con = lake.connect({labels.table: lineage[labels.table]})
@@ -306,6 +316,15 @@ def train_candidate(
         mlflow.log_metrics({f"gate.{g.name}": float(g.passed) for g in gates})
         mlflow.log_dict({g.name: g.__dict__ for g in gates}, "gates.json")
         mlflow.log_dict(data.lineage, "lineage.json")
+        train_inputs = data.train[use_case.model_inputs]
+        profile = reference_profile(
+            {
+                **{f: train_inputs[f] for f in use_case.feature_names},
+                "score": model.predict(train_inputs),
+            },
+            bins=use_case.monitoring.drift.bins,
+        )
+        mlflow.log_dict(profile, PROFILE_ARTIFACT)
         example = holdout.head(5).astype("float64")  # ids too: NaN-safe schema
         # MLflow prints registration notices to stderr itself; the CLI reports them
         with contextlib.redirect_stderr(io.StringIO()):

@@ -21,6 +21,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from aistack.errors import DeclarationError, UseCaseNotFoundError
+from aistack.platform.drift import DriftSettings
 
 ENTRY_POINT_GROUP = "aistack.use_cases"
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -237,6 +238,71 @@ class Serving:
             raise DeclarationError("serving: threshold must be within [0, 1]")
 
 
+Signal = Literal["drift_share", "performance_drop", "error_rate", "latency_p99_ms"]
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """Fire when `signal` exceeds `threshold`; once per episode, not per request.
+
+    Signals: `drift_share` (share of drifted features), `performance_drop` (the
+    primary metric at training minus its live value), `error_rate` (share of
+    5xx answers) and `latency_p99_ms`.
+    """
+
+    name: str
+    signal: Signal
+    threshold: float
+
+    def __post_init__(self) -> None:
+        _ident("alert rule", self.name)
+
+
+@dataclass(frozen=True)
+class RolloutGuards:
+    """When a shadow or canary challenger is rolled back, or promoted.
+
+    Checked on the challenger's requests every evaluation interval once it has
+    `min_requests`: error rate, p99 latency, and the PSI of its scores against
+    the champion's in the same interval; `aistack monitor` adds live performance
+    (primary metric drop) when labels have arrived. Promotion after
+    `promote_after` challenger requests with every guard holding.
+    """
+
+    max_error_rate: float = 0.01
+    max_latency_p99_ms: float = 50.0
+    max_score_psi: float = 0.25
+    max_performance_drop: float = 0.05
+    min_requests: int = 100
+    promote_after: int = 1000
+
+
+@dataclass(frozen=True)
+class BusinessMetric:
+    """The outcome an A/B test compares between arms.
+
+    `outcome(frame)` maps logged predictions joined with their labels (columns
+    of the payload, `score`, `decision`, `label`) to one value per row, NaN where
+    a row does not count. `kind` picks the test: two-proportion z-test or a
+    bootstrap of the mean difference.
+    """
+
+    name: str
+    kind: Literal["proportion", "mean"]
+    outcome: Callable[[pd.DataFrame], pd.Series]
+    minimum_detectable_effect: float
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """What a use case watches in production and the thresholds it declares."""
+
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    alerts: tuple[AlertRule, ...] = ()
+    guards: RolloutGuards = field(default_factory=RolloutGuards)
+    business: BusinessMetric | None = None
+
+
 @dataclass(frozen=True)
 class UseCase:
     """Everything the platform needs to run one use case end to end.
@@ -258,6 +324,7 @@ class UseCase:
     request_features: Mapping[str, pl.Expr] = field(default_factory=dict)
     split: Split = field(default_factory=Split)
     serving: Serving | None = None
+    monitoring: Monitoring = field(default_factory=Monitoring)
 
     def __post_init__(self) -> None:  # noqa: PLR0912
         _ident("use case", self.name)

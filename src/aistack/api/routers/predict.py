@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, create_model
 from aistack.api.auth import require_token
 from aistack.api.state import ServerState
 from aistack.errors import StoreUnavailableError
-from aistack.platform.serving import LookupTimings, Scored, score_requests
+from aistack.platform.serving import Scored
 from aistack.platform.usecase import UseCase
 
 
@@ -55,34 +55,16 @@ def _answer(s: Scored) -> Prediction:
 def _score(
     state: ServerState, payloads: list[dict[str, Any]], route: str
 ) -> list[Scored]:
-    predictor = state.predictor  # read once: a swap mid-request cannot mix versions
-    if predictor is None:
+    if state.predictor is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "no champion model yet"
         )
-    timings = LookupTimings()
     try:
-        scored = score_requests(
-            state.use_case, state.store, predictor, payloads, timings=timings
-        )
+        return state.score(payloads, route)
     except StoreUnavailableError as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "online store unreachable"
         ) from exc
-    metrics = state.metrics
-    metrics.lookup.observe(timings.lookup)
-    version = str(predictor.version)
-    for s in scored:
-        metrics.scores.labels(version).observe(s.score)
-        for view, age in s.feature_age_seconds.items():
-            if age is not None:
-                metrics.feature_age.labels(view).observe(age)
-        for view in s.unknown_entities:
-            metrics.unknown.labels(view).inc()
-    state.log.append(
-        scored, payloads, route=route, online_versions=state.online_versions_cached
-    )
-    return scored
 
 
 def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:

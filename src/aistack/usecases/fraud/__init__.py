@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from aistack.platform.usecase import (
+    AlertRule,
     Gates,
     Labels,
+    Monitoring,
+    RolloutGuards,
     Serving,
     SilverTable,
     Split,
@@ -74,4 +77,21 @@ use_case = UseCase(
         max_latency_ms=50.0,
     ),
     serving=Serving(request=contract.TransactionRequest, threshold=0.5),
+    monitoring=Monitoring(
+        alerts=(
+            AlertRule("features_drifted", "drift_share", 0.3),
+            AlertRule("performance_dropped", "performance_drop", 0.1),
+            AlertRule("errors", "error_rate", 0.01),
+            AlertRule("slow", "latency_p99_ms", 50.0),
+        ),
+        guards=RolloutGuards(
+            max_error_rate=0.01,
+            max_latency_p99_ms=50.0,
+            max_score_psi=0.25,
+            max_performance_drop=0.05,
+            min_requests=100,
+            promote_after=1000,
+        ),
+        business=metrics.fraud_caught,
+    ),
 )

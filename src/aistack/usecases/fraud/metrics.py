@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from aistack.platform.metrics import average_precision, roc_auc, top_k_entity_precision
+from aistack.platform.usecase import BusinessMetric
 
 metrics = {
     "roc_auc": roc_auc,
@@ -11,3 +14,16 @@ metrics = {
         "customer_id", "tx_datetime", k=100
     ),
 }
+
+
+def caught(frame: pd.DataFrame) -> pd.Series:
+    """1 when a fraudulent payment was stopped, 0 when it went through; NaN if legit."""
+    return frame["decision"].astype(float).where(frame["label"] == 1)
+
+
+fraud_caught = BusinessMetric(
+    name="fraud_caught",
+    kind="proportion",
+    outcome=caught,
+    minimum_detectable_effect=0.05,
+)

@@ -1,0 +1,119 @@
+"""Shadow and canary under live traffic: bad challengers go, a good one stays.
+
+Every client request must succeed while the server routes to, judges and rolls
+back (or promotes) the challenger on its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from aistack.platform.rollout import read_rollout, start_rollout
+from broken_models import register
+from servers import aistack_server
+
+FAST = {"AISTACK_POLL_SECONDS": "0.3", "AISTACK_EVAL_SECONDS": "0.5"}
+
+
+def payload(i: int) -> dict:
+    return {
+        "customer_id": i % 400,
+        "terminal_id": i % 800,
+        "tx_amount": 20.0 + i % 90,
+        "tx_datetime": "2018-05-30T12:00:00",
+    }
+
+
+def drive(base: str, until, *, seconds: float = 90) -> tuple[list[int], list[str]]:
+    """Send requests from 3 clients until `until()` holds; versions and failures."""
+    versions: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client(offset: int) -> None:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            i = offset
+            while not stop.is_set():
+                r = c.post("/v1/fraud/predict", json=payload(i))
+                i += 3
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code}: {r.text}")
+                else:
+                    versions.append(r.json()["model_version"])
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + seconds
+    try:
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    return versions, failures
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "reason"),
+    [
+        ("raising", "canary", "error rate"),
+        ("slow", "canary", "latency p99"),
+        ("shifted", "canary", "score PSI"),
+        ("raising", "shadow", "error rate"),
+    ],
+)
+def test_bad_challenger_is_rolled_back_without_failed_requests(
+    served_workspace, kind, mode, reason
+) -> None:
+    ws = served_workspace
+    champion = ws.registry.version_of("fraud", "champion")
+    version = register(ws, kind)
+    with aistack_server(ws.settings.workspace, env=FAST) as (base, _):
+        start_rollout(
+            ws.registry, "fraud", mode=mode, share=50, version=version, actor="t"
+        )
+
+        def ended() -> bool:
+            rollout = read_rollout(ws.registry, "fraud")
+            return rollout is not None and not rollout.active
+
+        versions, failures = drive(base, ended)
+        rollout = read_rollout(ws.registry, "fraud")
+        after = httpx.post(f"{base}/v1/fraud/predict", json=payload(1)).json()
+    assert failures == []
+    assert rollout is not None and rollout.status == "rolled_back", rollout
+    assert reason in rollout.reason
+    assert ws.registry.version_of("fraud", "champion") == champion
+    assert ws.registry.version_of("fraud", "challenger") is None
+    last = ws.registry.history("fraud")[-1]
+    assert (last.alias, last.to_version) == ("challenger", None)
+    assert reason in last.reason
+    assert after["model_version"] == champion
+    if kind == "shifted":  # the canary really answered some requests
+        assert version in versions
+
+
+def test_healthy_canary_is_promoted(served_workspace) -> None:
+    ws = served_workspace
+    version = register(ws, "same")
+    with aistack_server(ws.settings.workspace, env=FAST) as (base, _):
+        start_rollout(
+            ws.registry, "fraud", mode="canary", share=50, version=version, actor="t"
+        )
+        versions, failures = drive(
+            base, lambda: ws.registry.version_of("fraud", "champion") == version
+        )
+        time.sleep(1.0)  # the next registry poll serves the new champion
+        after = httpx.post(f"{base}/v1/fraud/predict", json=payload(999)).json()
+    assert failures == []
+    rollout = read_rollout(ws.registry, "fraud")
+    assert rollout is not None and rollout.status == "promoted"
+    assert ws.registry.version_of("fraud", "champion") == version
+    assert after["model_version"] == version
+    assert version in versions
