@@ -41,6 +41,8 @@ lint: setup
 bench: setup
 	$(VENV)/bin/python bench/pipeline.py
 	$(VENV)/bin/python bench/training_set.py
+	$(VENV)/bin/python bench/serving.py
+	$(VENV)/bin/python bench/drift.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aistack

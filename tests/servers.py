@@ -70,7 +70,12 @@ def aistack_server(
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`aistack serve fraud` in a subprocess; yields its URL once /health answers."""
     port = free_port()
-    full_env = {**os.environ, "AISTACK_POLL_SECONDS": "0.3", **(env or {})}
+    full_env = {
+        **os.environ,
+        "AISTACK_POLL_SECONDS": "0.3",
+        "AISTACK_EVAL_SECONDS": "0.3",
+        **(env or {}),
+    }
     proc = subprocess.Popen(
         [
             sys.executable,

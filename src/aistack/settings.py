@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the server checks rollout guards, drift and alerts.",
     )
+    drift_histograms: bool = Field(
+        default=True,
+        description="Count served values in reference bins for the PSI gauges.",
+    )
     alert_webhook_url: str | None = Field(
         default=None, description="Where alerts are POSTed (JSON); none: only recorded."
     )

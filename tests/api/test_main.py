@@ -126,10 +126,14 @@ def test_metrics_cover_requests_scores_lookups_and_model(
     served_workspace_server,
 ) -> None:
     base = served_workspace_server
-    for _ in range(5):
-        httpx.post(f"{base}/v1/fraud/predict", json=GOOD)
-    httpx.post(f"{base}/v1/fraud/predict", json={})
+    with httpx.Client(base_url=base) as client:
+        for i in range(150):  # enough for the in-server PSI (100 rows minimum)
+            client.post("/v1/fraud/predict", json={**GOOD, "customer_id": i})
+        client.post("/v1/fraud/predict", json={})
+    time.sleep(1.0)  # one evaluation interval publishes the drift gauges
     text = httpx.get(f"{base}/metrics").text
+    assert 'aistack_feature_psi{feature="tx_amount"}' in text
+    assert 'aistack_feature_psi{feature="score"}' in text
     assert 'aistack_requests_total{route="/v1/fraud/predict",status="200"}' in text
     assert 'aistack_requests_total{route="/v1/fraud/predict",status="422"} 1.0' in text
     assert (

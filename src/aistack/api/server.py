@@ -23,6 +23,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AISTACK_MAX_BATCH_ROWS": str(settings.max_batch_rows),
         "AISTACK_LOG_FLUSH_SECONDS": str(settings.log_flush_seconds),
         "AISTACK_EVAL_SECONDS": str(settings.eval_seconds),
+        "AISTACK_DRIFT_HISTOGRAMS": str(settings.drift_histograms).lower(),
     }
     if settings.alert_webhook_url:
         env["AISTACK_ALERT_WEBHOOK_URL"] = settings.alert_webhook_url

@@ -152,7 +152,11 @@ class ServerState:
             return False
         predictor, profile = self._load(version)
         names = [*self.use_case.feature_names, "score"]
-        self.histograms = StreamingHistograms(profile, names) if profile else None
+        self.histograms = (
+            StreamingHistograms(profile, names)
+            if profile is not None and self.settings.drift_histograms
+            else None
+        )
         self.predictor = predictor  # one reference assignment: old or new, never mixed
         if current is not None:
             self.metrics.model.remove(
