@@ -104,3 +104,14 @@ def test_streaming_histograms_give_the_batch_psi() -> None:
     assert got["a"] == pytest.approx(psi(ref["a"], cur[:, 0]))
     assert got["b"] == pytest.approx(psi(ref["b"], cur[:, 1]))
     assert got["a"] > 0.1 > got["b"]
+
+
+def test_infinities_are_ignored_and_new_categories_are_drift() -> None:
+    base = RNG.normal(0, 1, 2000)
+    with_inf = base.copy()
+    with_inf[7] = np.inf
+    verdict = detect_drift(pd.DataFrame({"x": base}), pd.DataFrame({"x": with_inf}))[0]
+    assert not verdict.drifted and np.isfinite(verdict.statistic)
+    ref = pd.DataFrame({"c": RNG.choice(list("abc"), 500)})
+    cur = pd.DataFrame({"c": [*RNG.choice(list("abc"), 495), *["new"] * 5]})
+    assert detect_drift(ref, cur)[0].drifted

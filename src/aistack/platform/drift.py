@@ -31,6 +31,7 @@ Kind = Literal["numeric", "categorical"]
 Test = Literal["ks", "chi2", "wasserstein", "jensen_shannon"]
 FloatArray = npt.NDArray[np.float64]
 _EPS = 1e-4
+_PROBE_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,11 @@ def column_kind(values: pd.Series, settings: DriftSettings) -> Kind:
     """Numeric unless the dtype is not numeric or it has few distinct values."""
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         return "categorical"
-    if values.nunique(dropna=True) <= settings.max_categories_numeric:
-        return "categorical"
-    return "numeric"
+    limit = settings.max_categories_numeric
+    head = values.iloc[:_PROBE_ROWS]
+    if head.nunique(dropna=True) > limit:  # exact: more in a slice means more overall
+        return "numeric"
+    return "categorical" if values.nunique(dropna=True) <= limit else "numeric"
 
 
 def default_test(kind: Kind, n_reference: int, settings: DriftSettings) -> Test:
@@ -153,8 +156,9 @@ def _test(
     test = default_test(kind, len(ref_values), s)
     column_psi = None
     if kind == "numeric":
-        r = np.sort(ref_values.to_numpy(np.float64))
-        c = np.sort(cur_values.to_numpy(np.float64))
+        r = ref_values.to_numpy(np.float64)
+        c = cur_values.to_numpy(np.float64)
+        r, c = np.sort(r[np.isfinite(r)]), np.sort(c[np.isfinite(c)])
         column_psi = psi_sorted(r, c, s.bins) if len(r) and len(c) else None
         if test == "ks":
             value = float(stats.ks_2samp(r, c).pvalue)
@@ -176,12 +180,15 @@ def _test(
     if test == "chi2":
         expected = ref_counts / ref_counts.sum() * cur_counts.sum()
         keep = expected > 0
-        value = float(
-            stats.chisquare(
-                cur_counts[keep],
-                expected[keep] * cur_counts[keep].sum() / expected[keep].sum(),
-            ).pvalue
-        )
+        if np.any(cur_counts[~keep] > 0):
+            value = 0.0  # a category the reference never saw: drift (as Evidently)
+        else:
+            value = float(
+                stats.chisquare(
+                    cur_counts[keep],
+                    expected[keep] * cur_counts[keep].sum() / expected[keep].sum(),
+                ).pvalue
+            )
         return ColumnDrift(
             name, kind, test, value, s.chi2_pvalue, value < s.chi2_pvalue, None
         )
