@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Most rows one batch request may carry."
     )
     log_flush_seconds: float = Field(
-        default=1.0, gt=0, description="Prediction log flush interval."
+        default=5.0, gt=0, description="Prediction log flush interval (seconds)."
     )
     eval_seconds: float = Field(
         default=5.0,

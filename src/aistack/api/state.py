@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 
 from aistack.api.metrics import ServerMetrics
-from aistack.platform.alerts import evaluate_alerts
+from aistack.platform.alerts import evaluate_alerts, firing
 from aistack.platform.delta import Lake
 from aistack.platform.drift import StreamingHistograms, psi
 from aistack.platform.inference import Predictor, load_predictor
@@ -103,6 +103,7 @@ class ServerState:
     http_window: Window = field(default_factory=Window)
     _pending: Window = field(default_factory=Window)
     _judged: int = 0
+    _firing: set[str] = field(default_factory=set)
     lake: Lake = field(init=False)
     store: OnlineStore = field(init=False)
     registry: Registry = field(init=False)
@@ -330,14 +331,22 @@ class ServerState:
                 "error_rate": http.errors / http.requests,
                 "latency_p99_ms": float(np.percentile(http.latencies, 99)) * 1000,
             }
-            evaluate_alerts(
-                self.lake,
-                self.use_case.name,
-                rules,
-                observed,
-                webhook_url=self.settings.alert_webhook_url,
-                source="server",
-            )
+            breached = {
+                r.name
+                for r in rules
+                if r.signal in observed and observed[r.signal] > r.threshold
+            }
+            server_rules = {r.name for r in rules if r.signal in observed}
+            if breached != self._firing & server_rules:  # touch Delta on changes only
+                evaluate_alerts(
+                    self.lake,
+                    self.use_case.name,
+                    rules,
+                    observed,
+                    webhook_url=self.settings.alert_webhook_url,
+                    source="server",
+                )
+                self._firing = (self._firing - server_rules) | breached
 
     def _judge(self, champion: Window, challenger: Window) -> None:
         guards = self.use_case.monitoring.guards
@@ -412,11 +421,15 @@ class ServerState:
         self.online_versions_cached = self.online_versions()
         self.refresh_model()
 
+    def _load_alert_states(self) -> None:
+        self._firing = set(firing(self.lake, self.use_case.name))
+
     def start(self) -> None:
         """Load models, start the poller, evaluator and log flusher."""
         mlflow.set_tracking_uri(self.settings.mlflow_uri)
         mlflow.set_registry_uri(self.settings.mlflow_uri)
         try:
+            self._load_alert_states()
             self._poll()
         except Exception:
             log.exception("loading the champion failed; /ready reports 503")

@@ -106,6 +106,7 @@ class Lake:
         mode: Literal["append", "overwrite"],
         inputs: Mapping[str, int | str] | None = None,
         merge_schema: bool = False,
+        return_version: bool = True,
     ) -> int:
         """Commit `data` to `name` in one transaction and return the new version.
 
@@ -125,7 +126,8 @@ class Lake:
             else ("merge" if merge_schema else None),
             commit_properties=CommitProperties(custom_metadata=metadata),
         )
-        return self._table(name).version()
+        # reading the version reopens the table: skipped on hot paths (-1)
+        return self._table(name).version() if return_version else -1
 
     def last_inputs(self, name: str) -> dict[str, int | str] | None:
         """Inputs recorded on the latest commit of `name`, None if none were."""

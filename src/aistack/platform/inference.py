@@ -138,7 +138,7 @@ def load_predictor(
     native = model.predict_matrix
     try:
         predictor.timings_us["native_1"] = _time(native, rows[:1], _CALLS)
-        predictor.timings_us["native_1000"] = _time(native, rows, 10)
+        predictor.timings_us["native_1000"] = _time(native, rows, 30)
     except Exception as exc:
         predictor.onnx_error = f"native predict failed at load: {exc!r}"
         return predictor
@@ -152,7 +152,7 @@ def load_predictor(
         return predictor
     predictor._onnx = onnx
     predictor.timings_us["onnx_1"] = _time(onnx, rows[:1], _CALLS)
-    predictor.timings_us["onnx_1000"] = _time(onnx, rows, 10)
+    predictor.timings_us["onnx_1000"] = _time(onnx, rows, 30)
     t = predictor.timings_us
     predictor.single = "onnx" if t["onnx_1"] < t["native_1"] else "native"
     predictor.batch = "onnx" if t["onnx_1000"] < t["native_1000"] else "native"

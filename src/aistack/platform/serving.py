@@ -8,6 +8,7 @@ view's ttl, gets the view's declared defaults and is flagged.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -132,6 +133,8 @@ def score_requests(
     return out
 
 
+log = logging.getLogger("aistack.serving")
+
 _LOG_SCHEMA = pa.schema(
     [
         ("request_id", pa.string()),
@@ -160,8 +163,8 @@ class PredictionLog:
 
     lake: Lake
     table: str
-    flush_seconds: float = 1.0
-    max_rows: int = 5000
+    flush_seconds: float = 5.0
+    max_rows: int = 50_000
     _rows: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -212,15 +215,32 @@ class PredictionLog:
             self._wake.set()
 
     def flush(self) -> int:
-        """Write what is buffered now; returns the rows written."""
+        """Write what is buffered now; returns the rows written.
+
+        On failure the rows go back to the buffer (nothing is lost) and the
+        error is raised to the caller.
+        """
         with self._write_lock:
             with self._lock:
                 rows, self._rows = self._rows, []
             if not rows:
                 return 0
-            self.lake.write(
-                self.table, pa.Table.from_pylist(rows, _LOG_SCHEMA), mode="append"
-            )
+            columns = {
+                name: pa.array([r[name] for r in rows], _LOG_SCHEMA.field(name).type)
+                for name in _LOG_SCHEMA.names
+            }
+            try:
+                self.lake.write(
+                    self.table,
+                    pa.table(columns, schema=_LOG_SCHEMA),
+                    mode="append",
+                    merge_schema=True,  # a newer server may log more columns
+                    return_version=False,
+                )
+            except Exception:
+                with self._lock:
+                    self._rows[:0] = rows
+                raise
             self.written += len(rows)
             return len(rows)
 
@@ -228,7 +248,10 @@ class PredictionLog:
         while not self._stop.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # keep the flusher alive; rows stay buffered
+                log.exception("prediction log flush failed; will retry")
 
     def close(self) -> None:
         """Stop the flusher and write everything still buffered."""

@@ -6,7 +6,8 @@ signatures, whose body types are built from the use case at run time.
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field, create_model
 
 from aistack.api.auth import require_token
@@ -90,16 +91,28 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         return _answer(_score(state, [payload.model_dump()], "predict")[0])  # type: ignore[attr-defined]
 
     @router.post("/predict/batch", response_model=BatchPrediction)
-    async def predict_batch(payload: batch_model, request: Request) -> BatchPrediction:  # type: ignore[valid-type]
+    async def predict_batch(payload: batch_model, request: Request) -> Response:  # type: ignore[valid-type]
         """Score up to `max_batch_rows` requests at once."""
         state: ServerState = request.app.state.server
         rows = [r.model_dump() for r in payload.rows]  # type: ignore[attr-defined]
         scored = _score(state, rows, "predict_batch")
         first = scored[0]
-        return BatchPrediction(
-            model_name=first.model_name,
-            model_version=first.model_version,
-            predictions=[_answer(s) for s in scored],
-        )
+        body = {  # serialised directly: 1,000 pydantic answers cost ~16 ms
+            "model_name": first.model_name,
+            "model_version": first.model_version,
+            "predictions": [
+                {
+                    "request_id": s.request_id,
+                    "score": s.score,
+                    "decision": s.decision,
+                    "model_name": s.model_name,
+                    "model_version": s.model_version,
+                    "feature_age_seconds": s.feature_age_seconds,
+                    "unknown_entities": s.unknown_entities,
+                }
+                for s in scored
+            ],
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
 
     return router
