@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -93,3 +95,23 @@ class ServerMetrics:
             multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)
+
+
+def observe_many(histogram: Histogram, values: npt.ArrayLike) -> None:
+    """Observe many values at once: what `observe` does per value, vectorised.
+
+    prometheus-client has no bulk observe; a 1,000-row batch would otherwise
+    cost ~1 ms per histogram. Uses the client's bucket and sum values directly
+    (pinned version; a test checks the result equals `observe`).
+    """
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(
+        np.searchsorted(bounds, data, side="left"), minlength=len(bounds)
+    )
+    histogram._sum.inc(float(data.sum()))
+    for bucket, count in zip(histogram._buckets, counts, strict=False):
+        if count:
+            bucket.inc(int(count))

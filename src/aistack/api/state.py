@@ -19,7 +19,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from aistack.api.metrics import ServerMetrics
+from aistack.api.metrics import ServerMetrics, observe_many
 from aistack.platform.alerts import evaluate_alerts, firing
 from aistack.platform.delta import Lake
 from aistack.platform.drift import StreamingHistograms, psi
@@ -292,13 +292,16 @@ class ServerState:
         metrics.lookup.observe(timings.lookup)
         if scored:
             version = str(scored[0].model_version)
-            for s in scored:
-                metrics.scores.labels(version).observe(s.score)
-                for view, age in s.feature_age_seconds.items():
-                    if age is not None:
-                        metrics.feature_age.labels(view).observe(age)
-                for view in s.unknown_entities:
-                    metrics.unknown.labels(view).inc()
+            observe_many(metrics.scores.labels(version), [s.score for s in scored])
+            for view in self.use_case.views:
+                ages = [s.feature_age_seconds.get(view.name) for s in scored]
+                observe_many(
+                    metrics.feature_age.labels(view.name),
+                    [a for a in ages if a is not None],
+                )
+                unknown = sum(view.name in s.unknown_entities for s in scored)
+                if unknown:
+                    metrics.unknown.labels(view.name).inc(unknown)
         histograms = self.histograms
         if histograms is not None and timings.matrix is not None and scored:
             features = {

@@ -71,7 +71,10 @@ def score_requests(
     labels = use_case.labels
     n = len(payloads)
     ids = [p.get(labels.id) for p in payloads]
-    request_ids = [str(i) if i is not None else uuid.uuid4().hex for i in ids]
+    call = uuid.uuid4().hex  # one per call; rows without an id get call-index
+    request_ids = [
+        str(i) if i is not None else f"{call}-{n}" for n, i in enumerate(ids)
+    ]
     columns: dict[str, Any] = {
         c: [p[c] for p in payloads] for c in request_columns(use_case)
     }
