@@ -1,7 +1,7 @@
 """Delta tables under the workspace: the only place stages read and write storage.
 
 Tables are named `layer.name` (`bronze.transactions`, `silver.transactions`,
-`gold.fraud_customer_spending`) and live at `<workspace>/tables/<layer>/<name>`.
+`gold.<use case>_<purpose>`) and live at `<workspace>/tables/<layer>/<name>`.
 Every write is one Delta commit, so a crash mid-write leaves the previous version.
 """
 
