@@ -251,3 +251,30 @@ def test_redis_store_serves_and_ready_flips_when_it_goes_down(
             finally:
                 again.terminate()
                 again.wait()
+
+
+def test_two_workers_serve_share_metrics_and_flush_on_sigterm(served_workspace) -> None:
+    ws = served_workspace
+    env = {"AISTACK_LOG_FLUSH_SECONDS": "3600"}
+    with aistack_server(ws.settings.workspace, env=env, args=("--workers", "2")) as (
+        base,
+        proc,
+    ):
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        for i in range(60):  # new connection each: the kernel spreads them
+            r = httpx.post(
+                f"{base}/v1/fraud/predict", json={**GOOD, "transaction_id": i}
+            )
+            assert r.status_code == 200
+        text = httpx.get(f"{base}/metrics").text
+        assert (
+            'aistack_requests_total{route="/v1/fraud/predict",status="200"} 60.0'
+            in text
+        )
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    log = pl.from_arrow(ws.lake.read(prediction_log_table(get_use_case("fraud"))))
+    assert log.height == 60

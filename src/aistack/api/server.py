@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import socket
 import tempfile
 
 import uvicorn
@@ -35,24 +38,60 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> None:
-    """Serve until SIGINT/SIGTERM; shutdown flushes the prediction log."""
-    os.environ.update(settings_env(settings))
-    os.environ[USE_CASE_ENV] = use_case
-    if workers > 1:  # metrics from every worker, merged on /metrics
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="aistack-prom-")
-        )
-    http = "aistack.api.nodelay:NoDelayHttpToolsProtocol" if nodelay else "httptools"
-    uvicorn.run(
+def _config(http: str) -> uvicorn.Config:
+    return uvicorn.Config(
         "aistack.api.main:app_from_env",
         factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
         http=http,
         loop="uvloop",
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+
+
+def _worker(host: str, port: int, http: str) -> None:
+    """One worker process: its own SO_REUSEPORT socket, so the kernel balances.
+
+    uvicorn's own workers share one listening socket, and connections piled
+    onto one worker (measured: 7/25 to 20/12 splits of 32 connections).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    uvicorn.Server(_config(http)).run(sockets=[sock])
+
+
+def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> None:
+    """Serve until SIGINT/SIGTERM; shutdown flushes the prediction log."""
+    os.environ.update(settings_env(settings))
+    os.environ[USE_CASE_ENV] = use_case
+    http = "aistack.api.nodelay:NoDelayHttpToolsProtocol" if nodelay else "httptools"
+    if workers == 1:
+        config = _config(http)
+        config.host, config.port = settings.host, settings.port
+        uvicorn.Server(config).run()
+        return
+    # metrics from every worker, merged on /metrics
+    os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="aistack-prom-")
+    )
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(settings.host, settings.port, http))
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, frame: object) -> None:
+        for process in processes:  # each worker shuts down gracefully (log flush)
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches workers
+    for process in processes:
+        process.join()
