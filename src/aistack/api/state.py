@@ -104,6 +104,7 @@ class ServerState:
     http_window: Window = field(default_factory=Window)
     _pending: Window = field(default_factory=Window)
     _judged: int = 0
+    _histogram_columns: list[int | None] = field(default_factory=list)
     _firing: set[str] = field(default_factory=set)
     lake: Lake = field(init=False)
     store: OnlineStore = field(init=False)
@@ -159,6 +160,11 @@ class ServerState:
             if profile is not None and self.settings.drift_histograms
             else None
         )
+        # where each histogram column sits in the feature matrix (None: the score)
+        self._histogram_columns = [
+            predictor.features.index(n) if n in predictor.features else None
+            for n in (self.histograms.names if self.histograms else [])
+        ]
         self.predictor = predictor  # one reference assignment: old or new, never mixed
         if current is not None:
             self.metrics.model.remove(
@@ -305,15 +311,10 @@ class ServerState:
                     metrics.unknown.labels(view.name).inc(unknown)
         histograms = self.histograms
         if histograms is not None and timings.matrix is not None and scored:
-            features = {
-                f: i
-                for i, f in enumerate(self.predictor.features if self.predictor else [])
-            }
+            scores = np.array([s.score for s in scored])
+            matrix = timings.matrix
             columns = [
-                timings.matrix[:, features[n]]
-                if n in features
-                else np.array([s.score for s in scored])
-                for n in histograms.names
+                scores if i is None else matrix[:, i] for i in self._histogram_columns
             ]
             histograms.observe(np.column_stack(columns))
 

@@ -26,7 +26,7 @@ from aistack.platform.drift import ColumnDrift, detect_drift, drift_frame
 from aistack.platform.pipeline import Workspace
 from aistack.platform.report import render_report
 from aistack.platform.rollout import end_rollout, read_rollout
-from aistack.platform.training import build_training_set, lineage_of
+from aistack.platform.training import build_training_set, lineage_of, tracking
 from aistack.platform.usecase import UseCase
 
 OVERLAY_ROWS = 20_000
@@ -190,13 +190,8 @@ def run_monitor(
     report_path: Path | None,
 ) -> MonitorResult:
     """Drift, live performance, alerts and the rollout guard; writes the report."""
-    with_tracking = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(ws.settings.mlflow_uri)
-    mlflow.set_registry_uri(ws.settings.mlflow_uri)
-    try:
+    with tracking(ws.settings.mlflow_uri):
         return _monitor(ws, use_case, window=window, report_path=report_path)
-    finally:
-        mlflow.set_tracking_uri(with_tracking)
 
 
 def _monitor(
