@@ -52,6 +52,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aistack.platform.delta import Lake
+from aistack.platform.eventstate import open_event_state
 from aistack.platform.inference import Predictor
 from aistack.platform.online import open_store
 from aistack.platform.registry import Registry
@@ -264,12 +265,24 @@ def build_workload(
     request = use_case.serving.request
     payloads = [request.model_validate(b).model_dump() for b in bodies]
     store = open_store(settings.online_url, settings.workspace, use_case.name)
+    events = open_event_state(settings.online_url, settings.workspace, use_case.name)
     scored = score_requests(
-        use_case, store, Predictor(use_case.name, version, model), payloads
+        use_case,
+        store,
+        Predictor(use_case.name, version, model),
+        payloads,
+        events=events,
+        update_state=False,  # the servers will add these events themselves
     )
     ident = use_case.labels.id
+    defaults = use_case.feature_defaults
     matrix = [
-        [float(b[ident]) if c == ident else s.features[c] for c in columns]
+        [
+            float(b[ident])
+            if c == ident
+            else (s.features[c] if s.features[c] is not None else defaults[c])
+            for c in columns
+        ]
         for b, s in zip(bodies, scored, strict=True)
     ]
     work = Workload(folder, columns, version, rows=len(bodies))

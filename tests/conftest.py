@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from aistack.platform.eventstate import open_event_state
 from aistack.platform.online import materialize, open_store
 from aistack.platform.pipeline import RunReport, Workspace, run
+from aistack.platform.realtime import bootstrap
 from aistack.platform.usecase import get_use_case
 from aistack.settings import load_settings
 
@@ -43,4 +45,7 @@ def served_workspace(fraud_run, tmp_path: Path) -> Workspace:
     ws = make_workspace(root)
     uc = get_use_case("fraud")
     materialize(ws.lake, open_store(None, ws.settings.workspace, uc.name), uc)
+    events = open_event_state(None, ws.settings.workspace, uc.name)
+    for view in uc.aggregation_views:
+        bootstrap(ws.lake, events, uc, view)
     return ws

@@ -8,23 +8,32 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
+import signal
+import socket
 import sys
+import threading
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from prometheus_client import start_http_server
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from aistack.api.server import serve
 from aistack.errors import AIStackError, ConfigError
+from aistack.platform.consistency import check_consistency
+from aistack.platform.eventstate import open_event_state
 from aistack.platform.monitoring import ab_test, run_monitor
 from aistack.platform.online import materialize, open_store
 from aistack.platform.pipeline import STAGES, Stage, Workspace, new_progress, run
+from aistack.platform.realtime import bootstrap
 from aistack.platform.rollout import Mode, end_rollout, read_rollout, start_rollout
+from aistack.platform.stream import Consumer, RedisStreamSource, replay, stream_url
 from aistack.platform.training import lineage_of, tracking
 from aistack.platform.usecase import UseCase, get_use_case
 from aistack.render import (
@@ -288,24 +297,140 @@ def materialize_command(
     online_url: Annotated[
         str | None, typer.Option(help="Online store URL (AISTACK_ONLINE_URL).")
     ] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(
+            "--as-of",
+            help="Bootstrap the aggregation state as of this event time (starts it "
+            "over), so later events can be replayed.",
+        ),
+    ] = None,
     workspace: WorkspaceOpt = None,
     tracking_uri: TrackingOpt = None,
     seed: SeedOpt = None,
 ) -> None:
-    """Copy the latest gold feature values per entity into the online store."""
+    """Load the online state: aggregation views' recent events and labels from
+    silver (up to a watermark), SQL views' latest gold rows."""
     uc = get_use_case(use_case)
     settings = load_settings(
         workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
     )
     ws = Workspace(settings)
-    store = open_store(settings.online_url, settings.workspace, uc.name)
-    table = Table(title=f"{uc.name}: online store")
-    for column in ("view", "gold version", "entities written"):
+    table = Table(title=f"{uc.name}: online state")
+    for column in ("view", "kind", "from", "watermark", "rows written"):
         table.add_column(column)
+    if uc.aggregation_views:
+        events = open_event_state(settings.online_url, settings.workspace, uc.name)
+        for view in uc.aggregation_views:
+            boot = bootstrap(ws.lake, events, uc, view, as_of=as_of)
+            written = "unchanged" if boot.skipped else f"{boot.events:,} events"
+            table.add_row(
+                view.name,
+                "aggregation (per request)",
+                f"{view.source}@{boot.source_version}",
+                boot.as_of.isoformat(sep=" "),
+                written,
+            )
+    store = open_store(settings.online_url, settings.workspace, uc.name)
     for result in materialize(ws.lake, store, uc):
-        written = "unchanged" if result.skipped else f"{result.entities:,}"
-        table.add_row(result.view, str(result.gold_version), written)
+        written = "unchanged" if result.skipped else f"{result.entities:,} entities"
+        table.add_row(
+            result.view,
+            "SQL (batch-only)",
+            f"gold.{uc.name}_{result.view}@{result.gold_version}",
+            "",
+            written,
+        )
     console.print(table)
+
+
+@app.command("stream")
+def stream_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    consumer: Annotated[
+        str | None, typer.Option(help="Consumer name in the group (default: host-pid).")
+    ] = None,
+    batch: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Micro-batch size.")
+    ] = 500,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus /metrics on 127.0.0.1:PORT.")
+    ] = None,
+    until_idle: Annotated[
+        bool, typer.Option(help="Stop once nothing is pending or undelivered.")
+    ] = False,
+    online_url: Annotated[
+        str | None, typer.Option(help="Online store URL (AISTACK_ONLINE_URL).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Score events from the use case's Redis stream, exactly once, into the
+    prediction log and the output stream (`aistack:<use case>:predictions`)."""
+    uc = get_use_case(use_case)
+    settings = load_settings(
+        workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
+    )
+    name = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    source = RedisStreamSource(stream_url(settings), uc.name, consumer=name)
+    worker = Consumer(uc, settings, source, name, batch_size=batch)
+    if metrics_port is not None:
+        start_http_server(
+            metrics_port, addr="127.0.0.1", registry=worker.metrics.registry
+        )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(f"consumer {name} of {source.names['events']}: scoring")
+    done = worker.run(stop, until_idle=until_idle)
+    console.print(f"consumer {name}: {done:,} events scored and committed")
+
+
+@app.command("replay")
+def replay_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    start: Annotated[
+        datetime, typer.Option("--from", help="First event time (inclusive).")
+    ],
+    end: Annotated[datetime, typer.Option("--to", help="Last event time (exclusive).")],
+    rate: Annotated[
+        float, typer.Option(min=0, help="Events per second (0: as fast as possible).")
+    ] = 0.0,
+    online_url: Annotated[
+        str | None, typer.Option(help="Online store URL (AISTACK_ONLINE_URL).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Push ingested events of a time range into the use case's stream, in time
+    order, with each label after its delay."""
+    uc = get_use_case(use_case)
+    settings = load_settings(
+        workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
+    )
+    if end <= start:
+        raise ConfigError("--to: must be after --from")
+    ws = Workspace(settings)
+    progress = new_progress(enabled=sys.stdout.isatty())
+    with progress:
+        task = progress.add_task("replay -> stream", total=None)
+        result = replay(
+            ws.lake,
+            uc,
+            stream_url(settings),
+            start=start,
+            end=end,
+            rate=rate,
+            progress=lambda n: progress.advance(task, n),
+        )
+    console.print(
+        f"{result.events:,} events and {result.labels:,} labels pushed in "
+        f"{result.seconds:.1f} s ({result.events / max(result.seconds, 1e-9):,.0f}/s)"
+    )
 
 
 @app.command("serve")
@@ -369,6 +494,49 @@ def monitor_command(
     if result.rollout_action:
         console.print(f"[yellow]{result.rollout_action}[/]")
     console.print(f"report: {result.report}", soft_wrap=True)
+
+
+@app.command("consistency")
+def consistency_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    hours: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Only predictions logged in the last N hours."),
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Served features against their offline values, for logged predictions whose
+    events have since been ingested: per feature mismatch and missing rates."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    since = datetime.now(UTC) - timedelta(hours=hours) if hours is not None else None
+    report = check_consistency(ws.lake, uc, since=since)
+    table = Table(
+        title=f"{uc.name}: online/offline consistency ({report.compared:,} of "
+        f"{report.logged:,} logged predictions ingested since; {report.late:,} late)"
+    )
+    for column in (
+        "feature",
+        "compared",
+        "mismatch rate",
+        "missing rate",
+        "max |diff|",
+    ):
+        table.add_column(column, justify="left" if column == "feature" else "right")
+    for f in report.features:
+        style = "red" if f.mismatch_rate or f.missing_rate else None
+        table.add_row(
+            f.feature,
+            f"{f.compared:,}",
+            f"{f.mismatch_rate:.4%}",
+            f"{f.missing_rate:.4%}",
+            f"{f.max_abs_diff:.3g}",
+            style=style,
+        )
+    console.print(table)
 
 
 @app.command("rollout")

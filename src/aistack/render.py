@@ -43,6 +43,15 @@ def run_summary(
     for result in report.silver:
         for note in result.notes:
             console.print(f"[yellow]note[/] {result.table}: {note}")
+    if report.gold:
+        table = Table(title="gold features (this run)")
+        table.add_column("table")
+        table.add_column("version", justify="right")
+        table.add_column("rows written", justify="right")
+        for g in report.gold:
+            written = "unchanged (same inputs)" if g.skipped else f"{g.new_rows:,}"
+            table.add_row(g.table, str(g.version), written)
+        console.print(table)
     if report.candidates:
         metrics = list(use_case.metrics)
         table = Table(title="models trained (test period after the label delay)")

@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = Field(
         default=None, description="Where alerts are POSTed (JSON); none: only recorded."
     )
+    stream_url: str | None = Field(
+        default=None,
+        description="Redis holding the event streams (default: online_url if Redis).",
+    )
+    stream_failpoint: str | None = Field(
+        default=None,
+        pattern=r"^(after_state|after_commit):[1-9][0-9]*$",
+        description="Fault injection for tests: `after_state:N` or `after_commit:N` "
+        "kills the consumer (SIGKILL) at that point of its N-th batch.",
+    )
 
     @field_validator("tracking_uri")
     @classmethod

@@ -6,6 +6,7 @@ back (or promotes) the challenger on its own.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -19,13 +20,33 @@ from servers import aistack_server
 FAST = {"AISTACK_POLL_SECONDS": "0.3", "AISTACK_EVAL_SECONDS": "0.5"}
 
 
+RECENT: list[dict] = []
+
+
+@pytest.fixture(autouse=True)
+def recent(served_workspace):
+    """Stationary traffic: the last 1,200 ingested transactions, resent.
+
+    Their events are already in the online state, so a resent one is a retry
+    (counted once): features do not drift while the arms are compared.
+    """
+    table = served_workspace.lake.read("silver.transactions")
+    rows = table.sort_by([("tx_datetime", "descending")]).slice(0, 1200).to_pylist()
+    random.Random(0).shuffle(rows)  # any window of traffic is a random sample
+    RECENT[:] = [
+        {
+            "transaction_id": r["transaction_id"],
+            "customer_id": r["customer_id"],
+            "terminal_id": r["terminal_id"],
+            "tx_amount": r["tx_amount"],
+            "tx_datetime": r["tx_datetime"].isoformat(),
+        }
+        for r in rows
+    ]
+
+
 def payload(i: int) -> dict:
-    return {
-        "customer_id": i % 400,
-        "terminal_id": i % 800,
-        "tx_amount": 20.0 + i % 90,
-        "tx_datetime": "2018-05-30T12:00:00",
-    }
+    return RECENT[i % len(RECENT)]
 
 
 def drive(base: str, until, *, seconds: float = 90) -> tuple[list[int], list[str]]:
@@ -102,7 +123,9 @@ def test_bad_challenger_is_rolled_back_without_failed_requests(
 def test_healthy_canary_is_promoted(served_workspace) -> None:
     ws = served_workspace
     version = register(ws, "same")
-    with aistack_server(ws.settings.workspace, env=FAST) as (base, _):
+    # windows of 2 s: enough requests per arm for a stable score PSI
+    env = {**FAST, "AISTACK_EVAL_SECONDS": "2"}
+    with aistack_server(ws.settings.workspace, env=env) as (base, _):
         start_rollout(
             ws.registry, "fraud", mode="canary", share=50, version=version, actor="t"
         )

@@ -72,6 +72,15 @@ def report_inputs() -> dict:
         "scores_by_day": scores,
         "performance": performance,
         "training_metrics": {"roc_auc": 0.88, "average_precision": 0.8},
+        "consistency": pd.DataFrame(
+            {
+                "feature": ["customer_nb_tx_1d", "batch_only_<feature>"],
+                "compared": [1200, 1200],
+                "mismatch_rate": [0.0, 0.25],
+                "missing_rate": [0.0, 0.01],
+                "max_abs_diff": [0.0, 3.5],
+            }
+        ),
         "alerts": [
             {
                 "rule": "psi_tx_amount",
@@ -181,3 +190,5 @@ def test_report_draws_in_a_real_browser(tmp_path: Path) -> None:
     assert len(svgs) == len(OVERLAYS) + 2
     assert all("<path" in svg for svg in svgs)
     assert "amount_&lt;b&gt;raw&lt;/b&gt;" in dom.stdout
+    assert "Online/offline consistency" in dom.stdout
+    assert re.search(r'<tr class="mismatch"><td>batch_only_&lt;feature&gt;', dom.stdout)

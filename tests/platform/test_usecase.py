@@ -8,6 +8,7 @@ import pytest
 
 from aistack.errors import DeclarationError, UseCaseNotFoundError
 from aistack.platform.usecase import (
+    AggregationView,
     Feature,
     FeatureView,
     Gates,
@@ -35,7 +36,10 @@ def test_use_case_contract(name: str) -> None:
         assert spec.columns, f"{spec.name}: contract declares no column"
     for view in uc.views:
         assert set(view.inputs) <= silver
-        assert "silver." in view.query
+        if isinstance(view, AggregationView):
+            assert view.source == uc.labels.table and view.specs
+        else:
+            assert "silver." in view.query
         assert uc.gold_table(view).startswith(f"gold.{uc.name}_")
     assert uc.labels.table in silver
     assert uc.gates.primary_metric in uc.metrics

@@ -84,6 +84,17 @@ class ServerMetrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.late = Counter(
+            "aistack_late_events",
+            "Events older than their entity's latest one beyond the allowed lateness",
+            ["view"],
+            registry=r,
+        )
+        self.labels = Counter(
+            "aistack_labels_applied",
+            "Labels attached to events in the online aggregation state",
+            registry=r,
+        )
         self.swaps = Counter(
             "aistack_model_swaps", "Champion changes picked up", registry=r
         )

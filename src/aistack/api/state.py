@@ -24,8 +24,10 @@ from aistack.api.metrics import ServerMetrics, observe_many
 from aistack.platform.alerts import evaluate_alerts, firing
 from aistack.platform.delta import Lake
 from aistack.platform.drift import StreamingHistograms, psi
+from aistack.platform.eventstate import EventState, open_event_state
 from aistack.platform.inference import Predictor, load_predictor
 from aistack.platform.online import OnlineStore, open_store, versions
+from aistack.platform.realtime import LabelResult, apply_labels
 from aistack.platform.registry import Registry
 from aistack.platform.rollout import (
     Rollout,
@@ -36,8 +38,12 @@ from aistack.platform.rollout import (
 from aistack.platform.serving import (
     LookupTimings,
     PredictionLog,
+    RequestFeatures,
     Scored,
-    score_requests,
+    commit_features,
+    predict,
+    prediction_log_table,
+    request_features,
 )
 from aistack.platform.training import PROFILE_ARTIFACT
 from aistack.platform.usecase import UseCase
@@ -45,11 +51,6 @@ from aistack.settings import Settings
 
 log = logging.getLogger("aistack.server")
 _ACTOR = "aistack-server"
-
-
-def prediction_log_table(use_case: UseCase) -> str:
-    """Delta table of a use case's online predictions."""
-    return f"ops.{use_case.name}_prediction_log"
 
 
 @dataclass
@@ -108,6 +109,7 @@ class ServerState:
     _firing: set[str] = field(default_factory=set)
     lake: Lake = field(init=False)
     store: OnlineStore = field(init=False)
+    events: EventState | None = field(init=False)
     registry: Registry = field(init=False)
     log: PredictionLog = field(init=False)
     _shadow: ThreadPoolExecutor = field(
@@ -121,11 +123,19 @@ class ServerState:
         self.store = open_store(
             self.settings.online_url, self.settings.workspace, self.use_case.name
         )
+        self.events = (
+            open_event_state(
+                self.settings.online_url, self.settings.workspace, self.use_case.name
+            )
+            if self.use_case.aggregation_views
+            else None
+        )
         self.registry = Registry(self.lake, self.settings.mlflow_uri)
         self.log = PredictionLog(
             self.lake,
             prediction_log_table(self.use_case),
             flush_seconds=self.settings.log_flush_seconds,
+            feature_names=self.use_case.feature_names,
         )
 
     # --- models -------------------------------------------------------------
@@ -205,54 +215,80 @@ class ServerState:
     # --- requests -----------------------------------------------------------
 
     def score(self, payloads: list[dict[str, Any]], route: str) -> list[Scored]:
-        """Answer payloads: champion, or the canary arm for sticky entities."""
+        """Answer payloads: champion, or the canary arm for sticky entities.
+
+        Features are computed once for the batch; the events join the online
+        state after they are scored, whichever arm answered.
+        """
         champion, challenger, rollout = self.predictor, self.challenger, self.rollout
         assert champion is not None
+        found = request_features(self.use_case, self.store, self.events, payloads)
+        mask = [False] * len(payloads)
         if rollout is not None and challenger is not None and rollout.mode == "canary":
             key = self.use_case.labels.columns[0]
-            to_challenger = [routes_to_challenger(rollout, p[key]) for p in payloads]
-            if any(to_challenger):
-                return self._canary(
-                    payloads, to_challenger, champion, challenger, route
-                )
-        scored = self._arm(champion, payloads, self.champion_window)
+            mask = [routes_to_challenger(rollout, p[key]) for p in payloads]
+        if any(mask):
+            assert challenger is not None
+            scored = self._canary(found, mask, champion, challenger)
+        else:
+            scored = self._arm(champion, found, None, self.champion_window)
+        commit_features(self.use_case, self.events, found)
+        self._count_late(scored)
         self.log.append(
             scored, payloads, route=route, online_versions=self.online_versions_cached
         )
         if rollout is not None and challenger is not None and rollout.mode == "shadow":
-            self._shadow.submit(self._shadow_score, challenger, payloads, route)
+            self._shadow.submit(self._shadow_score, challenger, found, payloads, route)
         return scored
 
+    def label(self, labels: list[tuple[Any, float]]) -> LabelResult:
+        """Attach late-arriving labels to the events in the online state."""
+        if self.events is None:
+            return LabelResult(len(labels), 0, [])
+        result = apply_labels(self.events, self.use_case, labels)
+        self.metrics.labels.inc(result.applied)
+        return result
+
+    def _count_late(self, scored: list[Scored]) -> None:
+        for s in scored:
+            for view in s.late:
+                self.metrics.late.labels(view).inc()
+                log.warning(
+                    "late event %s (view %s): served from the events before it",
+                    s.request_id,
+                    view,
+                )
+
     def _arm(
-        self, predictor: Predictor, payloads: list[dict[str, Any]], window: Window
+        self,
+        predictor: Predictor,
+        found: RequestFeatures,
+        rows: list[int] | None,
+        window: Window,
     ) -> list[Scored]:
         timings = LookupTimings()
         start = time.perf_counter()
-        scored = score_requests(
-            self.use_case, self.store, predictor, payloads, timings=timings
-        )
+        scored = predict(self.use_case, predictor, found, rows, timings=timings)
         window.record(
-            len(scored), time.perf_counter() - start, [s.score for s in scored]
+            len(scored),
+            time.perf_counter() - start + found.lookup_seconds,
+            [s.score for s in scored],
         )
         self._observe(scored, timings)
         return scored
 
     def _canary(
         self,
-        payloads: list[dict[str, Any]],
+        found: RequestFeatures,
         mask: list[bool],
         champion: Predictor,
         challenger: Predictor,
-        route: str,
     ) -> list[Scored]:
-        picked = [p for p, m in zip(payloads, mask, strict=True) if m]
-        rest = [p for p, m in zip(payloads, mask, strict=True) if not m]
+        picked = [i for i, m in enumerate(mask) if m]
+        rest = [i for i, m in enumerate(mask) if not m]
         start = time.perf_counter()
         try:
-            timings = LookupTimings()
-            answered = score_requests(
-                self.use_case, self.store, challenger, picked, timings=timings
-            )
+            answered = predict(self.use_case, challenger, found, picked)
             self.challenger_window.record(
                 len(picked), time.perf_counter() - start, [s.score for s in answered]
             )
@@ -262,21 +298,21 @@ class ServerState:
             self.challenger_window.record(
                 len(picked), time.perf_counter() - start, [], errors=len(picked)
             )
-            answered = self._arm(champion, picked, self.champion_window)
-        others = self._arm(champion, rest, self.champion_window) if rest else []
+            answered = self._arm(champion, found, picked, self.champion_window)
+        others = self._arm(champion, found, rest, self.champion_window) if rest else []
         by_id = iter(answered), iter(others)
-        scored = [next(by_id[0]) if m else next(by_id[1]) for m in mask]
-        self.log.append(
-            scored, payloads, route=route, online_versions=self.online_versions_cached
-        )
-        return scored
+        return [next(by_id[0]) if m else next(by_id[1]) for m in mask]
 
     def _shadow_score(
-        self, challenger: Predictor, payloads: list[dict[str, Any]], route: str
+        self,
+        challenger: Predictor,
+        found: RequestFeatures,
+        payloads: list[dict[str, Any]],
+        route: str,
     ) -> None:
         start = time.perf_counter()
         try:
-            scored = score_requests(self.use_case, self.store, challenger, payloads)
+            scored = predict(self.use_case, challenger, found)
         except Exception:
             self.challenger_window.record(
                 len(payloads), time.perf_counter() - start, [], errors=len(payloads)
@@ -412,8 +448,16 @@ class ServerState:
     # --- lifecycle ----------------------------------------------------------
 
     def online_versions(self) -> dict[str, int]:
-        """Gold version each view's online values reflect."""
-        return dict(versions(self.store, [v.name for v in self.use_case.views]))
+        """Per view, the table version its online values come from: the source
+        (silver) version an aggregation state was bootstrapped from, the gold
+        version a SQL view was materialized from."""
+        found = dict(versions(self.store, [v.name for v in self.use_case.views]))
+        if self.events is not None:
+            for view in self.use_case.aggregation_views:
+                mark = self.events.watermark(view.name)
+                if mark is not None:
+                    found[view.name] = mark.source_version
+        return found
 
     def _loop(self, seconds: float, step: Any) -> None:  # noqa: ANN401
         while not self._stop.wait(seconds):

@@ -1,6 +1,12 @@
 """Gold feature tables and point-in-time joins.
 
-A gold table is the append-only history of a feature view: each row carries the
+An aggregation view's gold table holds one row per event (its id, entity,
+`event_time`, features, `_written_at`), computed once when the event first lands
+in silver: an increment computes only the new events' rows (reading the rows
+inside the longest window before them), and a label row joins its own event's
+row by id.
+
+A SQL view's gold table is the append-only history of the view: each row carries the
 entity, `event_time` (when the value holds) and `_written_at` (when it became
 known). A build appends only rows that are new or changed since the latest
 version of their (entity, event_time), so backfills are visible as later writes.
@@ -15,13 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+import duckdb
 import pyarrow as pa
 
 from aistack.errors import SchemaError
+from aistack.platform.aggregations import quote, view_sql
 from aistack.platform.delta import Lake
-from aistack.platform.usecase import FeatureView, UseCase
+from aistack.platform.usecase import AggregationView, FeatureView, UseCase, View
 
 EVENT_TIME = "event_time"
 WRITTEN_AT = "_written_at"
@@ -39,8 +47,7 @@ class GoldResult:
     skipped: bool
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+_q = quote
 
 
 def _latest(gold: str, view: FeatureView, as_of: str, *, single_write: bool) -> str:
@@ -65,9 +72,9 @@ def _single_write(lake: Lake, table: str, version: int | None = None) -> bool:
 
 
 def build_gold(
-    lake: Lake, use_case: UseCase, view: FeatureView, *, written_at: datetime
+    lake: Lake, use_case: UseCase, view: View, *, written_at: datetime
 ) -> GoldResult:
-    """Append the view's new or changed rows to its gold table.
+    """Append the view's new rows to its gold table.
 
     Skips (no new version) when the inputs' versions equal the last build's.
     """
@@ -77,6 +84,63 @@ def build_gold(
         return GoldResult(table, lake.version(table), 0, skipped=True)
     con = lake.connect({**inputs, **lake.versions([table])})
     con.execute("SET preserve_insertion_order = false")  # the write orders rows
+    if isinstance(view, AggregationView):
+        rows_sql = _new_event_rows(lake, con, table, view)
+        order = f"{_q(view.entity)}, {EVENT_TIME}, {_q(view.id)}"
+    else:
+        rows_sql = _changed_rows(lake, con, table, view)
+        order = f"{_q(view.entity)}, {EVENT_TIME}"
+    con.execute(
+        f"CREATE TEMP TABLE new_rows AS SELECT *, $written_at::TIMESTAMPTZ AS "
+        f"{WRITTEN_AT} FROM ({rows_sql}) ORDER BY {order}",
+        {"written_at": written_at},
+    )
+    counted = con.execute("SELECT count(*) FROM new_rows").fetchall()[0]
+    stream = con.sql("FROM new_rows").to_arrow_reader(batch_size=_BATCH_ROWS)
+    schema = _utc(stream.schema)
+    batches = pa.RecordBatchReader.from_batches(
+        schema, (batch.cast(schema) for batch in stream)
+    )
+    # An empty append still records the new inputs, so the next run can skip.
+    version = lake.write(table, batches, mode="append", inputs=inputs)
+    return GoldResult(table, version, int(counted[0]), skipped=False)
+
+
+def aggregation_sql(view: AggregationView, *, since: str | None = None) -> str:
+    """The view's per-event SQL over its source (`since`: a condition on it)."""
+    return view_sql(
+        view.source,
+        entity=view.entity,
+        event_id=view.id,
+        timestamp=view.timestamp,
+        aggregations=view.aggregations,
+        since=since,
+    )
+
+
+def _new_event_rows(
+    lake: Lake, con: duckdb.DuckDBPyConnection, table: str, view: AggregationView
+) -> str:
+    """SQL of the rows of events not in gold yet (all events on a first build)."""
+    ident, ts = _q(view.id), _q(view.timestamp)
+    if not lake.exists(table):
+        return aggregation_sql(view)
+    con.execute(
+        f"CREATE TEMP TABLE new_ids AS SELECT {ident}, {ts} FROM {view.source} "
+        f"ANTI JOIN {table} USING ({ident})"
+    )
+    first = con.execute(f"SELECT epoch_us(min({ts})) FROM new_ids").fetchall()[0]
+    if first is None or first[0] is None:
+        return f"{aggregation_sql(view)} LIMIT 0"
+    since = f"epoch_us({ts}) > {int(first[0]) - view.span // timedelta(microseconds=1)}"
+    rows = aggregation_sql(view, since=since)
+    return f"SELECT * FROM ({rows}) SEMI JOIN new_ids USING ({ident})"
+
+
+def _changed_rows(
+    lake: Lake, con: duckdb.DuckDBPyConnection, table: str, view: FeatureView
+) -> str:
+    """SQL of a SQL view's rows that are new or changed since the last build."""
     expected = [view.entity, EVENT_TIME, *view.feature_names]
     missing = [c for c in expected if c not in con.sql(view.query).columns]
     if missing:
@@ -99,23 +163,8 @@ def build_gold(
             "'infinity'::TIMESTAMPTZ",
             single_write=_single_write(lake, table),
         )
-        rows_sql = f"SELECT f.* FROM ({fresh}) f ANTI JOIN ({latest}) g ON {same}"
-    else:
-        rows_sql = fresh
-    con.execute(
-        f"CREATE TEMP TABLE new_rows AS SELECT *, $written_at::TIMESTAMPTZ AS "
-        f"{WRITTEN_AT} FROM ({rows_sql}) ORDER BY {_q(view.entity)}, {EVENT_TIME}",
-        {"written_at": written_at},
-    )
-    counted = con.execute("SELECT count(*) FROM new_rows").fetchall()[0]
-    stream = con.sql("FROM new_rows").to_arrow_reader(batch_size=_BATCH_ROWS)
-    schema = _utc(stream.schema)
-    batches = pa.RecordBatchReader.from_batches(
-        schema, (batch.cast(schema) for batch in stream)
-    )
-    # An empty append still records the new inputs, so the next run can skip.
-    version = lake.write(table, batches, mode="append", inputs=inputs)
-    return GoldResult(table, version, int(counted[0]), skipped=False)
+        return f"SELECT f.* FROM ({fresh}) f ANTI JOIN ({latest}) g ON {same}"
+    return fresh
 
 
 def _utc(schema: pa.Schema) -> pa.Schema:
@@ -155,6 +204,17 @@ def point_in_time_join(
     ctes, joins, selects = [], [], ["s.*"]
     for i, (table, view) in enumerate(gold.items()):
         alias = f"v{i}"
+        if isinstance(view, AggregationView):
+            ident = _q(view.id)
+            names = ", ".join(_q(f) for f in view.feature_names)
+            ctes.append(
+                f"{alias} AS (SELECT {ident}, {names} FROM {table} "
+                f"WHERE {WRITTEN_AT} <= $as_of::TIMESTAMPTZ)"
+            )
+            joins.append(f"LEFT JOIN {alias} ON s.{ident} = {alias}.{ident}")
+            selects.extend(f"{alias}.{_q(f)}" for f in view.feature_names)
+            selects.append(f"{alias}.{ident} IS NULL AS {_q('_missing_' + view.name)}")
+            continue
         latest = _latest(
             table,
             view,

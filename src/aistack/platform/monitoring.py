@@ -22,6 +22,7 @@ import polars as pl
 from aistack.errors import ConfigError, RegistryError
 from aistack.platform.abtest import ABResult, compare
 from aistack.platform.alerts import AlertEvent, evaluate_alerts, latest_alerts
+from aistack.platform.consistency import ConsistencyReport, check_consistency
 from aistack.platform.drift import ColumnDrift, detect_drift, drift_frame
 from aistack.platform.pipeline import Workspace
 from aistack.platform.report import render_report
@@ -46,6 +47,7 @@ class MonitorResult:
     alerts: list[AlertEvent] = field(default_factory=list)
     rollout_action: str | None = None
     report: Path | None = None
+    consistency: ConsistencyReport | None = None
 
     @property
     def drift_share(self) -> float:
@@ -268,6 +270,11 @@ def _report(
         if d.drifted
     }
     alerts = latest_alerts(ws.lake, use_case.name)
+    try:
+        consistency: ConsistencyReport | None = check_consistency(ws.lake, use_case)
+    except ConfigError:  # a log written before served values were logged
+        consistency = None
+    result.consistency = consistency
     return render_report(
         path,
         title=f"AI Stack monitoring: {use_case.name}",
@@ -284,6 +291,9 @@ def _report(
         performance=result.performance.drop(columns=["n"], errors="ignore"),
         training_metrics=result.training_metrics,
         alerts=alerts,
+        consistency=consistency.frame()
+        if consistency and consistency.compared
+        else None,
     )
 
 

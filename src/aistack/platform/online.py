@@ -1,4 +1,8 @@
-"""Online feature store: the latest value of each feature view per entity.
+"""Online feature store of SQL views: the latest value of each view per entity.
+
+SQL views are batch-only: served as of their last materialization. Aggregation
+views are computed per request from the aggregation state instead
+(`aistack.platform.eventstate`, `aistack.platform.realtime`).
 
 SQLite (embedded default, a file in the workspace) or Redis (`redis://` URL). Both
 hold, per view and entity, the feature values, their event time and the gold
@@ -296,8 +300,12 @@ def materialize_view(
 def materialize(
     lake: Lake, store: OnlineStore, use_case: UseCase
 ) -> list[MaterializeResult]:
-    """Materialize every feature view of `use_case`."""
-    return [materialize_view(lake, store, use_case, v) for v in use_case.views]
+    """Materialize every SQL feature view of `use_case`."""
+    return [
+        materialize_view(lake, store, use_case, v)
+        for v in use_case.views
+        if isinstance(v, FeatureView)
+    ]
 
 
 def versions(store: OnlineStore, views: Iterable[str]) -> Mapping[str, int]:

@@ -51,7 +51,7 @@ h1{margin:0 0 8px;font-size:1.6em}h2{margin:28px 0 8px;font-size:1.2em;
 table{border-collapse:collapse;font-size:.9em;margin:4px 0}
 th,td{border:1px solid #ddd;padding:3px 10px;text-align:left}
 th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.drifted td,tr.firing td{background:#fde2e2}
+tr.drifted td,tr.firing td,tr.mismatch td{background:#fde2e2}
 .share{font-weight:600}.note{color:#666;font-style:italic}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:12px}
 figure{margin:0;border:1px solid #eee;padding:4px}
@@ -71,6 +71,7 @@ def render_report(
     performance: pd.DataFrame,
     training_metrics: Mapping[str, float],
     alerts: Sequence[Mapping[str, str]] = (),
+    consistency: pd.DataFrame | None = None,
 ) -> Path:
     """Write the monitoring report as one self-contained HTML file at `path`.
 
@@ -83,6 +84,7 @@ def render_report(
             _overlays_section(overlays),
             _scores_section(scores_by_day),
             _performance_section(performance, training_metrics),
+            _consistency_section(consistency),
             _alerts_section(alerts),
         ]
     page = (
@@ -394,6 +396,35 @@ def _performance_section(
         text.set_parse_math(False)
     ax.grid(alpha=0.3)
     return head + _figure(_svg(fig), "") + "</section>"
+
+
+def _consistency_section(consistency: pd.DataFrame | None) -> str:
+    """Served features against their offline values, per feature.
+
+    The one check that shows training and serving agree on real traffic.
+    """
+    head = "<section><h2>Online/offline consistency</h2>"
+    if consistency is None or consistency.empty:
+        note = "No logged prediction's event has been ingested yet."
+        return head + f'<p class="note">{note}</p></section>'
+    headers = ["feature", "compared", "mismatch rate", "missing rate", "max |diff|"]
+    rows = consistency[
+        ["feature", "compared", "mismatch_rate", "missing_rate", "max_abs_diff"]
+    ].itertuples(index=False)
+    classes = [
+        "mismatch" if m > 0 or n > 0 else ""
+        for m, n in zip(
+            consistency["mismatch_rate"], consistency["missing_rate"], strict=True
+        )
+    ]
+    note = (
+        '<p class="note">Logged served values recomputed offline from silver for '
+        "the events since ingested; a mismatch is a relative difference above "
+        "1e-9.</p>"
+    )
+    return (
+        head + note + _table(headers, [list(r) for r in rows], classes) + "</section>"
+    )
 
 
 def _alerts_section(alerts: Sequence[Mapping[str, str]]) -> str:

@@ -1,9 +1,12 @@
-"""Score requests online: online features + request-time features -> model -> decision.
+"""Score requests online: features -> model -> decision, then the state update.
 
-Request-time features use the same polars expressions as the training set, and
-view features come from the online store, so a request and a training row with the
-same inputs get the same features. An unknown entity, or a value older than the
-view's ttl, gets the view's declared defaults and is flagged.
+Aggregation views are computed per request from the online aggregation state
+plus the request itself (the same definition as training, see
+`aistack.platform.realtime`); after scoring, each event joins the state.
+Request-time features use the same polars expressions as the training set.
+SQL views are batch-only: served as of their last materialization (their age is
+reported), with the declared defaults where the entity is unknown, expired, or
+materialized after the request's time (never a value from its future).
 """
 
 from __future__ import annotations
@@ -22,15 +25,28 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
+from aistack.errors import ConfigError
 from aistack.platform.delta import Lake
+from aistack.platform.eventstate import EventState
 from aistack.platform.inference import Predictor
 from aistack.platform.online import OnlineStore, to_us
-from aistack.platform.usecase import UseCase
+from aistack.platform.realtime import (
+    ViewFeatures,
+    commit,
+    label_index,
+    online_features,
+)
+from aistack.platform.usecase import AggregationView, UseCase
 
 
 @dataclass
 class Scored:
-    """One scored request, as answered and as logged."""
+    """One scored request, as answered and as logged.
+
+    `features` are the values served (None: unknown, filled with the declared
+    default for the model); `late` names the views whose values exclude events
+    after this one (see the module docstring).
+    """
 
     request_id: str
     score: float
@@ -39,8 +55,11 @@ class Scored:
     model_version: int
     feature_age_seconds: dict[str, float | None]
     unknown_entities: list[str]
-    features: dict[str, float]
+    features: dict[str, float | None]
     arm: str = "champion"
+    event_id: str | None = None
+    event_time: datetime | None = None
+    late: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,28 +71,45 @@ class LookupTimings:
     matrix: np.ndarray | None = None
 
 
+@dataclass
+class RequestFeatures:
+    """Features of a batch of payloads, before any model sees them."""
+
+    request_ids: list[str]
+    event_ids: list[Any]
+    times: list[datetime]
+    values: dict[str, np.ndarray]
+    ages: list[dict[str, float | None]]
+    unknown: list[list[str]]
+    late: list[list[str]]
+    pending: list[tuple[AggregationView, ViewFeatures]]
+    lookup_seconds: float = 0.0
+
+
+def prediction_log_table(use_case: UseCase) -> str:
+    """Delta table of a use case's online predictions."""
+    return f"ops.{use_case.name}_prediction_log"
+
+
 def request_columns(use_case: UseCase) -> list[str]:
     """Payload columns the features read: timestamp and label columns."""
     labels = use_case.labels
     return list(dict.fromkeys([labels.timestamp, *labels.columns]))
 
 
-def score_requests(
+def request_features(
     use_case: UseCase,
     store: OnlineStore,
-    predictor: Predictor,
+    events: EventState | None,
     payloads: Sequence[Mapping[str, Any]],
-    *,
-    timings: LookupTimings | None = None,
-) -> list[Scored]:
-    """Score payloads (validated request dicts) in one vectorised pass."""
-    start = time.perf_counter()
+) -> RequestFeatures:
+    """Every feature of every payload (validated request dicts), vectorised."""
     labels = use_case.labels
     n = len(payloads)
     ids = [p.get(labels.id) for p in payloads]
     call = uuid.uuid4().hex  # one per call; rows without an id get call-index
     request_ids = [
-        str(i) if i is not None else f"{call}-{n}" for n, i in enumerate(ids)
+        str(i) if i is not None else f"{call}-{k}" for k, i in enumerate(ids)
     ]
     columns: dict[str, Any] = {
         c: [p[c] for p in payloads] for c in request_columns(use_case)
@@ -88,52 +124,149 @@ def score_requests(
     values[labels.id] = np.array(
         [i if i is not None else 0 for i in ids], dtype=np.float64
     )
-    ts_us = [to_us(t) for t in columns[labels.timestamp]]
-    ages: list[dict[str, float | None]] = [{} for _ in range(n)]
-    unknown: list[list[str]] = [[] for _ in range(n)]
+    times = list(columns[labels.timestamp])
+    ts_us = [to_us(t) for t in times]
+    out = RequestFeatures(
+        request_ids,
+        [i if i is not None else r for i, r in zip(ids, request_ids, strict=True)],
+        times,
+        values,
+        [{} for _ in range(n)],
+        [[] for _ in range(n)],
+        [[] for _ in range(n)],
+        [],
+    )
     lookup_start = time.perf_counter()
     for view in use_case.views:
-        ttl_us = view.ttl.total_seconds() * 1e6
-        rows = store.get(view.name, columns[view.entity])
-        defaults = [f.default for f in view.features]
-        block = np.empty((n, len(defaults)), dtype=np.float64)
-        for i, row in enumerate(rows):
-            age_us = None if row is None else ts_us[i] - row.event_time_us
-            if row is None or age_us is None or age_us > ttl_us:
-                block[i] = defaults
-                unknown[i].append(view.name)
-                ages[i][view.name] = None if age_us is None else age_us / 1e6
-                continue
-            block[i] = [
-                d if v is None else v for v, d in zip(row.values, defaults, strict=True)
-            ]
-            ages[i][view.name] = age_us / 1e6
-        for j, name in enumerate(view.feature_names):
-            values[name] = block[:, j]
-    lookup = time.perf_counter() - lookup_start
-    matrix = np.column_stack([values[f] for f in predictor.features])
-    scores = predictor.score(matrix)
+        if isinstance(view, AggregationView):
+            if events is None:
+                msg = f"view {view.name} aggregates events: an event state is needed"
+                raise ConfigError(msg)
+            found = online_features(
+                view,
+                events,
+                entities=columns[view.entity],
+                ts_us=ts_us,
+                ids=out.event_ids,
+                anonymous=[i is None for i in ids],
+                columns=columns,
+                label_at=label_index(view, use_case),
+            )
+            out.pending.append((view, found))
+            for j, name in enumerate(view.feature_names):
+                values[name] = found.values[:, j]
+            for k in range(n):
+                out.ages[k][view.name] = 0.0
+                if found.late[k]:
+                    out.late[k].append(view.name)
+        else:
+            _batch_view(view, store, columns[view.entity], ts_us, out)
+    out.lookup_seconds = time.perf_counter() - lookup_start
+    return out
+
+
+def _batch_view(
+    view: Any,  # noqa: ANN401  (a FeatureView)
+    store: OnlineStore,
+    entities: Sequence[object],
+    ts_us: Sequence[int],
+    out: RequestFeatures,
+) -> None:
+    ttl_us = view.ttl.total_seconds() * 1e6
+    rows = store.get(view.name, entities)
+    block = np.full((len(ts_us), len(view.features)), np.nan)
+    for i, row in enumerate(rows):
+        age_us = None if row is None else ts_us[i] - row.event_time_us
+        out.ages[i][view.name] = None if age_us is None else age_us / 1e6
+        if row is None or age_us is None or age_us > ttl_us:
+            out.unknown[i].append(view.name)
+            continue
+        if age_us < 0:  # materialized after the request: its future
+            out.late[i].append(view.name)
+            continue
+        block[i] = [np.nan if v is None else v for v in row.values]
+    for j, name in enumerate(view.feature_names):
+        out.values[name] = block[:, j]
+
+
+def commit_features(
+    use_case: UseCase, events: EventState | None, found: RequestFeatures
+) -> None:
+    """Add the scored events to the aggregation state (idempotent per event id)."""
+    if events is None:
+        return
+    for view, features in found.pending:
+        indexed = label_index(view, use_case) is not None
+        commit(view, events, features, indexed=indexed)
+
+
+def predict(
+    use_case: UseCase,
+    predictor: Predictor,
+    found: RequestFeatures,
+    rows: Sequence[int] | None = None,
+    *,
+    timings: LookupTimings | None = None,
+) -> list[Scored]:
+    """Score `rows` (default: all) of `found` with `predictor`."""
+    picked = list(range(len(found.request_ids))) if rows is None else list(rows)
+    defaults = use_case.feature_defaults
+    columns = []
+    for f in predictor.features:
+        column = found.values[f][picked]
+        if f in defaults:
+            column = np.where(np.isnan(column), defaults[f], column)
+        columns.append(column)
+    matrix = np.column_stack(columns) if picked else np.empty((0, len(columns)))
+    scores = predictor.score(matrix) if picked else np.empty(0)
     threshold = use_case.serving.threshold if use_case.serving else 0.5
     names = use_case.feature_names
     if timings is not None:
         timings.matrix = matrix
-    out = [
-        Scored(
-            request_ids[i],
-            float(scores[i]),
-            bool(scores[i] >= threshold),
-            predictor.name,
-            predictor.version,
-            ages[i],
-            unknown[i],
-            {f: float(values[f][i]) for f in names},
+        timings.lookup = found.lookup_seconds
+    out = []
+    for k, i in enumerate(picked):
+        served = {}
+        for f in names:
+            v = float(found.values[f][i])
+            served[f] = None if np.isnan(v) else v
+        out.append(
+            Scored(
+                found.request_ids[i],
+                float(scores[k]),
+                bool(scores[k] >= threshold),
+                predictor.name,
+                predictor.version,
+                found.ages[i],
+                found.unknown[i],
+                served,
+                event_id=str(found.event_ids[i]),
+                event_time=found.times[i],
+                late=found.late[i],
+            )
         )
-        for i in range(n)
-    ]
-    if timings is not None:
-        timings.lookup = lookup
-        timings.total = time.perf_counter() - start
     return out
+
+
+def score_requests(
+    use_case: UseCase,
+    store: OnlineStore,
+    predictor: Predictor,
+    payloads: Sequence[Mapping[str, Any]],
+    *,
+    events: EventState | None = None,
+    timings: LookupTimings | None = None,
+    update_state: bool = True,
+) -> list[Scored]:
+    """Features, scores, then the state update (skip it for a shadow model)."""
+    start = time.perf_counter()
+    found = request_features(use_case, store, events, payloads)
+    scored = predict(use_case, predictor, found, timings=timings)
+    if update_state:
+        commit_features(use_case, events, found)
+    if timings is not None:
+        timings.total = time.perf_counter() - start
+    return scored
 
 
 log = logging.getLogger("aistack.serving")
@@ -152,8 +285,70 @@ _LOG_SCHEMA = pa.schema(
         ("online_versions", pa.string()),
         ("unknown_entities", pa.string()),
         ("arm", pa.string()),
+        ("event_id", pa.string()),
+        ("event_time", pa.timestamp("us")),
+        ("late", pa.string()),
+        ("stream_id", pa.string()),
     ]
 )
+FEATURE_PREFIX = "feature_"
+"""Prediction-log column of each served feature: `feature_<name>`."""
+
+
+def log_schema(feature_names: Sequence[str]) -> pa.Schema:
+    """The prediction log's columns: fixed ones, then one per served feature."""
+    extra = [pa.field(FEATURE_PREFIX + f, pa.float64()) for f in feature_names]
+    return pa.schema([*_LOG_SCHEMA, *extra])
+
+
+def log_records(
+    scored: Sequence[Scored],
+    payloads: Sequence[Mapping[str, Any]],
+    *,
+    route: str,
+    online_versions: Mapping[str, int],
+    stream_ids: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One prediction-log record per scored request."""
+    now = datetime.now(UTC)
+    versions = orjson.dumps(dict(online_versions)).decode()
+    return [
+        {
+            "request_id": s.request_id,
+            "logged_at": now,
+            "route": route,
+            "payload": orjson.dumps(p, default=str).decode(),
+            "features": orjson.dumps(s.features).decode(),
+            "score": s.score,
+            "decision": s.decision,
+            "model_name": s.model_name,
+            "model_version": s.model_version,
+            "online_versions": versions,
+            "unknown_entities": ",".join(s.unknown_entities),
+            "arm": s.arm,
+            "event_id": s.event_id,
+            "event_time": _naive_utc(s.event_time),
+            "late": ",".join(s.late),
+            "stream_id": None if stream_ids is None else stream_ids[k],
+            **{FEATURE_PREFIX + f: v for f, v in s.features.items()},
+        }
+        for k, (s, p) in enumerate(zip(scored, payloads, strict=True))
+    ]
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def log_table(records: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Records as an Arrow table of the log's schema."""
+    columns = {
+        name: pa.array([r.get(name) for r in records], schema.field(name).type)
+        for name in schema.names
+    }
+    return pa.table(columns, schema=schema)
 
 
 @dataclass
@@ -168,6 +363,7 @@ class PredictionLog:
     table: str
     flush_seconds: float = 5.0
     max_rows: int = 50_000
+    feature_names: Sequence[str] = ()
     _rows: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -192,25 +388,9 @@ class PredictionLog:
         online_versions: Mapping[str, int],
     ) -> None:
         """Queue one record per prediction (cheap: no I/O here)."""
-        now = datetime.now(UTC)
-        versions = orjson.dumps(dict(online_versions)).decode()
-        records = [
-            {
-                "request_id": s.request_id,
-                "logged_at": now,
-                "route": route,
-                "payload": orjson.dumps(p, default=str).decode(),
-                "features": orjson.dumps(s.features).decode(),
-                "score": s.score,
-                "decision": s.decision,
-                "model_name": s.model_name,
-                "model_version": s.model_version,
-                "online_versions": versions,
-                "unknown_entities": ",".join(s.unknown_entities),
-                "arm": s.arm,
-            }
-            for s, p in zip(scored, payloads, strict=True)
-        ]
+        records = log_records(
+            scored, payloads, route=route, online_versions=online_versions
+        )
         with self._lock:
             self._rows.extend(records)
             full = len(self._rows) >= self.max_rows
@@ -228,14 +408,10 @@ class PredictionLog:
                 rows, self._rows = self._rows, []
             if not rows:
                 return 0
-            columns = {
-                name: pa.array([r[name] for r in rows], _LOG_SCHEMA.field(name).type)
-                for name in _LOG_SCHEMA.names
-            }
             try:
                 self.lake.write(
                     self.table,
-                    pa.table(columns, schema=_LOG_SCHEMA),
+                    log_table(rows, log_schema(self.feature_names)),
                     mode="append",
                     merge_schema=True,  # a newer server may log more columns
                     return_version=False,

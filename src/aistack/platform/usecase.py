@@ -21,6 +21,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from aistack.errors import DeclarationError, UseCaseNotFoundError
+from aistack.platform.aggregations import Aggregation, Spec, specs
 from aistack.platform.drift import DriftSettings
 
 ENTRY_POINT_GROUP = "aistack.use_cases"
@@ -145,6 +146,99 @@ class FeatureView:
     def feature_names(self) -> list[str]:
         """Feature column names in declaration order."""
         return [f.name for f in self.features]
+
+
+@dataclass(frozen=True)
+class AggregationView:
+    """Features of one entity declared as windowed aggregations over its events.
+
+    `source` is the silver table of events (the use case's label table: a
+    request is an event), `id` and `timestamp` its event id and time columns.
+    One declaration is compiled to DuckDB SQL (gold: one row per event, and
+    point-in-time training sets) and to an online state updated by every
+    scored event (see `aistack.platform.aggregations`). A request older than
+    the entity's latest event by more than `allowed_lateness` is answered from
+    the events before it and flagged late.
+    """
+
+    name: str
+    source: str
+    entity: str
+    id: str
+    timestamp: str
+    aggregations: tuple[Aggregation, ...]
+    allowed_lateness: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        _ident("feature view", self.name)
+        _ident(f"entity of view {self.name}", self.entity)
+        if not self.source.startswith("silver."):
+            msg = f"feature view {self.name}: source {self.source!r} is not silver"
+            raise DeclarationError(msg)
+        if not self.aggregations:
+            raise DeclarationError(f"feature view {self.name}: no aggregations")
+        names = [s.name for s in self.specs]
+        for name in names:
+            _ident(f"feature of view {self.name}", name)
+        if len(set(names)) != len(names):
+            msg = f"feature view {self.name}: feature names must be unique"
+            raise DeclarationError(msg)
+        if self.allowed_lateness < timedelta(0):
+            msg = f"feature view {self.name}: allowed_lateness must be >= 0"
+            raise DeclarationError(msg)
+
+    @property
+    def specs(self) -> list[Spec]:
+        """Compiled features (one per aggregation and window)."""
+        return specs(self.aggregations)
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        """One feature per aggregation and window; unknown (NULL) is served as 0."""
+        return tuple(
+            Feature(a.feature_name(w), 0.0 if a.fill is None else a.fill, a.description)
+            for a in self.aggregations
+            for w in a.windows
+        )
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature column names in declaration order."""
+        return [s.name for s in self.specs]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Tables the view reads."""
+        return (self.source,)
+
+    @property
+    def value_columns(self) -> list[str]:
+        """Event columns the online state keeps (aggregated or filtered)."""
+        columns: dict[str, None] = {}
+        for a in self.aggregations:
+            if a.column is not None:
+                columns[a.column] = None
+            if a.where is not None:
+                columns[a.where.column] = None
+        return list(columns)
+
+    @property
+    def span(self) -> timedelta:
+        """Longest shift + window: how far back an event's features look."""
+        return max(a.shift + max(a.windows) for a in self.aggregations)
+
+    @property
+    def retention(self) -> timedelta:
+        """How long the online state keeps an event behind the entity's latest."""
+        return self.span + self.allowed_lateness
+
+    @property
+    def ttl(self) -> timedelta:
+        """Aggregations are computed at each event: never stale within the span."""
+        return self.span
+
+
+View = FeatureView | AggregationView
 
 
 @dataclass(frozen=True)
@@ -316,7 +410,7 @@ class UseCase:
     params: type[BaseModel]
     read_sources: Callable[[Any, int], Iterable[Batch]]
     silver: tuple[SilverTable, ...]
-    views: tuple[FeatureView, ...]
+    views: tuple[View, ...]
     labels: Labels
     trainers: tuple[Trainer, ...]
     metrics: Mapping[str, Metric]
@@ -367,6 +461,8 @@ class UseCase:
                 msg = f"{self.name}: serving request lacks label columns {missing}"
                 raise DeclarationError(msg)
         for view in self.views:
+            if isinstance(view, AggregationView):
+                self._check_aggregation_view(view)
             if view.entity not in self.labels.columns:
                 msg = (
                     f"{self.name}: entity {view.entity!r} of view {view.name} is not "
@@ -374,7 +470,40 @@ class UseCase:
                 )
                 raise DeclarationError(msg)
 
-    def gold_table(self, view: FeatureView) -> str:
+    def _check_aggregation_view(self, view: AggregationView) -> None:
+        labels = self.labels
+        expected = (labels.table, labels.id, labels.timestamp)
+        if (view.source, view.id, view.timestamp) != expected:
+            msg = (
+                f"{self.name}: view {view.name} aggregates "
+                f"{view.source}({view.id}, {view.timestamp}); a request is an event "
+                f"of {labels.table}({labels.id}, {labels.timestamp}), expected those"
+            )
+            raise DeclarationError(msg)
+        known = {*labels.columns, labels.label}
+        for a in view.aggregations:
+            for column in (a.column, a.where.column if a.where else None):
+                if column is not None and column not in known:
+                    msg = (
+                        f"{self.name}: view {view.name} aggregates {column!r}, which "
+                        "is neither a request column nor the label"
+                    )
+                    raise DeclarationError(msg)
+            uses_label = labels.label in (a.column, a.where.column if a.where else None)
+            if uses_label and a.shift < labels.delay:
+                msg = (
+                    f"{self.name}: view {view.name}: {a.label} reads the label, "
+                    f"known {labels.delay} after the event; shift {a.shift} is "
+                    "shorter (it would use labels not known yet)"
+                )
+                raise DeclarationError(msg)
+
+    @property
+    def aggregation_views(self) -> list[AggregationView]:
+        """Views computed per event (online state), in declaration order."""
+        return [v for v in self.views if isinstance(v, AggregationView)]
+
+    def gold_table(self, view: View) -> str:
         """Delta table name of a feature view."""
         return f"gold.{self.name}_{view.name}"
 

@@ -23,7 +23,7 @@ async def ready(request: Request) -> dict[str, Any] | JSONResponse:
     """200 when a model is loaded and the online store answers, else 503."""
     state: ServerState = request.app.state.server
     predictor = state.predictor
-    store_ok = state.store.ping()
+    store_ok = state.store.ping() and (state.events is None or state.events.ping())
     body: dict[str, Any] = {
         "model_loaded": predictor is not None,
         "online_store": "ok" if store_ok else "unreachable",

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field, create_model
+from starlette.concurrency import run_in_threadpool
 
 from aistack.api.auth import require_token
 from aistack.api.state import ServerState
@@ -31,6 +32,14 @@ class Prediction(BaseModel):
     unknown_entities: list[str] = Field(
         description="Views served with declared defaults (unknown or expired entity)."
     )
+    late: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Views whose values exclude events after this one: the request is older "
+            "than the entity's latest event by more than the allowed lateness, or "
+            "than a batch view's last materialization."
+        ),
+    )
 
 
 class BatchPrediction(BaseModel):
@@ -50,18 +59,42 @@ def _answer(s: Scored) -> Prediction:
         model_version=s.model_version,
         feature_age_seconds=s.feature_age_seconds,
         unknown_entities=s.unknown_entities,
+        late=s.late,
     )
 
 
-def _score(
+class LabelItem(BaseModel):
+    """The label of one event, known now."""
+
+    event_id: int | str = Field(description="The event's id (the request's id).")
+    label: float = Field(allow_inf_nan=False, description="The label's value.")
+
+
+class LabelBatch(BaseModel):
+    """Labels that arrived after their events were scored."""
+
+    labels: list[LabelItem] = Field(min_length=1, max_length=100_000)
+
+
+class LabelAnswer(BaseModel):
+    """What the labels did."""
+
+    received: int
+    applied: int
+    unknown_event_ids: list[int | str] = Field(
+        description="Ids with no event in the online state (never scored, or pruned)."
+    )
+
+
+async def _score(
     state: ServerState, payloads: list[dict[str, Any]], route: str
 ) -> list[Scored]:
     if state.predictor is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "no champion model yet"
         )
-    try:
-        return state.score(payloads, route)
+    try:  # off the event loop: /health answers while a big batch is scored
+        return await run_in_threadpool(state.score, payloads, route)
     except StoreUnavailableError as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "online store unreachable"
@@ -88,14 +121,15 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
     async def predict(payload: request_model, request: Request) -> Prediction:  # type: ignore[valid-type]
         """Score one request."""
         state: ServerState = request.app.state.server
-        return _answer(_score(state, [payload.model_dump()], "predict")[0])  # type: ignore[attr-defined]
+        scored = await _score(state, [payload.model_dump()], "predict")  # type: ignore[attr-defined]
+        return _answer(scored[0])
 
     @router.post("/predict/batch", response_model=BatchPrediction)
     async def predict_batch(payload: batch_model, request: Request) -> Response:  # type: ignore[valid-type]
         """Score up to `max_batch_rows` requests at once."""
         state: ServerState = request.app.state.server
         rows = [r.model_dump() for r in payload.rows]  # type: ignore[attr-defined]
-        scored = _score(state, rows, "predict_batch")
+        scored = await _score(state, rows, "predict_batch")
         first = scored[0]
         body = {  # serialised directly: 1,000 pydantic answers cost ~16 ms
             "model_name": first.model_name,
@@ -109,10 +143,29 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
                     "model_version": s.model_version,
                     "feature_age_seconds": s.feature_age_seconds,
                     "unknown_entities": s.unknown_entities,
+                    "late": s.late,
                 }
                 for s in scored
             ],
         }
         return Response(orjson.dumps(body), media_type="application/json")
+
+    @router.post("/labels", response_model=LabelAnswer)
+    async def labels(payload: LabelBatch, request: Request) -> LabelAnswer:
+        """Labels of scored events; label-dependent features count them from the
+        time their declaration says the label was known."""
+        state: ServerState = request.app.state.server
+        items = [(item.event_id, item.label) for item in payload.labels]
+        try:
+            result = await run_in_threadpool(state.label, items)
+        except StoreUnavailableError as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "online store unreachable"
+            ) from exc
+        return LabelAnswer(
+            received=result.received,
+            applied=result.applied,
+            unknown_event_ids=[i for i in result.unknown if isinstance(i, int | str)],
+        )
 
     return router

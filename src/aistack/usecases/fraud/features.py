@@ -1,8 +1,11 @@
 """Fraud features, after the handbook: customer spending and terminal risk windows.
 
+Both views are declared aggregations, so the platform computes them the same way
+for training (DuckDB SQL) and serving (online state updated by every event).
 Windows are right-closed and left-open, as pandas' `rolling('Nd')` that the
-handbook uses: (t - N days, t]. Terminal risk only counts transactions whose label
-was known by t: the window is shifted back by the label delay.
+handbook uses: (t - N days, t], the transaction itself included. Terminal risk
+only counts transactions whose label was known by t: the window is shifted back
+by the label delay.
 """
 
 from __future__ import annotations
@@ -11,87 +14,65 @@ from datetime import timedelta
 
 import polars as pl
 
-from aistack.platform.usecase import Feature, FeatureView
+from aistack.platform.aggregations import Aggregation
+from aistack.platform.usecase import AggregationView
 
-WINDOWS_DAYS = (1, 7, 30)
+WINDOWS = tuple(timedelta(days=d) for d in (1, 7, 30))
 LABEL_DELAY_DAYS = 7
-_OPEN = "INTERVAL 1 MICROSECOND"
+LABEL_DELAY = timedelta(days=LABEL_DELAY_DAYS)
+# Transactions may reach the scorer out of order (offline terminals, retries):
+# up to a day late they are served exactly and not flagged.
+ALLOWED_LATENESS = timedelta(days=1)
 
-
-def _window(partition: str, days: int, *, shift_days: int = 0) -> str:
-    start = f"(INTERVAL {days + shift_days} DAY - {_OPEN}) PRECEDING"
-    end = f"INTERVAL {shift_days} DAY PRECEDING" if shift_days else "CURRENT ROW"
-    order = f"PARTITION BY {partition} ORDER BY tx_datetime"
-    return f"({order} RANGE BETWEEN {start} AND {end})"
-
-
-def _customer_query() -> str:
-    columns = []
-    for d in WINDOWS_DAYS:
-        columns.append(f"COUNT(*) OVER w{d} AS customer_nb_tx_{d}d")
-        columns.append(f"AVG(tx_amount) OVER w{d} AS customer_avg_amount_{d}d")
-    windows = ", ".join(f"w{d} AS {_window('customer_id', d)}" for d in WINDOWS_DAYS)
-    return (
-        "SELECT customer_id, tx_datetime AS event_time, "
-        + ", ".join(columns)
-        + f" FROM silver.transactions WINDOW {windows}"
-    )
-
-
-def _terminal_query() -> str:
-    columns = []
-    for d in WINDOWS_DAYS:
-        count = f"COUNT(*) OVER w{d}"
-        columns.append(f"{count} AS terminal_nb_tx_{d}d")
-        columns.append(
-            f"COALESCE(SUM(tx_fraud) OVER w{d} / NULLIF({count}, 0), 0.0)"
-            f" AS terminal_risk_{d}d"
-        )
-    windows = ", ".join(
-        f"w{d} AS {_window('terminal_id', d, shift_days=LABEL_DELAY_DAYS)}"
-        for d in WINDOWS_DAYS
-    )
-    return (
-        "SELECT terminal_id, tx_datetime AS event_time, "
-        + ", ".join(columns)
-        + f" FROM silver.transactions WINDOW {windows}"
-    )
-
-
-customer_spending = FeatureView(
+customer_spending = AggregationView(
     name="customer_spending",
+    source="silver.transactions",
     entity="customer_id",
-    features=tuple(
-        feature
-        for d in WINDOWS_DAYS
-        for feature in (
-            Feature(
-                f"customer_nb_tx_{d}d", 0.0, f"card transactions in the last {d} days"
-            ),
-            Feature(f"customer_avg_amount_{d}d", 0.0, f"mean amount over {d} days"),
-        )
+    id="transaction_id",
+    timestamp="tx_datetime",
+    allowed_lateness=ALLOWED_LATENESS,
+    aggregations=(
+        Aggregation(
+            "count",
+            WINDOWS,
+            name="customer_nb_tx_{window}",
+            description="card transactions in the window",
+        ),
+        Aggregation(
+            "mean",
+            WINDOWS,
+            column="tx_amount",
+            name="customer_avg_amount_{window}",
+            description="mean amount in the window",
+        ),
     ),
-    query=_customer_query(),
-    inputs=("silver.transactions",),
-    ttl=timedelta(days=30),
 )
 
-terminal_risk = FeatureView(
+terminal_risk = AggregationView(
     name="terminal_risk",
+    source="silver.transactions",
     entity="terminal_id",
-    features=tuple(
-        feature
-        for d in WINDOWS_DAYS
-        for feature in (
-            Feature(
-                f"terminal_nb_tx_{d}d", 0.0, f"labelled transactions over {d} days"
-            ),
-            Feature(f"terminal_risk_{d}d", 0.0, f"fraud share over {d} days, delayed"),
-        )
+    id="transaction_id",
+    timestamp="tx_datetime",
+    allowed_lateness=ALLOWED_LATENESS,
+    aggregations=(
+        Aggregation(
+            "count",
+            WINDOWS,
+            shift=LABEL_DELAY,
+            name="terminal_nb_tx_{window}",
+            description="transactions in the window, shifted by the label delay",
+        ),
+        Aggregation(
+            "mean",
+            WINDOWS,
+            column="tx_fraud",
+            shift=LABEL_DELAY,
+            fill=0.0,
+            name="terminal_risk_{window}",
+            description="fraud share in the window, shifted by the label delay",
+        ),
     ),
-    query=_terminal_query(),
-    inputs=("silver.transactions",),
-    ttl=timedelta(days=30 + LABEL_DELAY_DAYS),
 )
 
 NIGHT_LAST_HOUR = 6
