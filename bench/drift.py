@@ -10,7 +10,7 @@ new category), a few of them close to the default thresholds; the rest are drawn
 from the same distribution. Both frames are written to Parquet so that both tools
 read identical data.
 
-* ours: `aistack.platform.drift.detect_drift` with default settings, in a fresh
+* ours: `aistack.monitoring.drift.detect_drift` with default settings, in a fresh
   process (first call timed, then a warm call);
 * Evidently: `Report([DataDriftPreset()])` in the virtual environment
   `bench/.venvs/evidently` (created on first use; Evidently 0.7 does not import
@@ -54,7 +54,8 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from aistack.platform.drift import DriftSettings, column_kind, detect_drift
+from aistack.contract import DriftSettings
+from aistack.monitoring.drift import column_kind, detect_drift
 
 BENCH_DIR = Path(__file__).resolve().parent
 EVIDENTLY_VENV = BENCH_DIR / ".venvs" / "evidently"

@@ -144,12 +144,12 @@ def max_rss_mib() -> float:
 
 def section_platform(args: argparse.Namespace) -> SectionResult:
     """Simulated batches through bronze, silver and gold in a temp workspace."""
-    from aistack.platform.bronze import ingest  # noqa: PLC0415
-    from aistack.platform.features import build_gold  # noqa: PLC0415
-    from aistack.platform.pipeline import Workspace  # noqa: PLC0415
-    from aistack.platform.silver import build_silver  # noqa: PLC0415
-    from aistack.platform.usecase import get_use_case  # noqa: PLC0415
+    from aistack.contract import get_use_case  # noqa: PLC0415
+    from aistack.features.gold import build_gold  # noqa: PLC0415
+    from aistack.lake.bronze import ingest  # noqa: PLC0415
+    from aistack.lake.silver import build_silver  # noqa: PLC0415
     from aistack.settings import load_settings  # noqa: PLC0415
+    from aistack.workspace import Workspace  # noqa: PLC0415
 
     out = SectionResult()
     out.info["rss_after_imports_mib"] = psutil.Process().memory_info().rss / MIB

@@ -51,13 +51,13 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from aistack.platform.delta import Lake
-from aistack.platform.eventstate import open_event_state
-from aistack.platform.inference import Predictor
-from aistack.platform.online import open_store
-from aistack.platform.registry import Registry
-from aistack.platform.serving import score_requests
-from aistack.platform.usecase import UseCase, get_use_case
+from aistack.contract import UseCase, get_use_case
+from aistack.features.online import open_store
+from aistack.features.state import open_event_state
+from aistack.lake.delta import Lake
+from aistack.registry.aliases import Registry
+from aistack.serving.inference import Predictor
+from aistack.serving.requests import score_requests
 from aistack.settings import Settings, load_settings
 
 USE_CASE = "fraud"

@@ -2,7 +2,7 @@
 
 Builds the default-size fraud simulation once (or reuses `--workspace`), draws
 10k / 100k / 1M label rows from silver.transactions (fixed seed, sorted by time)
-and, for each size, runs `aistack.platform.features.point_in_time_join` against
+and, for each size, runs `aistack.features.gold.point_in_time_join` against
 the customer and terminal gold views in a fresh process (clean peak RSS). Then it
 exports the gold views and the label rows to Parquet and runs Feast's
 `get_historical_features` (file offline store) on the same views, in a separate
@@ -43,9 +43,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from aistack.platform.delta import Lake
-from aistack.platform.features import EVENT_TIME, WRITTEN_AT, point_in_time_join
-from aistack.platform.usecase import get_use_case
+from aistack.contract import get_use_case
+from aistack.features.gold import EVENT_TIME, WRITTEN_AT, point_in_time_join
+from aistack.lake.delta import Lake
 from aistack.settings import load_settings
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -184,7 +184,8 @@ def run_limited(
 def ensure_gold(workspace: Path) -> None:
     """Build ingest -> silver -> gold of the default simulation unless present."""
     # Lazy: the join child should not pay for MLflow's import.
-    from aistack.platform.pipeline import Workspace, run  # noqa: PLC0415
+    from aistack.runner import run  # noqa: PLC0415
+    from aistack.workspace import Workspace  # noqa: PLC0415
 
     use_case = get_use_case(USE_CASE)
     ws = Workspace(load_settings(workspace=workspace))

@@ -9,9 +9,9 @@ import mlflow
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from aistack.platform.models import ScoringModel
-from aistack.platform.training import experiment_id, tracking
-from aistack.platform.usecase import get_use_case
+from aistack.contract import get_use_case
+from aistack.training.models import ScoringModel
+from aistack.training.tracking import experiment_id, tracking
 
 
 class Raising(BaseEstimator):

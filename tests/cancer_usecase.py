@@ -19,8 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from aistack.platform.metrics import average_precision, roc_auc
-from aistack.platform.usecase import (
+from aistack.contract import (
     Batch,
     Feature,
     FeatureView,
@@ -31,6 +30,7 @@ from aistack.platform.usecase import (
     Trainer,
     UseCase,
 )
+from aistack.training.metrics import average_precision, roc_auc
 
 FEATURES = ("mean_radius", "mean_texture", "mean_concavity", "worst_area")
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from aistack.platform.eventstate import open_event_state
-from aistack.platform.online import materialize, open_store
-from aistack.platform.pipeline import RunReport, Workspace, run
-from aistack.platform.realtime import bootstrap
-from aistack.platform.usecase import get_use_case
+from aistack.contract import get_use_case
+from aistack.features.online import materialize, open_store
+from aistack.features.realtime import bootstrap
+from aistack.features.state import open_event_state
+from aistack.runner import RunReport, run
 from aistack.settings import load_settings
+from aistack.workspace import Workspace
 
 SMALL_FRAUD = {"customers": 400, "terminals": 800, "days": 60, "bad_rows": 2}
 

@@ -25,17 +25,14 @@ from rich.console import Console
 from rich.table import Table
 
 from aistack.api.server import serve
+from aistack.contract import UseCase, get_use_case
 from aistack.errors import AIStackError, ConfigError
-from aistack.platform.consistency import check_consistency
-from aistack.platform.eventstate import open_event_state
-from aistack.platform.monitoring import ab_test, run_monitor
-from aistack.platform.online import materialize, open_store
-from aistack.platform.pipeline import STAGES, Stage, Workspace, new_progress, run
-from aistack.platform.realtime import bootstrap
-from aistack.platform.rollout import Mode, end_rollout, read_rollout, start_rollout
-from aistack.platform.stream import Consumer, RedisStreamSource, replay, stream_url
-from aistack.platform.training import lineage_of, tracking
-from aistack.platform.usecase import UseCase, get_use_case
+from aistack.features.online import materialize, open_store
+from aistack.features.realtime import bootstrap
+from aistack.features.state import open_event_state
+from aistack.monitoring.consistency import check_consistency
+from aistack.monitoring.monitor import ab_test, run_monitor
+from aistack.registry.rollout import Mode, end_rollout, read_rollout, start_rollout
 from aistack.render import (
     abtest_table,
     history_table,
@@ -43,7 +40,11 @@ from aistack.render import (
     run_summary,
     tables_table,
 )
+from aistack.runner import STAGES, Stage, new_progress, run
+from aistack.serving.stream import Consumer, RedisStreamSource, replay, stream_url
 from aistack.settings import load_settings
+from aistack.training.tracking import lineage_of, tracking
+from aistack.workspace import Workspace
 
 app = typer.Typer(
     name="aistack",

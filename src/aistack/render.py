@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from aistack.platform.abtest import ABResult
-from aistack.platform.delta import TableInfo
-from aistack.platform.monitoring import MonitorResult
-from aistack.platform.pipeline import RunReport, Workspace
-from aistack.platform.registry import AliasEvent
-from aistack.platform.usecase import UseCase
+from aistack.contract import UseCase
+from aistack.lake.delta import TableInfo
+from aistack.monitoring.abtest import ABResult
+from aistack.monitoring.monitor import MonitorResult
+from aistack.registry.aliases import AliasEvent
+from aistack.runner import RunReport
+from aistack.workspace import Workspace
 
 
 def tables_table(tables: Sequence[TableInfo], title: str = "Delta tables") -> Table:

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from aistack.api.state import prediction_log_table
-from aistack.platform.online import materialize, open_store
-from aistack.platform.usecase import get_use_case
+from aistack.contract import get_use_case
+from aistack.features.online import materialize, open_store
 from servers import aistack_server, redis_binary, redis_server
 
 GOOD = {

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from aistack.platform.rollout import read_rollout, start_rollout
+from aistack.registry.rollout import read_rollout, start_rollout
 from broken_models import register
 from servers import aistack_server
 

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aistack.api.routers import health, metrics
 from aistack.api.routers.predict import build_router
 from aistack.api.state import ServerState, log
-from aistack.platform.usecase import UseCase, get_use_case
+from aistack.contract import UseCase, get_use_case
 from aistack.settings import Settings, load_settings
 
 USE_CASE_ENV = "AISTACK_SERVE_USE_CASE"

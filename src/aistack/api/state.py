@@ -12,7 +12,6 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,72 +19,36 @@ from typing import Any
 import mlflow
 import numpy as np
 
+from aistack.api.guards import Window, broken_guards
 from aistack.api.metrics import ServerMetrics, observe_many
-from aistack.platform.alerts import evaluate_alerts, firing
-from aistack.platform.delta import Lake
-from aistack.platform.drift import StreamingHistograms, psi
-from aistack.platform.eventstate import EventState, open_event_state
-from aistack.platform.inference import Predictor, load_predictor
-from aistack.platform.online import OnlineStore, open_store, versions
-from aistack.platform.realtime import LabelResult, apply_labels
-from aistack.platform.registry import Registry
-from aistack.platform.rollout import (
+from aistack.contract import UseCase
+from aistack.features.online import OnlineStore, open_store, versions
+from aistack.features.realtime import LabelResult, apply_labels
+from aistack.features.state import EventState, open_event_state
+from aistack.lake.delta import Lake
+from aistack.monitoring.alerts import evaluate_alerts, firing
+from aistack.registry.aliases import Registry
+from aistack.registry.rollout import (
     Rollout,
     end_rollout,
     read_rollout,
     routes_to_challenger,
 )
-from aistack.platform.serving import (
+from aistack.serving.inference import Predictor, load_version
+from aistack.serving.log import PredictionLog, prediction_log_table
+from aistack.serving.requests import (
     LookupTimings,
-    PredictionLog,
     RequestFeatures,
     Scored,
     commit_features,
     predict,
-    prediction_log_table,
     request_features,
 )
-from aistack.platform.training import PROFILE_ARTIFACT
-from aistack.platform.usecase import UseCase
 from aistack.settings import Settings
+from aistack.training.profile import StreamingHistograms
 
 log = logging.getLogger("aistack.server")
 _ACTOR = "aistack-server"
-
-
-@dataclass
-class Window:
-    """Requests, errors, latencies and scores of one arm since the last check."""
-
-    requests: int = 0
-    errors: int = 0
-    latencies: list[float] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(
-        self, n: int, seconds: float, scores: Sequence[float], errors: int = 0
-    ) -> None:
-        """Add one scoring call (n rows, its duration, its scores)."""
-        with self.lock:
-            self.requests += n
-            self.errors += errors
-            self.latencies.append(seconds)
-            self.scores.extend(scores)
-
-    def take(self) -> Window:
-        """This window's contents; the window starts over."""
-        with self.lock:
-            snap = Window(self.requests, self.errors, self.latencies, self.scores)
-            self.requests, self.errors, self.latencies, self.scores = 0, 0, [], []
-        return snap
-
-    def absorb(self, other: Window) -> None:
-        """Add another window's contents (accumulate until enough to judge)."""
-        self.requests += other.requests
-        self.errors += other.errors
-        self.latencies += other.latencies
-        self.scores += other.scores
 
 
 @dataclass
@@ -141,16 +104,7 @@ class ServerState:
     # --- models -------------------------------------------------------------
 
     def _load(self, version: int) -> tuple[Predictor, dict[str, Any] | None]:
-        name = self.use_case.name
-        model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
-        sample = np.random.default_rng(0).random((256, len(model.features))) * 100
-        predictor = load_predictor(name, version, model, sample=sample)
-        run_id = self.registry.client.get_model_version(name, str(version)).run_id
-        try:
-            profile = mlflow.artifacts.load_dict(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
-        except Exception:
-            profile = None
-        return predictor, profile
+        return load_version(self.registry, self.use_case.name, version)
 
     def refresh_model(self) -> bool:
         """Follow the registry: champion alias and rollout. True if anything changed."""
@@ -395,23 +349,7 @@ class ServerState:
         pending = self._pending
         if pending.requests < guards.min_requests:
             return
-        reasons = []
-        error_rate = pending.errors / pending.requests
-        if error_rate > guards.max_error_rate:
-            reasons.append(f"error rate {error_rate:.3f} > {guards.max_error_rate}")
-        p99 = (
-            float(np.percentile(pending.latencies, 99)) * 1000
-            if pending.latencies
-            else 0.0
-        )
-        if p99 > guards.max_latency_p99_ms:
-            reasons.append(f"latency p99 {p99:.1f} ms > {guards.max_latency_p99_ms} ms")
-        if pending.scores and champion.scores:
-            shift = psi(np.asarray(champion.scores), np.asarray(pending.scores))
-            if shift > guards.max_score_psi:
-                reasons.append(
-                    f"score PSI vs champion {shift:.3f} > {guards.max_score_psi}"
-                )
+        reasons = broken_guards(guards, pending, champion)
         self._judged += pending.requests
         self._pending = Window()
         rollout = self.rollout

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from aistack.platform.features import point_in_time_join
-from aistack.platform.training import with_request_features
-from aistack.platform.usecase import get_use_case
+from aistack.contract import get_use_case
+from aistack.features.gold import point_in_time_join
+from aistack.training.sets import with_request_features
 from aistack.usecases.fraud.handbook import handbook_features
 
 HANDBOOK = {

@@ -13,9 +13,9 @@ from starlette.concurrency import run_in_threadpool
 
 from aistack.api.auth import require_token
 from aistack.api.state import ServerState
+from aistack.contract import UseCase
 from aistack.errors import StoreUnavailableError
-from aistack.platform.serving import Scored
-from aistack.platform.usecase import UseCase
+from aistack.serving.requests import Scored
 
 
 class Prediction(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from aistack.platform.usecase import (
+from aistack.contract import (
     AlertRule,
     Gates,
     Labels,

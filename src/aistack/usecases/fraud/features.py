@@ -14,8 +14,7 @@ from datetime import timedelta
 
 import polars as pl
 
-from aistack.platform.aggregations import Aggregation
-from aistack.platform.usecase import AggregationView
+from aistack.contract import Aggregation, AggregationView
 
 WINDOWS = tuple(timedelta(days=d) for d in (1, 7, 30))
 LABEL_DELAY_DAYS = 7

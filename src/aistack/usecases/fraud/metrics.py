@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from aistack.platform.metrics import average_precision, roc_auc, top_k_entity_precision
-from aistack.platform.usecase import BusinessMetric
+from aistack.contract import BusinessMetric
+from aistack.training.metrics import average_precision, roc_auc, top_k_entity_precision
 
 metrics = {
     "roc_auc": roc_auc,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sklearn.ensemble import IsolationForest
 from xgboost import XGBClassifier
 
-from aistack.platform.usecase import Trainer
+from aistack.contract import Trainer
 
 
 def isolation_forest(seed: int) -> IsolationForest:

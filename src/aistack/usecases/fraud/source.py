@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aistack.platform.usecase import Batch
+from aistack.contract import Batch
 from aistack.usecases.fraud.simulator import (
     inject_bad_rows,
     simulate,

@@ -1,0 +1,70 @@
+"""What a use case declares: sources, tables, features, model, serving, monitoring.
+
+A use case is a package exposing one `UseCase` through the entry-point group
+`aistack.use_cases`; declarations check themselves when built. The platform
+reads them and executes; it never imports a use case by name.
+"""
+
+from __future__ import annotations
+
+from aistack.contract.aggregations import (
+    FUNCTIONS,
+    Aggregation,
+    Function,
+    Op,
+    Scalar,
+    Spec,
+    Value,
+    Where,
+    specs,
+    window_label,
+)
+from aistack.contract.discovery import ENTRY_POINT_GROUP, discover, get_use_case
+from aistack.contract.drift import DriftSettings
+from aistack.contract.features import AggregationView, Feature, FeatureView, View
+from aistack.contract.model import Gates, Labels, Metric, Split, Trainer
+from aistack.contract.monitoring import (
+    AlertRule,
+    BusinessMetric,
+    Monitoring,
+    RolloutGuards,
+    Signal,
+)
+from aistack.contract.serving import Serving
+from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.usecase import UseCase
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "FUNCTIONS",
+    "Aggregation",
+    "AggregationView",
+    "AlertRule",
+    "Batch",
+    "BusinessMetric",
+    "DriftSettings",
+    "Feature",
+    "FeatureView",
+    "Function",
+    "Gates",
+    "Labels",
+    "Metric",
+    "Monitoring",
+    "Op",
+    "RolloutGuards",
+    "Scalar",
+    "Serving",
+    "Signal",
+    "SilverTable",
+    "Spec",
+    "Split",
+    "Trainer",
+    "UseCase",
+    "Value",
+    "View",
+    "Where",
+    "discover",
+    "get_use_case",
+    "specs",
+    "window_label",
+]

@@ -1,0 +1,152 @@
+"""The use case: everything the platform needs to run one end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel
+
+from aistack.contract.features import AggregationView, View
+from aistack.contract.model import Gates, Labels, Metric, Split, Trainer
+from aistack.contract.monitoring import Monitoring
+from aistack.contract.names import _ident
+from aistack.contract.serving import Serving
+from aistack.contract.tables import Batch, SilverTable
+from aistack.errors import DeclarationError
+
+
+@dataclass(frozen=True)
+class UseCase:
+    """Everything the platform needs to run one use case end to end.
+
+    `read_sources(params, seed)` yields raw batches; `params` is the pydantic model
+    of the run options it accepts (e.g. `--days 30` on the CLI).
+    """
+
+    name: str
+    description: str
+    params: type[BaseModel]
+    read_sources: Callable[[Any, int], Iterable[Batch]]
+    silver: tuple[SilverTable, ...]
+    views: tuple[View, ...]
+    labels: Labels
+    trainers: tuple[Trainer, ...]
+    metrics: Mapping[str, Metric]
+    gates: Gates
+    request_features: Mapping[str, pl.Expr] = field(default_factory=dict)
+    split: Split = field(default_factory=Split)
+    serving: Serving | None = None
+    monitoring: Monitoring = field(default_factory=Monitoring)
+
+    def __post_init__(self) -> None:  # noqa: PLR0912
+        _ident("use case", self.name)
+        silver = {f"silver.{s.name}" for s in self.silver}
+        for view in self.views:
+            for table in view.inputs:
+                if table not in silver:
+                    msg = f"{self.name}: view {view.name} reads undeclared {table}"
+                    raise DeclarationError(msg)
+        if self.labels.table not in silver:
+            msg = f"{self.name}: labels table {self.labels.table} is not declared"
+            raise DeclarationError(msg)
+        if not self.trainers:
+            raise DeclarationError(f"{self.name}: declare at least one trainer")
+        names = self.feature_names
+        if len(set(names)) != len(names):
+            raise DeclarationError(f"{self.name}: feature names must be unique")
+        gates = self.gates
+        for metric in (gates.primary_metric, *gates.metric_floors):
+            if metric not in self.metrics:
+                msg = f"{self.name}: gate metric {metric!r} is not a declared metric"
+                raise DeclarationError(msg)
+        inputs = set(self.model_inputs)
+        for column in (*gates.irrelevant_columns, *gates.monotonic):
+            if column not in inputs:
+                msg = f"{self.name}: gate column {column!r} is not a model input"
+                raise DeclarationError(msg)
+        for trainer in self.trainers:
+            for column in trainer.inputs:
+                if column not in inputs:
+                    msg = (
+                        f"{self.name}: trainer {trainer.name} reads unknown {column!r}"
+                    )
+                    raise DeclarationError(msg)
+        if self.serving is not None:
+            fields = set(self.serving.request.model_fields)
+            needed = {*self.labels.columns, self.labels.timestamp}
+            if not needed <= fields:
+                missing = ", ".join(sorted(needed - fields))
+                msg = f"{self.name}: serving request lacks label columns {missing}"
+                raise DeclarationError(msg)
+        for view in self.views:
+            if isinstance(view, AggregationView):
+                self._check_aggregation_view(view)
+            if view.entity not in self.labels.columns:
+                msg = (
+                    f"{self.name}: entity {view.entity!r} of view {view.name} is not "
+                    "among the label columns"
+                )
+                raise DeclarationError(msg)
+
+    def _check_aggregation_view(self, view: AggregationView) -> None:
+        labels = self.labels
+        expected = (labels.table, labels.id, labels.timestamp)
+        if (view.source, view.id, view.timestamp) != expected:
+            msg = (
+                f"{self.name}: view {view.name} aggregates "
+                f"{view.source}({view.id}, {view.timestamp}); a request is an event "
+                f"of {labels.table}({labels.id}, {labels.timestamp}), expected those"
+            )
+            raise DeclarationError(msg)
+        known = {*labels.columns, labels.label}
+        for a in view.aggregations:
+            for column in (a.column, a.where.column if a.where else None):
+                if column is not None and column not in known:
+                    msg = (
+                        f"{self.name}: view {view.name} aggregates {column!r}, which "
+                        "is neither a request column nor the label"
+                    )
+                    raise DeclarationError(msg)
+            uses_label = labels.label in (a.column, a.where.column if a.where else None)
+            if uses_label and a.shift < labels.delay:
+                msg = (
+                    f"{self.name}: view {view.name}: {a.label} reads the label, "
+                    f"known {labels.delay} after the event; shift {a.shift} is "
+                    "shorter (it would use labels not known yet)"
+                )
+                raise DeclarationError(msg)
+
+    @property
+    def aggregation_views(self) -> list[AggregationView]:
+        """Views computed per event (online state), in declaration order."""
+        return [v for v in self.views if isinstance(v, AggregationView)]
+
+    def gold_table(self, view: View) -> str:
+        """Delta table name of a feature view."""
+        return f"gold.{self.name}_{view.name}"
+
+    @property
+    def predictions_table(self) -> str:
+        """Delta table name of batch predictions."""
+        return f"gold.{self.name}_predictions"
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Request-time features, then each view's features, in declaration order."""
+        names = list(self.request_features)
+        for view in self.views:
+            names.extend(view.feature_names)
+        return names
+
+    @property
+    def feature_defaults(self) -> dict[str, float]:
+        """Value used for a view feature that is unknown (no row inside the ttl)."""
+        return {f.name: f.default for v in self.views for f in v.features}
+
+    @property
+    def model_inputs(self) -> list[str]:
+        """Columns a model receives: the row id (never a feature) and the features."""
+        return [self.labels.id, *self.feature_names]

@@ -1,0 +1,246 @@
+"""Gold feature tables and point-in-time joins.
+
+An aggregation view's gold table holds one row per event (its id, entity,
+`event_time`, features, `_written_at`), computed once when the event first lands
+in silver: an increment computes only the new events' rows (reading the rows
+inside the longest window before them), and a label row joins its own event's
+row by id.
+
+A SQL view's gold table is the append-only history of the view: each row carries the
+entity, `event_time` (when the value holds) and `_written_at` (when it became
+known). A build appends only rows that are new or changed since the latest
+version of their (entity, event_time), so backfills are visible as later writes.
+
+The point-in-time join gives each label row, for each view, the latest value with
+event_time <= the row's timestamp among rows written by `as_of`. Ties on
+(entity, event_time) go to the latest `_written_at`. A value older than the
+view's ttl is dropped: the row is kept with NULL features and `_missing_<view>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import pyarrow as pa
+
+from aistack.contract import AggregationView, FeatureView, UseCase, View
+from aistack.errors import SchemaError
+from aistack.features.aggregations import view_sql
+from aistack.lake.delta import Lake
+from aistack.sql import quote
+
+EVENT_TIME = "event_time"
+WRITTEN_AT = "_written_at"
+SPINE_ROW = "_spine_row"
+_BATCH_ROWS = 256 * 1024
+
+
+@dataclass(frozen=True)
+class GoldResult:
+    """What one gold build did."""
+
+    table: str
+    version: int | None
+    new_rows: int
+    skipped: bool
+
+
+_q = quote
+
+
+def _latest(gold: str, view: FeatureView, as_of: str, *, single_write: bool) -> str:
+    """SQL of the view's rows known by `as_of`, one per (entity, event_time).
+
+    A table holding a single write has one row per key already (a build
+    collapses its own ties), so the de-duplication is skipped.
+    """
+    columns = ", ".join(_q(c) for c in (view.entity, EVENT_TIME, *view.feature_names))
+    sql = f"SELECT {columns} FROM {gold} WHERE {WRITTEN_AT} <= {as_of}"
+    if single_write:
+        return sql
+    return (
+        f"{sql} QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}, "
+        f"{EVENT_TIME} ORDER BY {WRITTEN_AT} DESC) = 1"
+    )
+
+
+def _single_write(lake: Lake, table: str, version: int | None = None) -> bool:
+    found = lake.column_range(table, WRITTEN_AT, version=version)
+    return found is not None and found[0] == found[1]
+
+
+def build_gold(
+    lake: Lake, use_case: UseCase, view: View, *, written_at: datetime
+) -> GoldResult:
+    """Append the view's new rows to its gold table.
+
+    Skips (no new version) when the inputs' versions equal the last build's.
+    """
+    table = use_case.gold_table(view)
+    inputs = lake.versions(view.inputs)
+    if lake.last_inputs(table) == inputs:
+        return GoldResult(table, lake.version(table), 0, skipped=True)
+    con = lake.connect({**inputs, **lake.versions([table])})
+    con.execute("SET preserve_insertion_order = false")  # the write orders rows
+    if isinstance(view, AggregationView):
+        rows_sql = _new_event_rows(lake, con, table, view)
+        order = f"{_q(view.entity)}, {EVENT_TIME}, {_q(view.id)}"
+    else:
+        rows_sql = _changed_rows(lake, con, table, view)
+        order = f"{_q(view.entity)}, {EVENT_TIME}"
+    con.execute(
+        f"CREATE TEMP TABLE new_rows AS SELECT *, $written_at::TIMESTAMPTZ AS "
+        f"{WRITTEN_AT} FROM ({rows_sql}) ORDER BY {order}",
+        {"written_at": written_at},
+    )
+    counted = con.execute("SELECT count(*) FROM new_rows").fetchall()[0]
+    stream = con.sql("FROM new_rows").to_arrow_reader(batch_size=_BATCH_ROWS)
+    schema = _utc(stream.schema)
+    batches = pa.RecordBatchReader.from_batches(
+        schema, (batch.cast(schema) for batch in stream)
+    )
+    # An empty append still records the new inputs, so the next run can skip.
+    version = lake.write(table, batches, mode="append", inputs=inputs)
+    return GoldResult(table, version, int(counted[0]), skipped=False)
+
+
+def aggregation_sql(view: AggregationView, *, since: str | None = None) -> str:
+    """The view's per-event SQL over its source (`since`: a condition on it)."""
+    return view_sql(
+        view.source,
+        entity=view.entity,
+        event_id=view.id,
+        timestamp=view.timestamp,
+        aggregations=view.aggregations,
+        since=since,
+    )
+
+
+def _new_event_rows(
+    lake: Lake, con: duckdb.DuckDBPyConnection, table: str, view: AggregationView
+) -> str:
+    """SQL of the rows of events not in gold yet (all events on a first build)."""
+    ident, ts = _q(view.id), _q(view.timestamp)
+    if not lake.exists(table):
+        return aggregation_sql(view)
+    con.execute(
+        f"CREATE TEMP TABLE new_ids AS SELECT {ident}, {ts} FROM {view.source} "
+        f"ANTI JOIN {table} USING ({ident})"
+    )
+    first = con.execute(f"SELECT epoch_us(min({ts})) FROM new_ids").fetchall()[0]
+    if first is None or first[0] is None:
+        return f"{aggregation_sql(view)} LIMIT 0"
+    since = f"epoch_us({ts}) > {int(first[0]) - view.span // timedelta(microseconds=1)}"
+    rows = aggregation_sql(view, since=since)
+    return f"SELECT * FROM ({rows}) SEMI JOIN new_ids USING ({ident})"
+
+
+def _changed_rows(
+    lake: Lake, con: duckdb.DuckDBPyConnection, table: str, view: FeatureView
+) -> str:
+    """SQL of a SQL view's rows that are new or changed since the last build."""
+    expected = [view.entity, EVENT_TIME, *view.feature_names]
+    missing = [c for c in expected if c not in con.sql(view.query).columns]
+    if missing:
+        msg = f"feature view {view.name}: query does not return {', '.join(missing)}"
+        raise SchemaError(msg)
+    cols = ", ".join(_q(c) for c in expected)
+    order = ", ".join(f"{_q(f)} DESC NULLS LAST" for f in view.feature_names)
+    fresh = (
+        f"SELECT {cols} FROM ({view.query}) "
+        f"QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}, {EVENT_TIME} "
+        f"ORDER BY {order}) = 1"
+    )
+    if lake.exists(table):
+        same = " AND ".join(
+            f"f.{_q(c)} IS NOT DISTINCT FROM g.{_q(c)}" for c in expected
+        )
+        latest = _latest(
+            table,
+            view,
+            "'infinity'::TIMESTAMPTZ",
+            single_write=_single_write(lake, table),
+        )
+        return f"SELECT f.* FROM ({fresh}) f ANTI JOIN ({latest}) g ON {same}"
+    return fresh
+
+
+def _utc(schema: pa.Schema) -> pa.Schema:
+    fields = [
+        pa.field(f.name, pa.timestamp("us", tz="UTC"))
+        if f.name == WRITTEN_AT
+        else pa.field(f.name, pa.timestamp("us"))
+        if f.name == EVENT_TIME
+        else f
+        for f in schema
+    ]
+    return pa.schema(fields)
+
+
+def point_in_time_join(
+    lake: Lake,
+    use_case: UseCase,
+    spine: pa.Table,
+    *,
+    as_of: datetime,
+    versions: Mapping[str, int] | None = None,
+) -> pa.Table:
+    """Spine rows (entity keys + timestamp) with every view's features as of each row.
+
+    Row order and count are the spine's. `versions` pins gold tables (lineage).
+    """
+    labels = use_case.labels
+    gold = {use_case.gold_table(v): v for v in use_case.views}
+    pinned = dict(versions) if versions is not None else lake.versions(gold)
+    con = lake.connect(pinned)
+    con.register("spine_in", spine)
+    con.execute(
+        f"CREATE TEMP VIEW spine AS SELECT *, row_number() OVER () AS {SPINE_ROW} "
+        "FROM spine_in"
+    )
+    ts = _q(labels.timestamp)
+    ctes, joins, selects = [], [], ["s.*"]
+    for i, (table, view) in enumerate(gold.items()):
+        alias = f"v{i}"
+        if isinstance(view, AggregationView):
+            ident = _q(view.id)
+            names = ", ".join(_q(f) for f in view.feature_names)
+            ctes.append(
+                f"{alias} AS (SELECT {ident}, {names} FROM {table} "
+                f"WHERE {WRITTEN_AT} <= $as_of::TIMESTAMPTZ)"
+            )
+            joins.append(f"LEFT JOIN {alias} ON s.{ident} = {alias}.{ident}")
+            selects.extend(f"{alias}.{_q(f)}" for f in view.feature_names)
+            selects.append(f"{alias}.{ident} IS NULL AS {_q('_missing_' + view.name)}")
+            continue
+        latest = _latest(
+            table,
+            view,
+            "$as_of::TIMESTAMPTZ",
+            single_write=_single_write(lake, table, pinned.get(table)),
+        )
+        ctes.append(f"{alias} AS ({latest})")
+        key = _q(view.entity)
+        joins.append(
+            f"ASOF LEFT JOIN {alias} ON s.{key} = {alias}.{key} "
+            f"AND s.{ts} >= {alias}.{EVENT_TIME}"
+        )
+        ttl = f"INTERVAL {int(view.ttl.total_seconds())} SECOND"
+        stale = (
+            f"({alias}.{EVENT_TIME} IS NULL OR s.{ts} - {alias}.{EVENT_TIME} > {ttl})"
+        )
+        for feature in view.feature_names:
+            value = f"{alias}.{_q(feature)}"
+            selects.append(
+                f"CASE WHEN {stale} THEN NULL ELSE {value} END AS {_q(feature)}"
+            )
+        selects.append(f"{stale} AS {_q('_missing_' + view.name)}")
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT {', '.join(selects)} FROM spine s "
+        f"{' '.join(joins)} ORDER BY s.{SPINE_ROW}"
+    )
+    result = con.sql(sql, params={"as_of": as_of}).to_arrow_table()
+    return result.drop_columns([SPINE_ROW])

@@ -1,0 +1,240 @@
+"""Real-time features of aggregation views: bootstrap, per-request values, labels.
+
+A request is an event: its features are the view's aggregations over the
+entity's state plus the event itself, by the same half-open definition as the
+offline SQL (`aistack.features.aggregations`). After scoring, the event joins
+the state (idempotent per event id). A request older than the entity's latest
+stored event by more than the view's `allowed_lateness` is flagged late; it is
+still computed from the events before it only, never from its future.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from aistack.contract import AggregationView, UseCase, Value
+from aistack.errors import ConfigError
+from aistack.features.aggregations import Event, evaluate
+from aistack.features.state import EventState, Watermark
+from aistack.lake.delta import Lake
+
+_US = timedelta(microseconds=1)
+
+
+def label_index(view: AggregationView, use_case: UseCase) -> int | None:
+    """Position of the label among the view's value columns (None: not used)."""
+    columns = view.value_columns
+    label = use_case.labels.label
+    return columns.index(label) if label in columns else None
+
+
+@dataclass
+class ViewFeatures:
+    """One view's features for a batch of requests, and the state writes they owe."""
+
+    values: np.ndarray
+    late: list[bool]
+    events: list[tuple[str, Event]] = field(default_factory=list)
+    prune: dict[str, int] = field(default_factory=dict)
+
+
+def online_features(
+    view: AggregationView,
+    state: EventState,
+    *,
+    entities: Sequence[object],
+    ts_us: Sequence[int],
+    ids: Sequence[Value],
+    anonymous: Sequence[bool],
+    columns: Mapping[str, Sequence[Value]],
+    label_at: int | None,
+) -> ViewFeatures:
+    """Features of each request (NaN where a window is empty and has no fill).
+
+    Requests of one entity in the same batch see each other as a stream would:
+    each only the events before it in (timestamp, id) order.
+    """
+    n = len(ts_us)
+    keys = [str(e) for e in entities]
+    unique = list(dict.fromkeys(keys))
+    held = dict(
+        zip(unique, state.read(view.name, unique, label_index=label_at), strict=True)
+    )
+    value_columns = view.value_columns
+    current = [
+        Event(
+            ts_us[i],
+            ids[i],
+            tuple(None if c not in columns else columns[c][i] for c in value_columns),
+            anonymous[i],
+        )
+        for i in range(n)
+    ]
+    merged: dict[str, list[Event]] = {}
+    stored_ids: dict[str, set[str]] = {}
+    for key in unique:
+        stored_ids[key] = {str(e.id) for e in held[key]}
+        merged[key] = list(held[key])
+    out = ViewFeatures(np.empty((n, len(view.feature_names))), [False] * n)
+    for i, e in enumerate(current):
+        if str(e.id) not in stored_ids[keys[i]]:
+            merged[keys[i]].append(e)
+            out.events.append((keys[i], e))
+    for key in unique:
+        merged[key].sort(key=lambda e: e.key)
+    compiled = view.specs
+    position = {c: j for j, c in enumerate(value_columns)}
+    lateness = view.allowed_lateness // _US
+    for i, e in enumerate(current):
+        key = keys[i]
+        row = evaluate(compiled, position, merged[key], e)
+        out.values[i] = [np.nan if v is None else v for v in row]
+        if str(e.id) in stored_ids[key]:
+            continue  # a retry: judged when it first arrived
+        before = [x.ts_us for x in held[key] if str(x.id) != str(e.id)]
+        out.late[i] = bool(before) and e.ts_us < max(before) - lateness
+    retention = view.retention // _US
+    for key in unique:
+        if merged[key]:
+            out.prune[key] = merged[key][-1].ts_us - retention
+    return out
+
+
+def commit(
+    view: AggregationView, state: EventState, found: ViewFeatures, *, indexed: bool
+) -> None:
+    """Write the batch's new events (and prune) once they have been scored."""
+    if not found.events and not found.prune:
+        return
+    state.write(view.name, found.events, found.prune)
+    if indexed and found.events:
+        state.index(view.name, [(e.id, key, e.ts_us) for key, e in found.events])
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """What a batch of labels did."""
+
+    received: int
+    applied: int
+    unknown: list[Value]
+
+
+def apply_labels(
+    state: EventState, use_case: UseCase, labels: Sequence[tuple[Value, float]]
+) -> LabelResult:
+    """Attach labels to stored events of every view that aggregates the label."""
+    ids = [i for i, _ in labels]
+    found: set[str] = set()
+    uses = [
+        v for v in use_case.aggregation_views if label_index(v, use_case) is not None
+    ]
+    for view in uses:
+        located = state.locate(view.name, ids)
+        rows = [
+            (located[str(i)].entity, i, located[str(i)].ts_us, value)
+            for i, value in labels
+            if str(i) in located
+        ]
+        state.write_labels(view.name, rows)
+        found |= set(located)
+    unknown = [i for i in ids if str(i) not in found] if uses else []
+    return LabelResult(len(labels), len(labels) - len(unknown) if uses else 0, unknown)
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """What one view's bootstrap did."""
+
+    view: str
+    source_version: int
+    as_of: datetime
+    events: int
+    skipped: bool
+
+
+def bootstrap(
+    lake: Lake,
+    state: EventState,
+    use_case: UseCase,
+    view: AggregationView,
+    *,
+    as_of: datetime | None = None,
+) -> BootstrapResult:
+    """Load the view's events inside the retention before `as_of`, and their
+    labels known by then (event time + the label delay <= `as_of`).
+
+    Default `as_of`: the latest event in the source; re-running loads new
+    events and labels idempotently (the batch path for labels). An explicit
+    `as_of` starts the state over, so later events can be replayed and their
+    labels posted as they become known.
+    """
+    version = lake.version(view.source)
+    if version is None:
+        raise ConfigError(
+            f"{view.source} does not exist yet: run the silver stage first"
+        )
+    con = lake.connect({view.source: version})
+    ts = f'"{view.timestamp}"'
+    if as_of is None:
+        last = con.execute(f"SELECT max({ts}) FROM {view.source}").fetchall()[0]
+        if last is None or last[0] is None:
+            raise ConfigError(f"{view.source} holds no events to bootstrap from")
+        as_of = last[0]
+        mark = state.watermark(view.name)
+        if mark is not None and mark.source_version == version:
+            return BootstrapResult(view.name, version, as_of, 0, skipped=True)
+    else:
+        state.clear(view.name)
+    assert as_of is not None
+    hi = _us(as_of)
+    lo = hi - view.retention // _US
+    at = label_index(view, use_case)
+    columns = view.value_columns
+    select = ", ".join(f'"{c}"' for c in columns)
+    table = con.sql(
+        f'SELECT "{view.id}" AS id, CAST("{view.entity}" AS VARCHAR) AS entity, '
+        f"epoch_us({ts}) AS t{', ' + select if select else ''} FROM {view.source} "
+        f"WHERE epoch_us({ts}) > $lo AND epoch_us({ts}) <= $hi",
+        params={"lo": lo, "hi": hi},
+    ).to_arrow_table()
+    data = table.to_pydict()
+    n = table.num_rows
+    values = [data[c] for c in columns]
+    events = [
+        (
+            data["entity"][i],
+            Event(
+                data["t"][i],
+                data["id"][i],
+                tuple(None if j == at else v[i] for j, v in enumerate(values)),
+            ),
+        )
+        for i in range(n)
+    ]
+    for start in range(0, n, 50_000):
+        state.write(view.name, events[start : start + 50_000], {})
+    if at is not None:
+        state.index(view.name, [(e.id, key, e.ts_us) for key, e in events])
+        label = values[at]
+        known_by = hi - use_case.labels.delay // _US
+        state.write_labels(
+            view.name,
+            [
+                (key, e.id, e.ts_us, float(label[i]))
+                for i, (key, e) in enumerate(events)
+                if label[i] is not None and e.ts_us <= known_by
+            ],
+        )
+    state.set_watermark(view.name, Watermark(version, hi))
+    return BootstrapResult(view.name, version, as_of, n, skipped=False)
+
+
+def _us(value: datetime) -> int:
+    if value.tzinfo is not None:
+        value = value.replace(tzinfo=None) - (value.utcoffset() or timedelta(0))
+    return (value - datetime(1970, 1, 1)) // _US

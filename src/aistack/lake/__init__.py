@@ -1,0 +1,1 @@
+"""Delta tables (the Lake), bronze ingest, silver with quarantine, row accounting."""

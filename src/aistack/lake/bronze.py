@@ -1,0 +1,77 @@
+"""Bronze: append raw batches, as text, with ingestion metadata.
+
+Every source column is stored as a string (schema on read): a wrongly typed value
+still lands in bronze, and silver decides what is valid. Ingesting a batch id that
+the table already holds is a no-op: no new version, no duplicate rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+
+from aistack.contract import Batch
+from aistack.lake.delta import Lake
+
+BATCH_ID = "_batch_id"
+SOURCE = "_source"
+ROW = "_row"
+INGESTED_AT = "_ingested_at"
+METADATA_COLUMNS = (BATCH_ID, SOURCE, ROW, INGESTED_AT)
+
+
+@dataclass
+class IngestResult:
+    """What one ingest did, per bronze table."""
+
+    new_batches: dict[str, int] = field(default_factory=dict)
+    new_rows: dict[str, int] = field(default_factory=dict)
+    skipped_batches: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+def bronze_table(source: str) -> str:
+    """Bronze table name of a source."""
+    return f"bronze.{source}"
+
+
+def as_bronze_rows(batch: Batch, *, ingested_at: datetime) -> pa.Table:
+    """The batch's columns as strings, plus the ingestion metadata columns."""
+    data = batch.data
+    columns = {name: data.column(name).cast(pa.string()) for name in data.column_names}
+    n = data.num_rows
+    columns[BATCH_ID] = pa.array([batch.id] * n, pa.string())
+    columns[SOURCE] = pa.array([batch.source] * n, pa.string())
+    columns[ROW] = pa.array(range(n), pa.int64())
+    columns[INGESTED_AT] = pa.array([ingested_at] * n, pa.timestamp("us", tz="UTC"))
+    return pa.table(columns)
+
+
+def ingest(
+    lake: Lake, batches: Iterable[Batch], *, ingested_at: datetime
+) -> IngestResult:
+    """Append every batch not yet in its bronze table, one commit per table."""
+    result = IngestResult()
+    known: dict[str, set[str]] = {}
+    pending: dict[str, list[pa.Table]] = defaultdict(list)
+    for batch in batches:
+        table = bronze_table(batch.source)
+        if table not in known:
+            known[table] = lake.distinct(table, BATCH_ID)
+        if batch.id in known[table]:
+            result.skipped_batches[table] = result.skipped_batches.get(table, 0) + 1
+            continue
+        known[table].add(batch.id)
+        pending[table].append(as_bronze_rows(batch, ingested_at=ingested_at))
+    for table, parts in pending.items():
+        data = pa.concat_tables(parts, promote_options="permissive")
+        result.versions[table] = lake.write(
+            table, data, mode="append", merge_schema=True
+        )
+        result.new_batches[table] = len(parts)
+        result.new_rows[table] = data.num_rows
+    return result

@@ -1,0 +1,434 @@
+"""Silver: typed, deduplicated, validated rows; every rejected row to quarantine.
+
+For each bronze batch not yet accounted for, rows are split into trusted silver
+rows and quarantined raw rows carrying the column, the failed check and the
+reason. Before anything is written, rows(bronze batch) = rows(silver) +
+rows(quarantine) is checked per batch; the counts are recorded in
+`ops.batch_accounting`. Writes go quarantine, silver, accounting, each skipping
+batches it already holds, so a run killed between two commits completes on re-run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+import pandera.errors
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aistack.contract import SilverTable
+from aistack.errors import ContractError, DeclarationError
+from aistack.lake.bronze import BATCH_ID, INGESTED_AT, METADATA_COLUMNS, ROW, SOURCE
+from aistack.lake.delta import Lake
+
+ACCOUNTING = "ops.batch_accounting"
+CHUNK_ROWS = 250_000
+_POS = "_pos"
+
+
+@dataclass
+class SilverResult:
+    """What one silver build did for one table."""
+
+    table: str
+    batches: int = 0
+    bronze_rows: int = 0
+    silver_rows: int = 0
+    quarantined_rows: int = 0
+    by_check: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def silver_table(spec: SilverTable) -> str:
+    """Silver table name of a spec."""
+    return f"silver.{spec.name}"
+
+
+def quarantine_table(spec: SilverTable) -> str:
+    """Quarantine table name of a spec."""
+    return f"quarantine.{spec.name}"
+
+
+def _parse(raw: pl.Series, dtype: pl.DataType) -> pl.Series:
+    if raw.dtype == dtype:
+        return raw
+    if raw.dtype == pl.String:
+        text = raw.str.strip_chars()
+        if dtype == pl.Datetime or isinstance(dtype, pl.Datetime):
+            return text.str.to_datetime(strict=False, time_unit="us")
+        if dtype == pl.Date:
+            return text.str.to_date(strict=False)
+        if dtype == pl.Boolean:
+            lowered = text.str.to_lowercase()
+            truth = {"true": True, "1": True, "false": False, "0": False}
+            return lowered.replace_strict(truth, default=None, return_dtype=pl.Boolean)
+    return raw.cast(dtype, strict=False)
+
+
+def _failures(
+    pos: pl.Series, column: str, check: str, reason: pl.Series
+) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            _POS: pos.cast(pl.Int64),
+            "column": pl.Series([column] * len(pos), dtype=pl.String),
+            "check": pl.Series([check] * len(pos), dtype=pl.String),
+            "reason": reason.cast(pl.String),
+        }
+    )
+
+
+def _type_columns(
+    payload: pl.DataFrame, spec: SilverTable, n: int
+) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    failures = []
+    typed: dict[str, pl.Series] = {}
+    positions = pl.Series(range(n), dtype=pl.Int64)
+    for name, dtype in spec.columns.items():
+        if name not in payload.columns and name in spec.optional_columns:
+            typed[name] = pl.Series(name, [None] * n, dtype=dtype)
+            continue
+        if name not in payload.columns:
+            reason = pl.Series([f"column {name!r} is missing"] * n)
+            failures.append(_failures(positions, name, "column_present", reason))
+            typed[name] = pl.Series(name, [None] * n, dtype=dtype)
+            continue
+        raw = payload.get_column(name)
+        parsed = _parse(raw, dtype).alias(name)
+        bad = raw.is_not_null() & parsed.is_null()
+        if bad.any():
+            values = raw.filter(bad).cast(pl.String)
+            reason = (
+                f"column {name!r}: cannot parse "
+                + values.map_elements(repr, return_dtype=pl.String)
+                + f" as {dtype}"
+            )
+            failures.append(
+                _failures(positions.filter(bad), name, f"dtype({dtype})", reason)
+            )
+        typed[name] = parsed
+    return pl.DataFrame(typed), failures
+
+
+def _contract_failures(
+    typed: pl.DataFrame, spec: SilverTable, n: int
+) -> list[pl.DataFrame]:
+    try:
+        spec.contract.validate(typed, lazy=True)
+    except pandera.errors.SchemaErrors as exc:
+        cases = pl.DataFrame(exc.failure_cases).with_columns(
+            pl.col("failure_case").cast(pl.String)
+        )
+    else:
+        return []
+    found = []
+    rows = cases.filter(pl.col("index").is_not_null())
+    if rows.height:
+        found.append(
+            rows.select(
+                pl.col("index").cast(pl.Int64).alias(_POS),
+                pl.col("column").fill_null(""),
+                pl.col("check"),
+                pl.format(
+                    "column '{}' failed {} (value {})",
+                    pl.col("column").fill_null(""),
+                    pl.col("check"),
+                    pl.col("failure_case").fill_null("null"),
+                ).alias("reason"),
+            )
+        )
+    positions = pl.Series(range(n), dtype=pl.Int64)
+    for case in cases.filter(pl.col("index").is_null()).iter_rows(named=True):
+        column = case["column"] or ""
+        reason = f"{case['check']} failed for the batch: {case['failure_case']}"
+        found.append(
+            _failures(positions, column, case["check"], pl.Series([reason] * n))
+        )
+    return found
+
+
+def validate_rows(
+    raw: pl.DataFrame,
+    spec: SilverTable,
+    *,
+    existing_keys: pl.DataFrame | None = None,
+    references: Mapping[str, pl.Series] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split bronze rows into (silver rows, quarantined raw rows with reasons).
+
+    Pure: no I/O. `existing_keys` are keys already in silver (a repeat is a
+    duplicate); `references` maps a column to the values it may take.
+    """
+    n = raw.height
+    payload = raw.drop([c for c in METADATA_COLUMNS if c in raw.columns])
+    transformed = spec.transform(payload)
+    if transformed.height != n:
+        msg = (
+            f"silver.{spec.name}: transform returned {transformed.height} rows for "
+            f"{n}; a transform must return one row per input row, in order"
+        )
+        raise DeclarationError(msg)
+    typed, failures = _type_columns(transformed, spec, n)
+    failures += _contract_failures(typed, spec, n)
+    failed = pl.concat(failures).get_column(_POS).unique() if failures else None
+    indexed = typed.with_row_index(_POS).with_columns(pl.col(_POS).cast(pl.Int64))
+    alive = (
+        indexed
+        if failed is None
+        else indexed.filter(~pl.col(_POS).is_in(failed.implode()))
+    )
+    if spec.key:
+        key = list(spec.key)
+        repeated = alive.filter(pl.struct(key).is_first_distinct().not_())
+        if existing_keys is not None and existing_keys.height:
+            known = alive.join(existing_keys.select(key).unique(), on=key, how="semi")
+            repeated = pl.concat([repeated, known]).unique(_POS)
+        if repeated.height:
+            # few rows: plain Python (pl.format over this frame hits a polars
+            # string-view panic in 2.1)
+            reasons = pl.Series(
+                [
+                    f"duplicate key ({', '.join(map(str, k))}) already seen"
+                    for k in repeated.select(key).rows()
+                ],
+                dtype=pl.String,
+            )
+            failures.append(
+                _failures(
+                    repeated.get_column(_POS), ",".join(key), "duplicate_key", reasons
+                )
+            )
+    for column, allowed in (references or {}).items():
+        target = spec.references[column]
+        unknown = alive.filter(
+            pl.col(column).is_not_null() & ~pl.col(column).is_in(allowed.implode())
+        )
+        if unknown.height:
+            reason = pl.format(
+                f"column '{column}': {{}} is not in {target}", pl.col(column)
+            )
+            failures.append(
+                _failures(
+                    unknown.get_column(_POS),
+                    column,
+                    "foreign_key",
+                    unknown.select(reason).to_series(),
+                )
+            )
+    return _split(raw, typed, failures)
+
+
+def _split(
+    raw: pl.DataFrame, typed: pl.DataFrame, failures: list[pl.DataFrame]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    meta = raw.select(BATCH_ID, INGESTED_AT)
+    good = pl.concat([typed, meta], how="horizontal").with_row_index(_POS)
+    if not failures:
+        return good.drop(_POS), raw.clear().with_columns(
+            pl.lit(None, pl.String).alias(c) for c in ("_column", "_check", "_reason")
+        )
+    reasons = (
+        pl.concat(failures)
+        .unique([_POS, "column", "check"], keep="first", maintain_order=True)
+        .group_by(_POS, maintain_order=True)
+        .agg(
+            pl.col("column").str.join("; ").alias("_column"),
+            pl.col("check").str.join("; ").alias("_check"),
+            pl.col("reason").str.join("; ").alias("_reason"),
+        )
+    )
+    bad_pos = reasons.get_column(_POS)
+    bad = (
+        raw.with_row_index(_POS)
+        .with_columns(pl.col(_POS).cast(pl.Int64))
+        .join(reasons, on=_POS, how="inner")
+        .sort(_POS)
+        .drop(_POS)
+    )
+    good = good.with_columns(pl.col(_POS).cast(pl.Int64)).filter(
+        ~pl.col(_POS).is_in(bad_pos.implode())
+    )
+    return good.drop(_POS), bad
+
+
+def _chunks(
+    con: duckdb.DuckDBPyConnection, bronze: str, batches: list[str]
+) -> list[list[str]]:
+    """Groups of whole batches of about CHUNK_ROWS rows: bounded memory per step."""
+    counted = con.sql(
+        f"SELECT {BATCH_ID}, count(*) FROM {bronze} "
+        f"WHERE {BATCH_ID} IN (SELECT unnest($batches)) GROUP BY ALL",
+        params={"batches": batches},
+    ).fetchall()
+    sizes = {str(batch): int(n) for batch, n in counted}
+    chunks: list[list[str]] = [[]]
+    rows = 0
+    for batch in batches:
+        if chunks[-1] and rows + sizes.get(batch, 0) > CHUNK_ROWS:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(batch)
+        rows += sizes.get(batch, 0)
+    return chunks
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)  # a Table always converts to a frame
+    return frame
+
+
+def _accounted(lake: Lake, table: str) -> set[str]:
+    if not lake.exists(ACCOUNTING):
+        return set()
+    rows = lake.dataset(ACCOUNTING).to_table(
+        columns=[BATCH_ID], filter=pc.field("table") == table
+    )
+    return set(rows.column(BATCH_ID).to_pylist())
+
+
+def _reference_values(
+    lake: Lake, spec: SilverTable, result: SilverResult
+) -> dict[str, pl.Series]:
+    values = {}
+    for column, target in spec.references.items():
+        layer, table, target_column = target.split(".")
+        name = f"{layer}.{table}"
+        if not lake.exists(name):
+            result.notes.append(
+                f"reference {column} -> {target} not checked: {name} absent"
+            )
+            continue
+        read = lake.read(name, columns=[target_column])
+        values[column] = _frame(read).to_series()
+    return values
+
+
+def _write_new_batches(
+    lake: Lake, table: str, rows: pl.DataFrame, inputs: dict[str, int | str]
+) -> None:
+    if rows.height == 0:
+        return
+    present = lake.distinct(table, BATCH_ID)
+    fresh = rows.filter(~pl.col(BATCH_ID).is_in(list(present))) if present else rows
+    if fresh.height:
+        lake.write(table, fresh.to_arrow(), mode="append", inputs=inputs)
+
+
+def build_silver(
+    lake: Lake, spec: SilverTable, *, processed_at: datetime
+) -> SilverResult:
+    """Bring `silver.<name>` and `quarantine.<name>` up to date with bronze."""
+    target, quarantine = silver_table(spec), quarantine_table(spec)
+    bronze = f"bronze.{spec.source}"
+    result = SilverResult(table=target)
+    bronze_version = lake.version(bronze)
+    if bronze_version is None:
+        result.notes.append(f"{bronze} does not exist yet: nothing to do")
+        return result
+    pending = sorted(lake.distinct(bronze, BATCH_ID) - _accounted(lake, target))
+    if not pending:
+        return result
+    con = lake.connect({bronze: bronze_version})  # streams row groups, filters early
+    columns = ", ".join(
+        f'"{c}"' for c in lake.dataset(bronze).schema.names if c != SOURCE
+    )
+    existing = None
+    if spec.key and lake.exists(target):
+        keys = lake.dataset(target).to_table(
+            columns=[*spec.key], filter=~pc.field(BATCH_ID).isin(pending)
+        )
+        existing = _frame(keys)
+    references = _reference_values(lake, spec, result)
+    goods, bads, counts = [], [], []
+    for chunk in _chunks(con, bronze, pending):
+        # one chunk of batches in memory at a time (validated rows are compact)
+        raw = _frame(
+            con.sql(
+                f"SELECT {columns} FROM {bronze} WHERE {BATCH_ID} IN "
+                f"(SELECT unnest($chunk)) ORDER BY {INGESTED_AT}, {BATCH_ID}, {ROW}",
+                params={"chunk": chunk},
+            ).to_arrow_table()
+        )
+        good, bad = validate_rows(
+            raw, spec, existing_keys=existing, references=references
+        )
+        counts.append(
+            _account(
+                raw,
+                good,
+                bad=bad,
+                table=target,
+                bronze_version=bronze_version,
+                processed_at=processed_at,
+            )
+        )
+        if spec.key:  # later chunks see this chunk's keys as already taken
+            taken = good.select(spec.key)
+            existing = taken if existing is None else pl.concat([existing, taken])
+        goods.append(good)
+        bads.append(bad)
+    good = pl.concat(goods, rechunk=False)
+    bad = pl.concat(bads, how="diagonal_relaxed")
+    inputs: dict[str, int | str] = {bronze: bronze_version}
+    _write_new_batches(lake, quarantine, bad, inputs)
+    _write_new_batches(lake, target, good, inputs)
+    lake.write(ACCOUNTING, pl.concat(counts).to_arrow(), mode="append", inputs=inputs)
+    result.batches = len(pending)
+    result.bronze_rows, result.silver_rows, result.quarantined_rows = (
+        good.height + bad.height,
+        good.height,
+        bad.height,
+    )
+    if bad.height:
+        checks = bad.get_column("_check").str.split("; ").explode().value_counts()
+        result.by_check = dict(checks.iter_rows())
+    return result
+
+
+def _account(
+    raw: pl.DataFrame,
+    good: pl.DataFrame,
+    *,
+    bad: pl.DataFrame,
+    table: str,
+    bronze_version: int,
+    processed_at: datetime,
+) -> pl.DataFrame:
+    """Per-batch row counts; raises when bronze != silver + quarantine for a batch."""
+
+    def per_batch(frame: pl.DataFrame, name: str) -> pl.DataFrame:
+        return frame.group_by(BATCH_ID).agg(pl.len().cast(pl.Int64).alias(name))
+
+    counts = (
+        per_batch(raw, "bronze_rows")
+        .join(per_batch(good, "silver_rows"), on=BATCH_ID, how="left")
+        .join(per_batch(bad, "quarantined_rows"), on=BATCH_ID, how="left")
+        .fill_null(0)
+        .sort(BATCH_ID)
+    )
+    broken = counts.filter(
+        pl.col("bronze_rows") != pl.col("silver_rows") + pl.col("quarantined_rows")
+    )
+    if broken.height:
+        first = broken.row(0, named=True)
+        msg = (
+            f"{table}: batch {first[BATCH_ID]} has {first['bronze_rows']} bronze rows "
+            "but "
+            f"{first['silver_rows']} silver + {first['quarantined_rows']} quarantined; "
+            "nothing was written"
+        )
+        raise ContractError(msg)
+    return counts.select(
+        pl.lit(table).alias("table"),
+        BATCH_ID,
+        "bronze_rows",
+        "silver_rows",
+        "quarantined_rows",
+        pl.lit(bronze_version, pl.Int64).alias("bronze_version"),
+        pl.lit(processed_at).cast(pl.Datetime("us", "UTC")).alias("processed_at"),
+    )

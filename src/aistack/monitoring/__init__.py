@@ -1,0 +1,1 @@
+"""Drift, live performance, consistency, alerts, A/B analysis and the HTML report."""

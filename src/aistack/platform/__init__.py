@@ -1,1 +1,0 @@
-"""The platform layer: storage, stages, training, registry. It knows no use case."""

@@ -1,0 +1,1 @@
+"""Model versions, champion/challenger aliases with their history, rollout state."""

@@ -1,0 +1,123 @@
+"""Model registry: MLflow versions and aliases, plus the history of every alias move.
+
+MLflow keeps only where an alias points now; `ops.alias_events` keeps every move
+(who, when, from which version to which, why), so "which version was champion on
+a given date" has an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from aistack.errors import RegistryError
+from aistack.lake.delta import Lake
+
+ALIAS_EVENTS = "ops.alias_events"
+Alias = Literal["champion", "challenger"]
+_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("alias", pa.string()),
+        ("from_version", pa.int64()),
+        ("to_version", pa.int64()),
+        ("actor", pa.string()),
+        ("at", pa.timestamp("us", tz="UTC")),
+        ("reason", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    """One alias move; `to_version` None means the alias was removed."""
+
+    model: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    at: datetime
+    reason: str
+
+
+class Registry:
+    """Aliases of registered models, with every move recorded."""
+
+    def __init__(self, lake: Lake, tracking_uri: str) -> None:
+        self.lake = lake
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def version_of(self, model: str, alias: str) -> int | None:
+        """Version the alias points to, None when unset or the model is unknown."""
+        try:
+            return int(self.client.get_model_version_by_alias(model, alias).version)
+        except MlflowException:
+            return None
+
+    def _check_version(self, model: str, version: int) -> None:
+        try:
+            self.client.get_model_version(model, str(version))
+        except MlflowException as exc:
+            msg = f"model {model!r} has no version {version}"
+            raise RegistryError(msg) from exc
+
+    def move(
+        self, model: str, alias: Alias, version: int | None, *, actor: str, reason: str
+    ) -> AliasEvent:
+        """Point `alias` at `version` (None removes it) and record the move."""
+        previous = self.version_of(model, alias)
+        if version is None:
+            if previous is not None:
+                self.client.delete_registered_model_alias(model, alias)
+        else:
+            self._check_version(model, version)
+            self.client.set_registered_model_alias(model, alias, str(version))
+            self.client.set_model_version_tag(
+                model, str(version), f"{alias}_reason", reason
+            )
+        event = AliasEvent(
+            model, alias, previous, version, actor, datetime.now(UTC), reason
+        )
+        row = {k: [v] for k, v in event.__dict__.items()}
+        self.lake.write(ALIAS_EVENTS, pa.table(row, schema=_SCHEMA), mode="append")
+        return event
+
+    def history(self, model: str) -> list[AliasEvent]:
+        """Every recorded alias move of `model`, oldest first."""
+        if not self.lake.exists(ALIAS_EVENTS):
+            return []
+        rows = self.lake.dataset(ALIAS_EVENTS).to_table(
+            filter=pc.field("model") == model
+        )
+        events = [AliasEvent(**r) for r in rows.to_pylist()]
+        return sorted(events, key=lambda e: e.at)
+
+    def version_at(self, model: str, alias: str, when: datetime) -> int | None:
+        """Version `alias` pointed to at `when` (UTC), from the recorded moves."""
+        current = None
+        for event in self.history(model):
+            if event.alias == alias and event.at <= when:
+                current = event.to_version
+        return current
+
+    def rollback(self, model: str, *, actor: str, reason: str) -> AliasEvent:
+        """Move `champion` back to the version it held before the current one."""
+        current = self.version_of(model, "champion")
+        if current is None:
+            raise RegistryError(f"model {model!r} has no champion to roll back")
+        earlier = [
+            e.to_version
+            for e in self.history(model)
+            if e.alias == "champion" and e.to_version not in (None, current)
+        ]
+        if not earlier:
+            msg = f"model {model!r}: no earlier champion than version {current}"
+            raise RegistryError(msg)
+        return self.move(model, "champion", earlier[-1], actor=actor, reason=reason)

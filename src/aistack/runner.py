@@ -1,0 +1,200 @@
+"""Run a use case's stages in flow order: ingest, silver, gold, train, score.
+
+Each stage reads only the stage before it and is a function of its input table
+versions, so re-running a stage on the same inputs changes nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from aistack.contract import Batch, UseCase
+from aistack.features.gold import GoldResult, build_gold
+from aistack.lake.bronze import IngestResult, ingest
+from aistack.lake.silver import SilverResult, build_silver
+from aistack.serving.batch import ScoreResult, score_range
+from aistack.training.fit import (
+    Candidate,
+    champion_metric,
+    choose_champion,
+    existing_candidate,
+    train_candidate,
+    training_key,
+)
+from aistack.training.sets import build_training_set, split_periods
+from aistack.training.tracking import experiment_id, tracking
+from aistack.workspace import Workspace
+
+Stage = Literal["ingest", "silver", "gold", "train", "score"]
+STAGES: tuple[Stage, ...] = ("ingest", "silver", "gold", "train", "score")
+
+
+@dataclass
+class RunReport:
+    """What a run did, stage by stage, and how long each took (seconds)."""
+
+    ingest: IngestResult | None = None
+    silver: list[SilverResult] = field(default_factory=list)
+    gold: list[GoldResult] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    champion: Candidate | None = None
+    scoring: ScoreResult | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def new_progress(*, enabled: bool = True) -> Progress:
+    """A rich progress display for stage work."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )
+
+
+@contextmanager
+def _timed(report: RunReport, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    report.seconds[stage] = round(time.perf_counter() - start, 2)
+
+
+def default_score_range(ws: Workspace, use_case: UseCase) -> tuple[datetime, datetime]:
+    """The test period of the latest split: what batch scoring covers by default."""
+    labels = use_case.labels
+    con = ws.lake.connect(ws.lake.versions([labels.table]))
+    last = con.execute(
+        f'SELECT max("{labels.timestamp}") FROM {labels.table}'
+    ).fetchone()
+    periods = split_periods(last[0] if last else datetime.now(), use_case)
+    return periods["test_start"], periods["test_end"]
+
+
+def run(
+    use_case: UseCase,
+    ws: Workspace,
+    params: BaseModel,
+    *,
+    stages: Sequence[Stage] = STAGES,
+    progress: Progress | None = None,
+    actor: str | None = None,
+    score_range_: tuple[datetime, datetime] | None = None,
+) -> RunReport:
+    """Run the chosen stages of `use_case` in flow order."""
+    progress = progress or new_progress(enabled=False)
+    actor = actor or getpass.getuser()
+    report = RunReport()
+    now = datetime.now(UTC)
+    with progress:
+        if "ingest" in stages:
+            with _timed(report, "ingest"):
+                task = progress.add_task("ingest -> bronze", total=None)
+                batches = _ticking(
+                    use_case.read_sources(params, ws.settings.seed), progress, task
+                )
+                report.ingest = ingest(ws.lake, batches, ingested_at=now)
+        if "silver" in stages:
+            with _timed(report, "silver"):
+                task = progress.add_task("bronze -> silver", total=len(use_case.silver))
+                for spec in use_case.silver:
+                    report.silver.append(build_silver(ws.lake, spec, processed_at=now))
+                    progress.advance(task)
+        if "gold" in stages:
+            with _timed(report, "gold"):
+                task = progress.add_task("silver -> gold", total=len(use_case.views))
+                for view in use_case.views:
+                    report.gold.append(
+                        build_gold(ws.lake, use_case, view, written_at=now)
+                    )
+                    progress.advance(task)
+        with tracking(ws.settings.mlflow_uri):
+            if "train" in stages:
+                with _timed(report, "train"):
+                    _train(
+                        use_case, ws, report, progress=progress, actor=actor, now=now
+                    )
+            if "score" in stages:
+                with _timed(report, "score"):
+                    task = progress.add_task("batch scoring", total=1)
+                    start, end = score_range_ or default_score_range(ws, use_case)
+                    report.scoring = score_range(
+                        ws.lake, use_case, ws.registry, start=start, end=end
+                    )
+                    progress.advance(task)
+    return report
+
+
+def _ticking(
+    batches: Iterable[Batch], progress: Progress, task: TaskID
+) -> Iterator[Batch]:
+    for batch in batches:
+        progress.advance(task)
+        yield batch
+
+
+def _train(
+    use_case: UseCase,
+    ws: Workspace,
+    report: RunReport,
+    *,
+    progress: Progress,
+    actor: str,
+    now: datetime,
+) -> None:
+    task = progress.add_task("train + gate", total=len(use_case.trainers) + 1)
+    experiment = experiment_id(use_case, ws.settings.artifacts_dir.resolve().as_uri())
+    lineage = ws.lake.versions(
+        [use_case.labels.table, *(use_case.gold_table(v) for v in use_case.views)]
+    )
+    seed = ws.settings.seed
+    todo = []
+    for trainer in use_case.trainers:
+        key = training_key(use_case, trainer, lineage, seed)
+        found = existing_candidate(experiment, key, use_case)
+        if found is None:
+            todo.append(trainer)
+        else:
+            report.candidates.append(found)
+            progress.advance(task)
+    if not todo:  # same inputs, same models: nothing to train, no alias to move
+        progress.advance(task)
+        return
+    data = build_training_set(ws.lake, use_case, as_of=now + timedelta(seconds=1))
+    progress.advance(task)
+    champion = champion_metric(ws.registry, use_case, data.test)
+    for trainer in todo:
+        report.candidates.append(
+            train_candidate(
+                use_case,
+                trainer,
+                data,
+                registry=ws.registry,
+                experiment=experiment,
+                champion=champion,
+                seed=seed,
+                actor=actor,
+            )
+        )
+        progress.advance(task)
+    report.champion = choose_champion(
+        use_case, report.candidates, registry=ws.registry, actor=actor
+    )

@@ -1,0 +1,254 @@
+"""Score requests online: features -> model -> decision, then the state update.
+
+Aggregation views are computed per request from the online aggregation state
+plus the request itself (the same definition as training, see
+`aistack.features.realtime`); after scoring, each event joins the state.
+Request-time features use the same polars expressions as the training set.
+SQL views are batch-only: served as of their last materialization (their age is
+reported), with the declared defaults where the entity is unknown, expired, or
+materialized after the request's time (never a value from its future).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from aistack.contract import AggregationView, UseCase
+from aistack.errors import ConfigError
+from aistack.features.online import OnlineStore, to_us
+from aistack.features.realtime import ViewFeatures, commit, label_index, online_features
+from aistack.features.state import EventState
+from aistack.serving.inference import Predictor
+
+
+@dataclass
+class Scored:
+    """One scored request, as answered and as logged.
+
+    `features` are the values served (None: unknown, filled with the declared
+    default for the model); `late` names the views whose values exclude events
+    after this one (see the module docstring).
+    """
+
+    request_id: str
+    score: float
+    decision: bool
+    model_name: str
+    model_version: int
+    feature_age_seconds: dict[str, float | None]
+    unknown_entities: list[str]
+    features: dict[str, float | None]
+    arm: str = "champion"
+    event_id: str | None = None
+    event_time: datetime | None = None
+    late: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LookupTimings:
+    """Where a scoring call spent its time (seconds)."""
+
+    lookup: float = 0.0
+    total: float = 0.0
+    matrix: np.ndarray | None = None
+
+
+@dataclass
+class RequestFeatures:
+    """Features of a batch of payloads, before any model sees them."""
+
+    request_ids: list[str]
+    event_ids: list[Any]
+    times: list[datetime]
+    values: dict[str, np.ndarray]
+    ages: list[dict[str, float | None]]
+    unknown: list[list[str]]
+    late: list[list[str]]
+    pending: list[tuple[AggregationView, ViewFeatures]]
+    lookup_seconds: float = 0.0
+
+
+def request_columns(use_case: UseCase) -> list[str]:
+    """Payload columns the features read: timestamp and label columns."""
+    labels = use_case.labels
+    return list(dict.fromkeys([labels.timestamp, *labels.columns]))
+
+
+def request_features(
+    use_case: UseCase,
+    store: OnlineStore,
+    events: EventState | None,
+    payloads: Sequence[Mapping[str, Any]],
+) -> RequestFeatures:
+    """Every feature of every payload (validated request dicts), vectorised."""
+    labels = use_case.labels
+    n = len(payloads)
+    ids = [p.get(labels.id) for p in payloads]
+    call = uuid.uuid4().hex  # one per call; rows without an id get call-index
+    request_ids = [
+        str(i) if i is not None else f"{call}-{k}" for k, i in enumerate(ids)
+    ]
+    columns: dict[str, Any] = {
+        c: [p[c] for p in payloads] for c in request_columns(use_case)
+    }
+    frame = pl.DataFrame(columns).with_columns(
+        expr.alias(name) for name, expr in use_case.request_features.items()
+    )
+    values: dict[str, np.ndarray] = {
+        name: frame.get_column(name).to_numpy().astype(np.float64)
+        for name in use_case.request_features
+    }
+    values[labels.id] = np.array(
+        [i if i is not None else 0 for i in ids], dtype=np.float64
+    )
+    times = list(columns[labels.timestamp])
+    ts_us = [to_us(t) for t in times]
+    out = RequestFeatures(
+        request_ids,
+        [i if i is not None else r for i, r in zip(ids, request_ids, strict=True)],
+        times,
+        values,
+        [{} for _ in range(n)],
+        [[] for _ in range(n)],
+        [[] for _ in range(n)],
+        [],
+    )
+    lookup_start = time.perf_counter()
+    for view in use_case.views:
+        if isinstance(view, AggregationView):
+            if events is None:
+                msg = f"view {view.name} aggregates events: an event state is needed"
+                raise ConfigError(msg)
+            found = online_features(
+                view,
+                events,
+                entities=columns[view.entity],
+                ts_us=ts_us,
+                ids=out.event_ids,
+                anonymous=[i is None for i in ids],
+                columns=columns,
+                label_at=label_index(view, use_case),
+            )
+            out.pending.append((view, found))
+            for j, name in enumerate(view.feature_names):
+                values[name] = found.values[:, j]
+            for k in range(n):
+                out.ages[k][view.name] = 0.0
+                if found.late[k]:
+                    out.late[k].append(view.name)
+        else:
+            _batch_view(view, store, columns[view.entity], ts_us, out)
+    out.lookup_seconds = time.perf_counter() - lookup_start
+    return out
+
+
+def _batch_view(
+    view: Any,  # noqa: ANN401  (a FeatureView)
+    store: OnlineStore,
+    entities: Sequence[object],
+    ts_us: Sequence[int],
+    out: RequestFeatures,
+) -> None:
+    ttl_us = view.ttl.total_seconds() * 1e6
+    rows = store.get(view.name, entities)
+    block = np.full((len(ts_us), len(view.features)), np.nan)
+    for i, row in enumerate(rows):
+        age_us = None if row is None else ts_us[i] - row.event_time_us
+        out.ages[i][view.name] = None if age_us is None else age_us / 1e6
+        if row is None or age_us is None or age_us > ttl_us:
+            out.unknown[i].append(view.name)
+            continue
+        if age_us < 0:  # materialized after the request: its future
+            out.late[i].append(view.name)
+            continue
+        block[i] = [np.nan if v is None else v for v in row.values]
+    for j, name in enumerate(view.feature_names):
+        out.values[name] = block[:, j]
+
+
+def commit_features(
+    use_case: UseCase, events: EventState | None, found: RequestFeatures
+) -> None:
+    """Add the scored events to the aggregation state (idempotent per event id)."""
+    if events is None:
+        return
+    for view, features in found.pending:
+        indexed = label_index(view, use_case) is not None
+        commit(view, events, features, indexed=indexed)
+
+
+def predict(
+    use_case: UseCase,
+    predictor: Predictor,
+    found: RequestFeatures,
+    rows: Sequence[int] | None = None,
+    *,
+    timings: LookupTimings | None = None,
+) -> list[Scored]:
+    """Score `rows` (default: all) of `found` with `predictor`."""
+    picked = list(range(len(found.request_ids))) if rows is None else list(rows)
+    defaults = use_case.feature_defaults
+    columns = []
+    for f in predictor.features:
+        column = found.values[f][picked]
+        if f in defaults:
+            column = np.where(np.isnan(column), defaults[f], column)
+        columns.append(column)
+    matrix = np.column_stack(columns) if picked else np.empty((0, len(columns)))
+    scores = predictor.score(matrix) if picked else np.empty(0)
+    threshold = use_case.serving.threshold if use_case.serving else 0.5
+    names = use_case.feature_names
+    if timings is not None:
+        timings.matrix = matrix
+        timings.lookup = found.lookup_seconds
+    out = []
+    for k, i in enumerate(picked):
+        served = {}
+        for f in names:
+            v = float(found.values[f][i])
+            served[f] = None if np.isnan(v) else v
+        out.append(
+            Scored(
+                found.request_ids[i],
+                float(scores[k]),
+                bool(scores[k] >= threshold),
+                predictor.name,
+                predictor.version,
+                found.ages[i],
+                found.unknown[i],
+                served,
+                event_id=str(found.event_ids[i]),
+                event_time=found.times[i],
+                late=found.late[i],
+            )
+        )
+    return out
+
+
+def score_requests(
+    use_case: UseCase,
+    store: OnlineStore,
+    predictor: Predictor,
+    payloads: Sequence[Mapping[str, Any]],
+    *,
+    events: EventState | None = None,
+    timings: LookupTimings | None = None,
+    update_state: bool = True,
+) -> list[Scored]:
+    """Features, scores, then the state update (skip it for a shadow model)."""
+    start = time.perf_counter()
+    found = request_features(use_case, store, events, payloads)
+    scored = predict(use_case, predictor, found, timings=timings)
+    if update_state:
+        commit_features(use_case, events, found)
+    if timings is not None:
+        timings.total = time.perf_counter() - start
+    return scored

@@ -1,0 +1,536 @@
+"""Streaming inference: events from a broker, scored in micro-batches, exactly once.
+
+A consumer reads a micro-batch of messages (events and late labels), scores the
+events through the same feature and model path as the HTTP server, updates the
+aggregation state, appends the predictions to the Delta prediction log in one
+commit, then publishes them to the output stream and acknowledges the batch in
+one broker transaction. Exactly-once effect after a crash anywhere:
+
+- killed before the commit: the messages are still pending; the restarted
+  consumer scores them again (the state update is idempotent per event id and
+  an event never sees events after it, so the values are the same);
+- killed after the commit, before the ack: the restarted consumer finds the
+  messages' stream ids in the log and only publishes and acknowledges them.
+
+The broker sits behind `EventSource`; Redis Streams (consumer groups, XACK) is
+the implementation here. A Kafka source would map `read` to poll, `pending` to
+the uncommitted offsets of its partitions, and `finish` to a transactional
+produce + offset commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+import mlflow
+import orjson
+import pyarrow as pa
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import ValidationError
+
+from aistack.contract import UseCase
+from aistack.errors import ConfigError
+from aistack.features.online import OnlineStore, open_store
+from aistack.features.realtime import apply_labels
+from aistack.features.state import EventState, open_event_state
+from aistack.lake.delta import Lake
+from aistack.registry.aliases import Registry
+from aistack.serving.inference import Predictor, load_version
+from aistack.serving.log import log_records, log_schema, log_table, prediction_log_table
+from aistack.serving.requests import Scored, commit_features, predict, request_features
+from aistack.settings import Settings
+from aistack.sql import quote
+
+log = logging.getLogger("aistack.stream")
+Kind = Literal["event", "label"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One broker message: an event payload or a label, with its broker id."""
+
+    id: str
+    kind: Kind
+    data: dict[str, Any]
+    enqueued_ms: int
+
+
+class EventSource(Protocol):
+    """A consumer's view of the broker."""
+
+    def read(self, count: int, block_ms: int) -> list[Message]:
+        """New messages for this consumer (waits up to `block_ms`)."""
+        ...
+
+    def pending(self, count: int) -> list[Message]:
+        """Messages delivered but never acknowledged: this consumer's own, and
+        those of consumers idle long enough to be presumed dead."""
+        ...
+
+    def finish(self, outputs: Sequence[bytes], ids: Sequence[str]) -> None:
+        """Publish `outputs` and acknowledge `ids`, atomically."""
+        ...
+
+    def lag(self) -> int:
+        """Messages not yet delivered to the group."""
+        ...
+
+
+def stream_names(use_case: str) -> dict[str, str]:
+    """Input stream, output stream, dead letters and group of a use case."""
+    base = f"aistack:{use_case}"
+    return {
+        "events": f"{base}:events",
+        "predictions": f"{base}:predictions",
+        "dead": f"{base}:dead_letters",
+        "group": f"aistack-{use_case}",
+    }
+
+
+class RedisStreamSource:
+    """Redis Streams with a consumer group."""
+
+    def __init__(
+        self,
+        url: str,
+        use_case: str,
+        *,
+        consumer: str,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=30)
+        self.names = stream_names(use_case)
+        self.consumer = consumer
+        self.claim_idle_ms = claim_idle_ms
+        try:
+            self.client.xgroup_create(
+                self.names["events"], self.names["group"], id="0", mkstream=True
+            )
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _messages(self, entries: Sequence[Any]) -> list[Message]:
+        out = []
+        for ident, fields in entries:
+            if not fields:  # deleted from the stream while pending
+                continue
+            key = ident.decode() if isinstance(ident, bytes) else str(ident)
+            kind = fields.get(b"kind", b"event").decode()
+            data = orjson.loads(fields[b"data"])
+            out.append(Message(key, kind, data, int(key.split("-")[0])))
+        return out
+
+    def read(self, count: int, block_ms: int) -> list[Message]:
+        """New messages for this consumer (waits up to `block_ms`)."""
+        found: Any = self.client.xreadgroup(
+            self.names["group"],
+            self.consumer,
+            {self.names["events"]: ">"},
+            count=count,
+            block=block_ms,
+        )
+        return self._messages(found[0][1]) if found else []
+
+    def pending(self, count: int) -> list[Message]:
+        """Own unacknowledged messages, then ones claimed from idle consumers."""
+        own: Any = self.client.xreadgroup(
+            self.names["group"],
+            self.consumer,
+            {self.names["events"]: "0"},
+            count=count,
+        )
+        mine = self._messages(own[0][1]) if own else []
+        if mine:
+            return mine
+        claimed = self.client.xautoclaim(
+            self.names["events"],
+            self.names["group"],
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id="0-0",
+            count=count,
+        )
+        return self._messages(claimed[1])
+
+    def finish(self, outputs: Sequence[bytes], ids: Sequence[str]) -> None:
+        """XADD every output and XACK every id in one MULTI/EXEC."""
+        pipe = self.client.pipeline(transaction=True)
+        for body in outputs:
+            pipe.xadd(self.names["predictions"], {"data": body})
+        if ids:
+            pipe.xack(self.names["events"], self.names["group"], *ids)
+        pipe.execute()
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Keep an invalid message with its reason (acknowledged with its batch)."""
+        self.client.xadd(
+            self.names["dead"],
+            {"id": message.id, "data": orjson.dumps(message.data), "reason": reason},
+        )
+
+    def lag(self) -> int:
+        """Messages not yet delivered to the group (Redis 7 `lag`)."""
+        for group in self.client.xinfo_groups(self.names["events"]):
+            if group["name"].decode() == self.names["group"]:
+                return int(group.get("lag") or 0)
+        return 0
+
+
+@dataclass
+class StreamMetrics:
+    """Prometheus metrics of one consumer process."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter(
+            "aistack_stream_events", "Events scored and committed", registry=r
+        )
+        self.labels = Counter("aistack_stream_labels", "Labels applied", registry=r)
+        self.invalid = Counter(
+            "aistack_stream_invalid", "Messages sent to dead letters", registry=r
+        )
+        self.recovered = Counter(
+            "aistack_stream_recovered",
+            "Pending messages found already committed (only acknowledged)",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "aistack_stream_consumer_lag", "Messages not yet delivered", registry=r
+        )
+        self.latency = Histogram(
+            "aistack_stream_event_to_prediction_seconds",
+            "From the event's arrival in the stream to its published prediction",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "aistack_stream_batch_seconds",
+            "Time to process one micro-batch",
+            registry=r,
+        )
+
+
+def _load_champion(registry: Registry, use_case: UseCase) -> Predictor | None:
+    version = registry.version_of(use_case.name, "champion")
+    if version is None:
+        return None
+    return load_version(registry, use_case.name, version)[0]
+
+
+@dataclass
+class Consumer:
+    """Scores a stream of one use case; see the module docstring."""
+
+    use_case: UseCase
+    settings: Settings
+    source: EventSource
+    consumer: str
+    batch_size: int = 500
+    block_ms: int = 200
+    metrics: StreamMetrics = field(default_factory=StreamMetrics)
+    processed: int = 0
+    _batches: int = 0
+    lake: Lake = field(init=False)
+    store: OnlineStore = field(init=False)
+    events: EventState | None = field(init=False)
+    registry: Registry = field(init=False)
+    predictor: Predictor | None = field(init=False, default=None)
+    _checked: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.lake = Lake(s.tables_dir)
+        self.store = open_store(s.online_url, s.workspace, self.use_case.name)
+        self.events = (
+            open_event_state(s.online_url, s.workspace, self.use_case.name)
+            if self.use_case.aggregation_views
+            else None
+        )
+        self.registry = Registry(self.lake, s.mlflow_uri)
+        self.table = prediction_log_table(self.use_case)
+        self.schema = log_schema(self.use_case.feature_names)
+
+    def _follow_champion(self) -> Predictor:
+        now = time.monotonic()
+        if self.predictor is None or now - self._checked > self.settings.poll_seconds:
+            self._checked = now
+            version = self.registry.version_of(self.use_case.name, "champion")
+            if self.predictor is None or version != self.predictor.version:
+                self.predictor = _load_champion(self.registry, self.use_case)
+        if self.predictor is None:
+            raise ConfigError(
+                f"use case {self.use_case.name}: no champion to score with"
+            )
+        return self.predictor
+
+    def run(self, stop: threading.Event, *, until_idle: bool = False) -> int:
+        """Recover pending messages, then consume until `stop` (or idle)."""
+        mlflow.set_tracking_uri(self.settings.mlflow_uri)
+        mlflow.set_registry_uri(self.settings.mlflow_uri)
+        while not stop.is_set():
+            pending = self.source.pending(self.batch_size)
+            if not pending:
+                break
+            self.process(pending, recovered=True)
+        while not stop.is_set():
+            batch = self.source.read(self.batch_size, self.block_ms)
+            if batch:
+                self.process(batch, recovered=False)
+            else:
+                self.metrics.lag.set(self.source.lag())
+                if until_idle and not self.source.pending(1):
+                    break
+        return self.processed
+
+    def process(self, messages: Sequence[Message], *, recovered: bool) -> None:
+        """Score one micro-batch and commit it (see the module docstring)."""
+        start = time.perf_counter()
+        self._batches += 1
+        if recovered:
+            messages = self._skip_committed(messages)
+            if not messages:
+                return
+        predictor = self._follow_champion()
+        records: list[dict[str, Any]] = []
+        outputs: list[bytes] = []
+        for kind, run in _runs(messages):
+            if kind == "label":
+                self._labels(run)
+            else:
+                self._score(run, predictor, records, outputs)
+        self._failpoint("after_state")
+        if records:
+            self.lake.write(
+                self.table,
+                log_table(records, self.schema),
+                mode="append",
+                merge_schema=True,
+                return_version=False,
+            )
+        self._failpoint("after_commit")
+        self.source.finish(outputs, [m.id for m in messages])
+        now_ms = time.time() * 1000
+        for m in messages:
+            if m.kind == "event":
+                self.metrics.latency.observe(max(now_ms - m.enqueued_ms, 0) / 1000)
+        self.metrics.events.inc(len(records))
+        self.processed += len(records)
+        self.metrics.batch_seconds.observe(time.perf_counter() - start)
+
+    def _labels(self, run: Sequence[Message]) -> None:
+        items = []
+        for m in run:
+            try:
+                items.append((m.data["event_id"], float(m.data["label"])))
+            except (KeyError, TypeError, ValueError):
+                self._dead(m, "label message needs event_id and a numeric label")
+        if items and self.events is not None:
+            result = apply_labels(self.events, self.use_case, items)
+            self.metrics.labels.inc(result.applied)
+
+    def _score(
+        self,
+        run: Sequence[Message],
+        predictor: Predictor,
+        records: list[dict[str, Any]],
+        outputs: list[bytes],
+    ) -> None:
+        serving = self.use_case.serving
+        assert serving is not None
+        valid: list[tuple[Message, dict[str, Any]]] = []
+        for m in run:
+            try:
+                valid.append((m, serving.request.model_validate(m.data).model_dump()))
+            except ValidationError as exc:
+                fields = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                self._dead(m, fields)
+        if not valid:
+            return
+        payloads = [p for _, p in valid]
+        found = request_features(self.use_case, self.store, self.events, payloads)
+        scored = predict(self.use_case, predictor, found)
+        commit_features(self.use_case, self.events, found)
+        records.extend(
+            log_records(
+                scored,
+                payloads,
+                route=f"stream:{self.consumer}",
+                online_versions={},
+                stream_ids=[m.id for m, _ in valid],
+            )
+        )
+        outputs.extend(_output(s) for s in scored)
+
+    def _dead(self, message: Message, reason: str) -> None:
+        self.metrics.invalid.inc()
+        dead = getattr(self.source, "dead_letter", None)
+        if dead is not None:
+            dead(message, reason)
+        log.warning("message %s to dead letters: %s", message.id, reason)
+
+    def _skip_committed(self, messages: Sequence[Message]) -> list[Message]:
+        """Publish and acknowledge messages whose predictions are already logged."""
+        if not self.lake.exists(self.table):
+            return list(messages)
+        ids = [m.id for m in messages]
+        con = self.lake.connect(self.lake.versions([self.table]))
+        con.register("ids", pa.table({"stream_id": ids}))
+        done = con.sql(
+            f"SELECT * FROM {self.table} WHERE {quote('stream_id')} IN "
+            "(SELECT stream_id FROM ids)"
+        ).to_arrow_table()
+        committed = set(done.column("stream_id").to_pylist())
+        if committed:
+            rows = done.to_pylist()
+            self.source.finish(
+                [_logged_output(r) for r in rows],
+                [m.id for m in messages if m.id in committed],
+            )
+            self.metrics.recovered.inc(len(committed))
+        return [m for m in messages if m.id not in committed]
+
+    def _failpoint(self, name: str) -> None:
+        point = self.settings.stream_failpoint
+        if point is None:
+            return
+        where, _, nth = point.partition(":")
+        if where == name and self._batches == int(nth):
+            log.warning("failpoint %s: killing the consumer", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _runs(messages: Sequence[Message]) -> Iterator[tuple[Kind, list[Message]]]:
+    """Consecutive messages of one kind, in stream order."""
+    run: list[Message] = []
+    for m in messages:
+        if run and run[-1].kind != m.kind:
+            yield run[-1].kind, run
+            run = []
+        run.append(m)
+    if run:
+        yield run[-1].kind, run
+
+
+def _output(s: Scored) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": s.event_id,
+            "score": s.score,
+            "decision": s.decision,
+            "model_version": s.model_version,
+            "late": s.late,
+        }
+    )
+
+
+def _logged_output(row: dict[str, Any]) -> bytes:
+    late = row.get("late") or ""
+    return orjson.dumps(
+        {
+            "event_id": row["event_id"],
+            "score": row["score"],
+            "decision": row["decision"],
+            "model_version": row["model_version"],
+            "late": late.split(",") if late else [],
+        }
+    )
+
+
+def stream_url(settings: Settings) -> str:
+    """The Redis holding the streams: `stream_url`, else a Redis `online_url`."""
+    url = settings.stream_url or settings.online_url
+    if url is None or not url.startswith(("redis://", "rediss://", "unix://")):
+        msg = (
+            "stream_url: set AISTACK_STREAM_URL (or a Redis online_url) to redis://..."
+        )
+        raise ConfigError(msg)
+    return url
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What a replay pushed."""
+
+    events: int
+    labels: int
+    seconds: float
+
+
+def replay(
+    lake: Lake,
+    use_case: UseCase,
+    url: str,
+    *,
+    start: datetime,
+    end: datetime,
+    rate: float = 0.0,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Push the label table's events with start <= time < end into the stream in
+    time order, at `rate` events/s (0: as fast as possible); each label follows
+    once the stream's time passes its event time + the label delay (labels of
+    events from `start - delay` on, so none is known before the replay)."""
+    labels = use_case.labels
+    version = lake.version(labels.table)
+    if version is None:
+        raise ConfigError(f"{labels.table} does not exist yet: run the pipeline first")
+    con = lake.connect({labels.table: version})
+    columns = dict.fromkeys([labels.id, labels.timestamp, *labels.columns])
+    select = ", ".join(quote(c) for c in columns)
+    ts = quote(labels.timestamp)
+    rows = (
+        con.sql(
+            f"SELECT {select}, {quote(labels.label)} AS _label FROM {labels.table} "
+            f"WHERE {ts} >= $lo AND {ts} < $end ORDER BY {ts}, {quote(labels.id)}",
+            params={"lo": start - labels.delay, "end": end},
+        )
+        .to_arrow_table()
+        .to_pylist()
+    )
+    client = redis.Redis.from_url(url)
+    stream = stream_names(use_case.name)["events"]
+    pending = deque(r for r in rows if r[labels.timestamp] < start)
+    events = [r for r in rows if r[labels.timestamp] >= start]
+    began = time.perf_counter()
+    pipe = client.pipeline(transaction=False)
+    n_labels = 0
+    k = 0
+    for k, row in enumerate(events, 1):
+        now = row[labels.timestamp]
+        while pending and pending[0][labels.timestamp] + labels.delay <= now:
+            done = pending.popleft()
+            body = {"event_id": done[labels.id], "label": done["_label"]}
+            pipe.xadd(stream, {"kind": "label", "data": orjson.dumps(body)})
+            n_labels += 1
+        payload = {c: row[c] for c in columns}
+        pipe.xadd(stream, {"kind": "event", "data": orjson.dumps(payload, default=str)})
+        pending.append(row)
+        if rate > 0:
+            due = began + k / rate
+            if due - time.perf_counter() > 0.005:  # noqa: PLR2004
+                pipe.execute()
+                time.sleep(max(due - time.perf_counter(), 0))
+        if k % 1000 == 0:
+            pipe.execute()
+            if progress is not None:
+                progress(1000)
+    pipe.execute()
+    if progress is not None:
+        progress(k % 1000)
+    return ReplayResult(len(events), n_labels, time.perf_counter() - began)

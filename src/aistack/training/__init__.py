@@ -1,0 +1,1 @@
+"""Training sets, fitting, gates, metrics, reference profiles and MLflow tracking."""

@@ -1,0 +1,245 @@
+"""Fit, evaluate, gate and register one model per trainer; choose the champion.
+
+Each trainer is one MLflow run with params, test metrics, gate results, a
+signature, explicit pip requirements and the lineage of every input table. A
+training key makes a re-run on the same inputs train nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+from aistack.contract import Trainer, UseCase
+from aistack.registry.aliases import Registry
+from aistack.training.gates import GateResult, check_gates
+from aistack.training.models import Scorer, ScoringModel
+from aistack.training.profile import reference_profile
+from aistack.training.sets import TrainingSet
+from aistack.training.tracking import KEY_TAG, LINEAGE_TAG, PROFILE_ARTIFACT
+
+REQUIREMENTS = (
+    "scikit-learn",
+    "xgboost-cpu",
+    "pandas",
+    "numpy",
+    "scipy",
+    "cloudpickle",
+)
+
+
+@dataclass
+class Candidate:
+    """One trained model version and its verdict."""
+
+    trainer: str
+    run_id: str
+    version: int
+    metrics: dict[str, float]
+    gates: list[GateResult] = field(default_factory=list)
+    reused: bool = False
+
+    @property
+    def passed(self) -> bool:
+        """Whether every gate passed."""
+        return all(g.passed for g in self.gates)
+
+
+def evaluate(model: Scorer, frame: pd.DataFrame, use_case: UseCase) -> dict[str, float]:
+    """Every declared metric of `model` on `frame`."""
+    scored = frame.assign(
+        label=frame[use_case.labels.label].to_numpy(),
+        score=model.predict(frame[use_case.model_inputs]),
+    )
+    return {name: float(metric(scored)) for name, metric in use_case.metrics.items()}
+
+
+def training_key(
+    use_case: UseCase, trainer: Trainer, lineage: dict[str, int], seed: int
+) -> str:
+    """Identity of a training: same key, same model (so it is not trained again)."""
+    payload = {
+        "use_case": use_case.name,
+        "trainer": trainer.name,
+        "inputs": list(trainer.inputs),
+        "lineage": lineage,
+        "seed": seed,
+        "split": use_case.split.__dict__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def existing_candidate(
+    experiment: str, key: str, use_case: UseCase
+) -> Candidate | None:
+    """The registered candidate an earlier run with the same training key produced."""
+    runs = mlflow.search_runs(
+        [experiment], filter_string=f"tags.`{KEY_TAG}` = '{key}'", output_format="list"
+    )
+    for found in runs:
+        versions = mlflow.tracking.MlflowClient().search_model_versions(
+            f"name = '{use_case.name}' and run_id = '{found.info.run_id}'"
+        )
+        if not versions:
+            continue
+        tags = found.data.tags
+        gates = [
+            GateResult(
+                name[len("gate.") :], value.startswith("pass"), value.split(": ", 1)[-1]
+            )
+            for name, value in tags.items()
+            if name.startswith("gate.")
+        ]
+        return Candidate(
+            tags.get("mlflow.runName", ""),
+            found.info.run_id,
+            int(versions[0].version),
+            dict(found.data.metrics),
+            gates,
+            reused=True,
+        )
+    return None
+
+
+def _requirements() -> list[str]:
+    return [f"{name}=={package_version(name)}" for name in REQUIREMENTS]
+
+
+def _params(trainer: Trainer, model: ScoringModel, data: TrainingSet) -> dict[str, Any]:
+    estimator = {
+        f"est.{k}": v
+        for k, v in model.estimator.get_params().items()
+        if isinstance(v, (int, float, str, bool)) or v is None
+    }
+    return {
+        "trainer": trainer.name,
+        "estimator": type(model.estimator).__name__,
+        "supervised": trainer.supervised,
+        "n_features": len(model.features),
+        "train_rows": len(data.train),
+        "test_rows": len(data.test),
+        **data.periods,
+        **dict(list(estimator.items())[:60]),
+    }
+
+
+def champion_metric(
+    registry: Registry, use_case: UseCase, holdout: pd.DataFrame
+) -> float | None:
+    """The current champion's primary metric on this holdout, None without one."""
+    if registry.version_of(use_case.name, "champion") is None:
+        return None
+    champion = mlflow.sklearn.load_model(f"models:/{use_case.name}@champion")
+    return evaluate(champion, holdout, use_case)[use_case.gates.primary_metric]
+
+
+def train_candidate(
+    use_case: UseCase,
+    trainer: Trainer,
+    data: TrainingSet,
+    *,
+    registry: Registry,
+    experiment: str,
+    champion: float | None,
+    seed: int,
+    actor: str,
+) -> Candidate:
+    """Fit, evaluate, log and register one model; gate it; make it challenger."""
+    labels = use_case.labels
+    model = ScoringModel(
+        trainer.build(seed),
+        list(trainer.inputs) or use_case.feature_names,
+        use_case.feature_defaults,
+        supervised=trainer.supervised,
+    )
+    model.fit(data.train[use_case.model_inputs], data.train[labels.label].to_numpy())
+    metrics = evaluate(model, data.test, use_case)
+    holdout = data.test[use_case.model_inputs]
+    gates = check_gates(
+        model, holdout, metrics, use_case.gates, champion_metric=champion, seed=seed
+    )
+    with mlflow.start_run(experiment_id=experiment, run_name=trainer.name) as run:
+        mlflow.log_params(_params(trainer, model, data))
+        mlflow.log_metrics({k: v for k, v in metrics.items() if not np.isnan(v)})
+        mlflow.set_tags({f"{LINEAGE_TAG}.{t}": str(v) for t, v in data.lineage.items()})
+        mlflow.set_tags(
+            {
+                KEY_TAG: training_key(use_case, trainer, data.lineage, seed),
+                "aistack.use_case": use_case.name,
+                "aistack.gates_passed": str(all(g.passed for g in gates)).lower(),
+                **{
+                    f"gate.{g.name}": f"{'pass' if g.passed else 'FAIL'}: {g.detail}"
+                    for g in gates
+                },
+            }
+        )
+        mlflow.log_metrics({f"gate.{g.name}": float(g.passed) for g in gates})
+        mlflow.log_dict({g.name: g.__dict__ for g in gates}, "gates.json")
+        mlflow.log_dict(data.lineage, "lineage.json")
+        train_inputs = data.train[use_case.model_inputs]
+        profile = reference_profile(
+            {
+                **{f: train_inputs[f] for f in use_case.feature_names},
+                "score": model.predict(train_inputs),
+            },
+            bins=use_case.monitoring.drift.bins,
+        )
+        mlflow.log_dict(profile, PROFILE_ARTIFACT)
+        example = holdout.head(5).astype("float64")  # ids too: NaN-safe schema
+        # MLflow prints registration notices to stderr itself; the CLI reports them
+        with contextlib.redirect_stderr(io.StringIO()):
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="cloudpickle",
+                signature=infer_signature(example, model.predict(example)),
+                input_example=example,
+                pip_requirements=_requirements(),
+                registered_model_name=use_case.name,
+            )
+    version = int(info.registered_model_version)
+    registry.move(
+        use_case.name,
+        "challenger",
+        version,
+        actor=actor,
+        reason=f"new version from run {run.info.run_id} ({trainer.name})",
+    )
+    return Candidate(trainer.name, run.info.run_id, version, metrics, gates)
+
+
+def choose_champion(
+    use_case: UseCase, candidates: list[Candidate], *, registry: Registry, actor: str
+) -> Candidate | None:
+    """Promote the best candidate that passed every gate, by the primary metric."""
+    primary = use_case.gates.primary_metric
+    passing = [c for c in candidates if c.passed]
+    if not passing:
+        return None
+    best = max(passing, key=lambda c: c.metrics[primary])
+    reason = (
+        f"passed all gates; {primary}={best.metrics[primary]:.4f} "
+        f"(run {best.run_id}, {best.trainer})"
+    )
+    registry.move(use_case.name, "champion", best.version, actor=actor, reason=reason)
+    if registry.version_of(use_case.name, "challenger") == best.version:
+        registry.move(
+            use_case.name, "challenger", None, actor=actor, reason="became champion"
+        )
+    return best
+
+
+def describe(gates: list[GateResult]) -> str:
+    """Failed gates in one line (or 'all passed')."""
+    failed = [f"{g.name} ({g.detail})" for g in gates if not g.passed]
+    return "all passed" if not failed else "; ".join(failed)

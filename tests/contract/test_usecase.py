@@ -1,0 +1,79 @@
+"""Declarations check themselves; one contract test covers every registered use case."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from aistack.contract import (
+    AggregationView,
+    Feature,
+    FeatureView,
+    Gates,
+    UseCase,
+    discover,
+    get_use_case,
+)
+from aistack.errors import DeclarationError, UseCaseNotFoundError
+from cancer_usecase import cancer_use_case
+
+REGISTERED = sorted(discover())
+
+
+def test_fraud_is_registered_through_its_entry_point() -> None:
+    assert "fraud" in REGISTERED
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_use_case_contract(name: str) -> None:
+    """What the platform relies on, for every use case a package registers."""
+    uc = get_use_case(name)
+    assert isinstance(uc, UseCase) and uc.name == name
+    uc.params()  # default run options are valid
+    silver = {f"silver.{s.name}" for s in uc.silver}
+    for spec in uc.silver:
+        assert spec.columns, f"{spec.name}: contract declares no column"
+    for view in uc.views:
+        assert set(view.inputs) <= silver
+        if isinstance(view, AggregationView):
+            assert view.source == uc.labels.table and view.specs
+        else:
+            assert "silver." in view.query
+        assert uc.gold_table(view).startswith(f"gold.{uc.name}_")
+    assert uc.labels.table in silver
+    assert uc.gates.primary_metric in uc.metrics
+    assert uc.model_inputs[0] == uc.labels.id
+    assert len(set(uc.feature_names)) == len(uc.feature_names)
+    for trainer in uc.trainers:
+        assert hasattr(trainer.build(0), "fit")
+
+
+def test_unknown_use_case_names_the_known_ones() -> None:
+    with pytest.raises(
+        UseCaseNotFoundError, match=r"'nope' is not registered \(known: .*fraud"
+    ):
+        get_use_case("nope")
+
+
+def test_bad_declarations_say_what_is_wrong() -> None:
+    with pytest.raises(DeclarationError, match="ttl must be positive"):
+        FeatureView("v", "k", (Feature("f"),), "SELECT 1", ("silver.t",), timedelta(0))
+    with pytest.raises(DeclarationError, match="not a silver table"):
+        FeatureView("v", "k", (Feature("f"),), "SELECT 1", ("gold.t",), timedelta(1))
+    with pytest.raises(DeclarationError, match="feature 'Bad Name'"):
+        Feature("Bad Name")
+    good = cancer_use_case()
+    with pytest.raises(
+        DeclarationError, match="gate metric 'f1' is not a declared metric"
+    ):
+        UseCase(**{**good.__dict__, "gates": Gates(primary_metric="f1")})
+    with pytest.raises(
+        DeclarationError, match="gate column 'nope' is not a model input"
+    ):
+        UseCase(
+            **{
+                **good.__dict__,
+                "gates": Gates(primary_metric="roc_auc", irrelevant_columns=("nope",)),
+            }
+        )

@@ -1,0 +1,197 @@
+"""Silver: every bad row quarantined with its reason; bronze = silver + quarantine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from aistack.contract import Batch, SilverTable, get_use_case
+from aistack.errors import ContractError, DeclarationError
+from aistack.lake import silver as silver_mod
+from aistack.lake.bronze import ingest
+from aistack.lake.delta import Lake
+from aistack.lake.silver import ACCOUNTING, build_silver, validate_rows
+from aistack.usecases.fraud.simulator import (
+    ALL_BAD_ROW_KINDS,
+    inject_bad_rows,
+    simulate,
+    split_by_day,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def fraud_batches(*, bad: int) -> list[Batch]:
+    sim = simulate(n_customers=100, n_terminals=200, n_days=10, seed=3)
+    txs = inject_bad_rows(sim.transactions, n_per_kind=bad, seed=3)
+    return [
+        Batch("customers", "c", sim.customers),
+        Batch("terminals", "t", sim.terminals),
+        *(Batch("transactions", day, rows) for day, rows in split_by_day(txs)),
+    ]
+
+
+def build_all(lake: Lake) -> dict[str, silver_mod.SilverResult]:
+    return {
+        spec.name: build_silver(lake, spec, processed_at=NOW)
+        for spec in get_use_case("fraud").silver
+    }
+
+
+def test_every_bad_row_kind_is_quarantined_with_reason(tmp_path) -> None:
+    lake = Lake(tmp_path)
+    ingest(lake, fraud_batches(bad=3), ingested_at=NOW)
+    result = build_all(lake)["transactions"]
+    quarantine = pl.from_arrow(lake.read("quarantine.transactions"))
+    assert result.quarantined_rows == quarantine.height == 3 * len(ALL_BAD_ROW_KINDS)
+    checks = quarantine.get_column("_check").to_list()
+    reasons = " | ".join(quarantine.get_column("_reason").to_list())
+    assert sum("dtype(Float64)" in c for c in checks) == 3  # wrong_type: "abc"
+    assert sum(c.startswith("not_nullable") for c in checks) == 3  # nulls
+    assert sum("greater_than_or_equal_to(0)" in c for c in checks) == 3  # negative
+    assert sum("duplicate_key" in c for c in checks) == 3
+    assert sum(c == "foreign_key" for c in checks) == 6  # unknown customer/terminal
+    assert "cannot parse 'abc' as Float64" in reasons
+    assert "is not in silver.customers.customer_id" in reasons
+    assert set(quarantine.get_column("_column").to_list()) >= {
+        "tx_amount",
+        "transaction_id",
+        "customer_id",
+        "terminal_id",
+    }
+    # raw values are kept as they arrived
+    assert "abc" in quarantine.get_column("TX_AMOUNT").to_list()
+
+
+def test_accounting_invariant_holds_and_is_recorded(tmp_path) -> None:
+    lake = Lake(tmp_path)
+    ingest(lake, fraud_batches(bad=2), ingested_at=NOW)
+    build_all(lake)
+    accounting = pl.from_arrow(lake.read(ACCOUNTING))
+    bronze = pl.from_arrow(lake.read("bronze.transactions")).group_by("_batch_id").len()
+    silver = pl.from_arrow(lake.read("silver.transactions")).group_by("_batch_id").len()
+    quarantine = (
+        pl.from_arrow(lake.read("quarantine.transactions")).group_by("_batch_id").len()
+    )
+    for row in accounting.filter(pl.col("table") == "silver.transactions").iter_rows(
+        named=True
+    ):
+        b = bronze.filter(pl.col("_batch_id") == row["_batch_id"])["len"].sum()
+        s = silver.filter(pl.col("_batch_id") == row["_batch_id"])["len"].sum()
+        q = quarantine.filter(pl.col("_batch_id") == row["_batch_id"])["len"].sum()
+        assert b == s + q == row["bronze_rows"]
+        assert (s, q) == (row["silver_rows"], row["quarantined_rows"])
+
+
+def test_rerun_changes_nothing(tmp_path) -> None:
+    lake = Lake(tmp_path)
+    ingest(lake, fraud_batches(bad=1), ingested_at=NOW)
+    build_all(lake)
+    names = ["silver.transactions", "quarantine.transactions", ACCOUNTING]
+    before = {n: (lake.version(n), lake.rows(n)) for n in names}
+    results = build_all(lake)
+    assert {n: (lake.version(n), lake.rows(n)) for n in names} == before
+    assert results["transactions"].batches == 0
+
+
+def test_recovers_after_a_crash_between_commits(tmp_path, monkeypatch) -> None:
+    """Quarantine committed, then the process died before silver: re-run completes."""
+    lake = Lake(tmp_path)
+    ingest(lake, fraud_batches(bad=2), ingested_at=NOW)
+    spec = {s.name: s for s in get_use_case("fraud").silver}
+    for name in ("customers", "terminals"):
+        build_silver(lake, spec[name], processed_at=NOW)
+    real_write = silver_mod._write_new_batches
+
+    def die_on_silver(lake_: Lake, table: str, rows: pl.DataFrame, inputs) -> None:
+        if table == "silver.transactions":
+            raise KeyboardInterrupt("killed")
+        real_write(lake_, table, rows, inputs)
+
+    monkeypatch.setattr(silver_mod, "_write_new_batches", die_on_silver)
+    with pytest.raises(KeyboardInterrupt):
+        build_silver(lake, spec["transactions"], processed_at=NOW)
+    monkeypatch.undo()
+    assert lake.exists("quarantine.transactions")
+    assert not lake.exists("silver.transactions")
+    quarantined = lake.rows("quarantine.transactions")
+    result = build_silver(lake, spec["transactions"], processed_at=NOW)
+    assert lake.rows("quarantine.transactions") == quarantined  # not written twice
+    assert lake.rows("silver.transactions") + quarantined == lake.rows(
+        "bronze.transactions"
+    )
+    assert result.quarantined_rows == quarantined
+
+
+def test_transform_that_loses_rows_is_refused_and_writes_nothing(tmp_path) -> None:
+    lake = Lake(tmp_path)
+    ingest(lake, fraud_batches(bad=0), ingested_at=NOW)
+    good = {s.name: s for s in get_use_case("fraud").silver}["customers"]
+    lossy = SilverTable("customers", "customers", lambda f: f.head(3), good.contract)
+    with pytest.raises(DeclarationError, match="one row per input row"):
+        build_silver(lake, lossy, processed_at=NOW)
+    assert not lake.exists("silver.customers")
+    assert not lake.exists(ACCOUNTING)
+
+
+def test_accounting_violation_raises_before_any_write(tmp_path, monkeypatch) -> None:
+    lake = Lake(tmp_path)
+    ingest(lake, fraud_batches(bad=0), ingested_at=NOW)
+    spec = {s.name: s for s in get_use_case("fraud").silver}["customers"]
+    real = silver_mod.validate_rows
+
+    def drop_one(*args, **kwargs):
+        good, bad = real(*args, **kwargs)
+        return good.head(good.height - 1), bad
+
+    monkeypatch.setattr(silver_mod, "validate_rows", drop_one)
+    with pytest.raises(ContractError, match="nothing was written"):
+        build_silver(lake, spec, processed_at=NOW)
+    assert not lake.exists("silver.customers")
+    assert not lake.exists(ACCOUNTING)
+
+
+def test_missing_column_quarantines_rows_with_reason() -> None:
+    spec = {s.name: s for s in get_use_case("fraud").silver}["terminals"]
+    raw = pl.DataFrame(
+        {
+            "TERMINAL_ID": ["1", "2"],
+            "X_TERMINAL_ID": ["3.0", "4.0"],
+            "_batch_id": ["b", "b"],
+            "_ingested_at": [NOW, NOW],
+            "_row": [0, 1],
+            "_source": ["t", "t"],
+        }
+    )
+    good, bad = validate_rows(raw, spec)
+    assert good.height == 0
+    assert bad.height == 2
+    assert "column 'y_terminal_id' is missing" in bad.get_column("_reason")[0]
+
+
+def test_optional_columns_may_be_absent() -> None:
+    spec = {s.name: s for s in get_use_case("fraud").silver}["transactions"]
+    raw = pl.DataFrame(
+        {
+            "TRANSACTION_ID": ["1"],
+            "TX_DATETIME": ["2018-04-01 10:00:00"],
+            "CUSTOMER_ID": ["1"],
+            "TERMINAL_ID": ["2"],
+            "TX_AMOUNT": ["10.5"],
+            "TX_FRAUD": ["0"],
+            "_batch_id": ["b"],
+            "_ingested_at": [NOW],
+        }
+    )
+    good, bad = validate_rows(raw, spec)
+    assert bad.height == 0
+    assert good.get_column("tx_amount").to_list() == [10.5]
+    assert good.get_column("tx_fraud_scenario").to_list() == [None]
+
+
+def test_contract_columns_come_from_pandera() -> None:
+    spec = {s.name: s for s in get_use_case("fraud").silver}["transactions"]
+    assert spec.columns["tx_amount"] == pl.Float64
+    assert "tx_fraud_scenario" in spec.optional_columns

@@ -1,0 +1,97 @@
+"""A second use case, defined only in the tests, runs through the same platform API.
+
+Also: broken models are refused promotion with the reason on their MLflow run,
+and re-running on the same inputs trains nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from aistack.contract import Trainer
+from aistack.runner import run
+from aistack.training.tracking import lineage_of, tracking
+from cancer_usecase import cancer_use_case, constant_model, id_reading_model
+
+
+@pytest.fixture
+def broken_run(workspace):
+    uc = cancer_use_case(
+        extra_trainers=(
+            Trainer("constant", constant_model, supervised=True),
+            Trainer(
+                "reads_id",
+                id_reading_model,
+                supervised=True,
+                inputs=("exam_id", "worst_area", "mean_concavity"),
+            ),
+        )
+    )
+    return uc, workspace, run(uc, workspace, uc.params())
+
+
+def test_second_use_case_end_to_end(broken_run) -> None:
+    uc, ws, report = broken_run
+    lake = ws.lake
+    assert lake.rows("bronze.exams") == 569
+    assert lake.rows("silver.exams") == 569
+    assert lake.rows("gold.cancer_exam_measures") == 569
+    logistic = next(c for c in report.candidates if c.trainer == "logistic")
+    assert logistic.passed, logistic.gates
+    assert logistic.metrics["roc_auc"] > 0.9
+    assert report.champion is not None and report.champion.trainer == "logistic"
+    assert ws.registry.version_of("cancer", "champion") == logistic.version
+    predictions = lake.read(uc.predictions_table)
+    assert predictions.num_rows > 0
+    assert set(predictions.column("model_version").to_pylist()) == {logistic.version}
+    with tracking(ws.settings.mlflow_uri):
+        lineage = lineage_of(logistic.run_id)
+    assert lineage == {"gold.cancer_exam_measures": 0, "silver.exams": 0}
+
+
+def test_broken_models_are_refused_with_the_reason_on_the_run(broken_run) -> None:
+    _, ws, report = broken_run
+    by_name = {c.trainer: c for c in report.candidates}
+    client = MlflowClient(ws.settings.mlflow_uri)
+    constant = by_name["constant"]
+    assert not constant.passed
+    tags = client.get_run(constant.run_id).data.tags
+    assert tags["aistack.gates_passed"] == "false"
+    assert tags["gate.output_shape"].startswith("FAIL")
+    assert "varies=False" in tags["gate.output_shape"]
+    reads_id = by_name["reads_id"]
+    assert not reads_id.passed
+    run_data = client.get_run(reads_id.run_id).data
+    assert run_data.tags["gate.invariant_exam_id"].startswith("FAIL")
+    assert run_data.metrics["gate.invariant_exam_id"] == 0.0
+    gates = json.loads(
+        open(  # noqa: SIM115
+            mlflow.artifacts.download_artifacts(
+                run_id=reads_id.run_id,
+                artifact_path="gates.json",
+                tracking_uri=ws.settings.mlflow_uri,
+            )
+        ).read()
+    )
+    assert gates["invariant_exam_id"]["passed"] is False
+    # neither became champion; both got the challenger alias on registration
+    assert ws.registry.version_of("cancer", "champion") == by_name["logistic"].version
+    moves = [(e.alias, e.to_version) for e in ws.registry.history("cancer")]
+    assert ("champion", constant.version) not in moves
+    assert ("challenger", constant.version) in moves
+
+
+def test_rerun_on_same_inputs_trains_and_moves_nothing(broken_run) -> None:
+    uc, ws, report = broken_run
+    tables = {t.name: (t.version, t.rows) for t in ws.lake.tables()}
+    again = run(uc, ws, uc.params())
+    assert all(c.reused for c in again.candidates)
+    assert {c.version for c in again.candidates} == {
+        c.version for c in report.candidates
+    }
+    assert {t.name: (t.version, t.rows) for t in ws.lake.tables()} == tables
+    assert again.scoring is not None and again.scoring.skipped
