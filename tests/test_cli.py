@@ -11,7 +11,9 @@ import pytest
 SMALL = ["--customers", "300", "--terminals", "600", "--days", "45"]
 
 
-def aistack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def aistack(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "aistack", *args],
         cwd=cwd,
@@ -19,7 +21,12 @@ def aistack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd)},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "COLUMNS": "200",
+            "HOME": str(cwd),
+            **(env or {}),
+        },
     )
 
 
@@ -72,7 +79,7 @@ def test_bad_config_file_exits_2(tmp_path: Path) -> None:
 
 
 def test_run_then_inspect(tmp_path: Path) -> None:
-    first = aistack("run", "fraud", *SMALL, "--quiet", cwd=tmp_path)
+    first = aistack("run", "fraud", *SMALL, "--bad-rows", "2", "--quiet", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "champion: fraud version" in first.stdout
     assert "silver.transactions" in first.stdout
@@ -95,9 +102,52 @@ def test_run_then_inspect(tmp_path: Path) -> None:
     assert rollback.returncode == 0, rollback.stderr
     assert "-> 1" not in rollback.stdout
     # a second run on the same inputs writes no new table version
-    again = aistack("run", "fraud", *SMALL, "--quiet", cwd=tmp_path)
+    again = aistack("run", "fraud", *SMALL, "--bad-rows", "2", "--quiet", cwd=tmp_path)
     assert again.returncode == 0
     assert (
         aistack("tables", cwd=tmp_path).stdout == aistack("tables", cwd=tmp_path).stdout
     )
     assert "unchanged" in again.stdout
+    quarantine = aistack("quarantine", "fraud", "--limit", "3", cwd=tmp_path)
+    assert quarantine.returncode == 0, quarantine.stderr
+    text = " ".join(quarantine.stdout.split())
+    assert "quarantine.transactions:" in text and "duplicate_key" in text
+    assert "batch" in text and "reason" in text
+
+
+def test_a_broken_plugin_is_reported_and_the_others_keep_working(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    info = site / "broken_plugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[aistack.use_cases]\nexploding = broken_uc:use_case\nnot_one = json:dumps\n"
+    )
+    (site / "broken_uc.py").write_text("raise RuntimeError('boom at import')\n")
+    env = {"PYTHONPATH": str(site)}
+    listed = aistack("use-cases", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    text = " ".join(listed.stdout.split())
+    assert "fraud" in text and "ok" in text
+    assert "exploding" in text and "boom at import" in text
+    assert "not_one" in text and "expected a UseCase" in text
+    run = aistack("run", "exploding", cwd=tmp_path, env=env)
+    assert run.returncode == 2 and "boom at import" in run.stderr
+    assert "Traceback" not in run.stderr
+    tables = aistack("quarantine", "fraud", cwd=tmp_path, env=env)
+    assert tables.returncode == 0, tables.stderr
+
+
+def test_run_help_lists_the_use_case_options(tmp_path: Path) -> None:
+    shown = aistack("run", "fraud", "--help", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "options of use case fraud" in text
+    assert (
+        "--customers" in text and "simulated customers" in text and "2018-04-01" in text
+    )
+    assert "--stage" in text  # the platform's own options too

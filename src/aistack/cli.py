@@ -26,10 +26,12 @@ from rich.table import Table
 
 from aistack.api.server import serve
 from aistack.contract import UseCase, get_use_case
+from aistack.contract.discovery import discover_all
 from aistack.errors import AIStackError, ConfigError
 from aistack.features.online import materialize, open_store
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
+from aistack.lake.silver import quarantine_table
 from aistack.monitoring.consistency import check_consistency
 from aistack.monitoring.monitor import ab_test, run_monitor
 from aistack.registry.rollout import Mode, end_rollout, read_rollout, start_rollout
@@ -110,11 +112,17 @@ def parse_params(use_case: UseCase, args: list[str]) -> BaseModel:
 
 @app.command(
     "run",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],  # --help also lists the use case's own options
+    },
 )
 def run_command(
     ctx: typer.Context,
-    use_case: Annotated[str, typer.Argument(help="Registered use case, e.g. fraud.")],
+    use_case: Annotated[
+        str | None, typer.Argument(help="Registered use case, e.g. fraud.")
+    ] = None,
     *,
     stage: Annotated[
         list[str] | None,
@@ -137,6 +145,11 @@ def run_command(
     ] = False,
 ) -> None:
     """Run a use case end to end, or chosen stages; other options go to the use case."""
+    if use_case is None or use_case in ("--help", "-h") or "--help" in ctx.args:
+        console.print(ctx.get_help())
+        if use_case not in (None, "--help", "-h"):
+            console.print(params_table(get_use_case(use_case)))
+        return
     uc = get_use_case(use_case)
     stages = _stages(stage)
     params = parse_params(uc, list(ctx.args))
@@ -157,6 +170,22 @@ def run_command(
     run_summary(console, uc, ws, report)
 
 
+def params_table(use_case: UseCase) -> Table:
+    """The use case's own run options, from its params model."""
+    table = Table(title=f"options of use case {use_case.name}")
+    for column in ("option", "type", "default", "description"):
+        table.add_column(column)
+    for name, info in use_case.params.model_fields.items():
+        annotation = getattr(info.annotation, "__name__", str(info.annotation))
+        table.add_row(
+            "--" + name.replace("_", "-"),
+            annotation,
+            "" if info.is_required() else str(info.default),
+            info.description or "",
+        )
+    return table
+
+
 def _stages(stage: list[str] | None) -> list[Stage]:
     if not stage:
         return list(STAGES)
@@ -166,6 +195,69 @@ def _stages(stage: list[str] | None) -> list[Stage]:
             f"--stage: unknown {', '.join(unknown)} (expected {', '.join(STAGES)})"
         )
     return [s for s in STAGES if s in stage]
+
+
+@app.command("use-cases")
+def use_cases_command() -> None:
+    """Every registered use case, and any that failed to load (with the reason)."""
+    found, broken = discover_all()
+    table = Table(title="use cases (entry-point group aistack.use_cases)")
+    for column in ("name", "status", "views", "trainers", "description"):
+        table.add_column(column)
+    for name, uc in sorted(found.items()):
+        table.add_row(
+            name,
+            "[green]ok[/]",
+            ", ".join(v.name for v in uc.views) or "none",
+            ", ".join(t.name for t in uc.trainers),
+            uc.description,
+        )
+    for name in sorted(broken):
+        table.add_row(name, "[red]broken[/]", "", "", "(reason below)")
+    console.print(table)
+    for name, reason in sorted(broken.items()):
+        console.print(f"[red]broken[/] {name}: {reason}", soft_wrap=True)
+
+
+@app.command("quarantine")
+def quarantine_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    limit: Annotated[int, typer.Option(min=1, help="Rows shown per table.")] = 20,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Rejected rows of the use case's silver tables: column, check, reason, batch."""
+    uc = get_use_case(use_case)
+    ws = _workspace(workspace, tracking_uri, seed)
+    for spec in uc.silver:
+        name = quarantine_table(spec)
+        if not ws.lake.exists(name):
+            console.print(f"{name}: no quarantined rows")
+            continue
+        rows = ws.lake.read(
+            name, columns=["_batch_id", "_row", "_column", "_check", "_reason"]
+        ).to_pylist()
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["_check"]] = counts.get(row["_check"], 0) + 1
+        table = Table(
+            title=f"{name}: {len(rows):,} rows ("
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+            + ")"
+        )
+        for column in ("batch", "row", "column", "check", "reason"):
+            table.add_column(column)
+        for row in rows[:limit]:
+            table.add_row(
+                str(row["_batch_id"]),
+                str(row["_row"]),
+                row["_column"] or "",
+                row["_check"] or "",
+                row["_reason"] or "",
+            )
+        console.print(table)
 
 
 @app.command("tables")

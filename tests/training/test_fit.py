@@ -7,13 +7,16 @@ and re-running on the same inputs trains nothing.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from sklearn.ensemble import IsolationForest
 
 from aistack.contract import Trainer
 from aistack.runner import run
+from aistack.training.fit import training_key
 from aistack.training.tracking import lineage_of, tracking
 from cancer_usecase import cancer_use_case, constant_model, id_reading_model
 
@@ -95,3 +98,24 @@ def test_rerun_on_same_inputs_trains_and_moves_nothing(broken_run) -> None:
     }
     assert {t.name: (t.version, t.rows) for t in ws.lake.tables()} == tables
     assert again.scoring is not None and again.scoring.skipped
+
+
+def test_the_training_key_follows_hyperparameters_and_code() -> None:
+    uc = cancer_use_case()
+
+    def forest(n: int) -> Trainer:
+        return Trainer(
+            "forest",
+            lambda seed: IsolationForest(n_estimators=n, random_state=seed),
+            False,
+        )
+
+    lineage = {"silver.exams": 3}
+    same = training_key(uc, forest(50), lineage, 7)
+    assert training_key(uc, forest(50), lineage, 7) == same
+    assert training_key(uc, forest(80), lineage, 7) != same  # a hyperparameter
+    other_code = replace(
+        forest(50),
+        build=lambda seed: IsolationForest(n_estimators=50, random_state=seed + 0),
+    )
+    assert training_key(uc, other_code, lineage, 7) != same  # the trainer's code

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from aistack.contract import Gates
+from aistack.contract import Gates, lower_is_better
+from aistack.contract.model import gain
+from aistack.training.fit import Candidate, best_candidate
 from aistack.training.gates import check_gates
+from cancer_usecase import cancer_use_case
 
 GATES = Gates(
     primary_metric="auc",
@@ -68,3 +73,43 @@ def test_latency_ceiling() -> None:
         return frame["x"]
 
     assert not verdicts(Scores(slow))["latency"]
+
+
+def test_a_lower_is_better_metric_is_judged_by_its_direction() -> None:
+    gates = Gates(primary_metric="rmse", metric_floors={"rmse": 3.0})
+    loss = {"rmse": False}
+
+    def judged(rmse: float, champion: float | None) -> dict[str, bool]:
+        results = check_gates(
+            Scores(lambda f: f["x"]),
+            FRAME,
+            {"rmse": rmse},
+            gates,
+            champion_metric=champion,
+            seed=0,
+            directions=loss,
+        )
+        return {r.name: r.passed for r in results}
+
+    assert judged(2.0, champion=2.5)["floor_rmse"]  # under the ceiling
+    assert not judged(4.0, champion=None)["floor_rmse"]  # above it
+    assert judged(2.0, champion=2.5)["not_worse_than_champion"]  # lower: better
+    assert not judged(3.0, champion=2.5)["not_worse_than_champion"]
+
+
+def test_the_champion_is_the_lowest_loss_and_drops_are_signed() -> None:
+
+    base = cancer_use_case()
+    rmse = lower_is_better(
+        lambda f: float(((f["label"] - f["score"]) ** 2).mean() ** 0.5)
+    )
+    uc = replace(
+        base,
+        metrics={**base.metrics, "rmse": rmse},
+        gates=replace(base.gates, primary_metric="rmse", metric_floors={}),
+    )
+    worse = Candidate("a", "r1", 1, {"rmse": 0.9})
+    better = Candidate("b", "r2", 2, {"rmse": 0.3})
+    assert best_candidate(uc, [worse, better]) is better
+    assert gain(rmse, 0.3, 0.9) == pytest.approx(0.6)  # lower loss: a gain
+    assert gain(uc.metrics["roc_auc"], 0.7, 0.9) == pytest.approx(-0.2)

@@ -22,7 +22,15 @@ from aistack.contract.aggregations import (
 from aistack.contract.discovery import ENTRY_POINT_GROUP, discover, get_use_case
 from aistack.contract.drift import DriftSettings
 from aistack.contract.features import AggregationView, Feature, FeatureView, View
-from aistack.contract.model import Gates, Labels, Metric, Split, Trainer
+from aistack.contract.model import (
+    DirectedMetric,
+    Gates,
+    Labels,
+    Metric,
+    Split,
+    Trainer,
+    lower_is_better,
+)
 from aistack.contract.monitoring import (
     AlertRule,
     BusinessMetric,
@@ -42,6 +50,7 @@ __all__ = [
     "AlertRule",
     "Batch",
     "BusinessMetric",
+    "DirectedMetric",
     "DriftSettings",
     "Feature",
     "FeatureView",
@@ -65,6 +74,7 @@ __all__ = [
     "Where",
     "discover",
     "get_use_case",
+    "lower_is_better",
     "specs",
     "window_label",
 ]

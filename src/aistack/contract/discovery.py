@@ -11,25 +11,48 @@ from aistack.errors import DeclarationError, UseCaseNotFoundError
 ENTRY_POINT_GROUP = "aistack.use_cases"
 
 
-def discover() -> dict[str, UseCase]:
-    """Every use case registered under the `aistack.use_cases` entry-point group."""
+def discover_all() -> tuple[dict[str, UseCase], dict[str, str]]:
+    """Registered use cases, and the entry points that failed, with the reason.
+
+    A use case that fails to import or to validate is reported by its entry-point
+    name; the others keep working.
+    """
     found: dict[str, UseCase] = {}
+    broken: dict[str, str] = {}
     for point in entry_points(group=ENTRY_POINT_GROUP):
-        use_case = point.load()
-        if not isinstance(use_case, UseCase):
-            msg = (
-                f"entry point {point.name} = {point.value} is a "
-                f"{type(use_case).__name__}, expected an aistack UseCase"
+        try:
+            use_case = point.load()
+        except Exception as exc:  # a plugin's own bug: report it, keep the rest
+            broken[point.name] = (
+                f"{point.value} failed to load: {type(exc).__name__}: {exc}"
             )
-            raise DeclarationError(msg)
+            continue
+        if not isinstance(use_case, UseCase):
+            kind = type(use_case).__name__
+            broken[point.name] = f"{point.value} is a {kind}, expected a UseCase"
+            continue
         found[use_case.name] = use_case
-    return found
+    return found, broken
+
+
+def discover() -> dict[str, UseCase]:
+    """Every use case that loads, under the `aistack.use_cases` entry-point group."""
+    return discover_all()[0]
 
 
 def get_use_case(name: str, registry: Mapping[str, UseCase] | None = None) -> UseCase:
-    """The use case called `name`, with the known names in the error if absent."""
-    known = discover() if registry is None else registry
+    """The use case called `name`, with the known names in the error if absent.
+
+    A broken use case of that name raises its own load error; other broken
+    plugins do not matter.
+    """
+    if registry is None:
+        known, broken = discover_all()
+    else:
+        known, broken = dict(registry), {}
     if name not in known:
+        if name in broken:
+            raise DeclarationError(f"use case {name!r}: {broken[name]}")
         listed = ", ".join(sorted(known)) or "none"
         msg = f"use case {name!r} is not registered (known: {listed})"
         raise UseCaseNotFoundError(msg)

@@ -13,7 +13,41 @@ from aistack.contract.names import _ident
 from aistack.errors import DeclarationError
 
 Metric = Callable[[pd.DataFrame], float]
-"""A metric reads a scored frame (label-row columns, `label`, `score`)."""
+"""A metric reads a scored frame (label-row columns, `label`, `score`).
+
+A plain function is greater-is-better; wrap a loss in `lower_is_better`.
+"""
+
+
+@dataclass(frozen=True)
+class DirectedMetric:
+    """A metric and its direction, as scikit-learn's `greater_is_better`.
+
+    Champion choice, "not worse than the champion", metric bounds, the live
+    performance drop and its alerts all read the direction.
+    """
+
+    fn: Callable[[pd.DataFrame], float]
+    greater_is_better: bool = True
+
+    def __call__(self, frame: pd.DataFrame) -> float:
+        """The metric's value on a scored frame."""
+        return float(self.fn(frame))
+
+
+def lower_is_better(fn: Callable[[pd.DataFrame], float]) -> DirectedMetric:
+    """Declare a loss (RMSE, log-loss): smaller values are better."""
+    return DirectedMetric(fn, greater_is_better=False)
+
+
+def greater_is_better(metric: Metric) -> bool:
+    """The metric's direction (plain functions: greater is better)."""
+    return bool(getattr(metric, "greater_is_better", True))
+
+
+def gain(metric: Metric, value: float, reference: float) -> float:
+    """How much better `value` is than `reference` (negative: worse)."""
+    return value - reference if greater_is_better(metric) else reference - value
 
 
 @dataclass(frozen=True)
@@ -70,7 +104,8 @@ class Trainer:
 class Gates:
     """What a challenger must pass to become champion.
 
-    `metric_floors`: minimum test metrics. `irrelevant_columns`: scores must not
+    `metric_floors`: the worst acceptable test value of each metric (a minimum,
+    or a maximum for a lower-is-better metric). `irrelevant_columns`: scores must not
     change when these are shuffled. `monotonic`: mean score must not fall
     (increasing) or rise (decreasing) by more than `monotonic_tolerance` along the
     feature's 50th..99th percentile grid. `max_latency_ms`: median single-row

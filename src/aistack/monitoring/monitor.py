@@ -20,6 +20,7 @@ import pandas as pd
 import polars as pl
 
 from aistack.contract import UseCase
+from aistack.contract.model import gain
 from aistack.errors import ConfigError, RegistryError
 from aistack.monitoring.abtest import ABResult, compare
 from aistack.monitoring.alerts import AlertEvent, evaluate_alerts, latest_alerts
@@ -171,7 +172,7 @@ def _rollout_guard(
         return None
     values = {arm: metric(part) for arm, part in arms.items()}
     champion, challenger = values["champion"], list(values.values())[1]
-    drop = champion - challenger
+    drop = -gain(metric, challenger, champion)
     if drop > use_case.monitoring.guards.max_performance_drop:
         why = (
             f"automatic rollback of {rollout.mode} version {rollout.version}: live "
@@ -231,7 +232,10 @@ def _monitor(
     if not performance.empty and primary in training_metrics:
         live = float(np.nanmean(performance[primary]))
         if not np.isnan(live):
-            observed["performance_drop"] = training_metrics[primary] - live
+            trained = training_metrics[primary]
+            observed["performance_drop"] = -gain(
+                use_case.metrics[primary], live, trained
+            )
     result.alerts = evaluate_alerts(
         ws.lake,
         use_case.name,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from typing import Any
@@ -21,6 +23,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 
 from aistack.contract import Trainer, UseCase
+from aistack.contract.model import greater_is_better
 from aistack.registry.aliases import Registry
 from aistack.training.gates import GateResult, check_gates
 from aistack.training.models import Scorer, ScoringModel
@@ -67,7 +70,12 @@ def evaluate(model: Scorer, frame: pd.DataFrame, use_case: UseCase) -> dict[str,
 def training_key(
     use_case: UseCase, trainer: Trainer, lineage: dict[str, int], seed: int
 ) -> str:
-    """Identity of a training: same key, same model (so it is not trained again)."""
+    """Identity of a training: same key, same model (so it is not trained again).
+
+    It holds the inputs' versions, the seed and split, the estimator's
+    hyperparameters and a fingerprint of the trainer's code, so changing
+    `n_estimators` (or the build function) trains again instead of reusing.
+    """
     payload = {
         "use_case": use_case.name,
         "trainer": trainer.name,
@@ -75,8 +83,30 @@ def training_key(
         "lineage": lineage,
         "seed": seed,
         "split": use_case.split.__dict__,
+        "hyperparameters": hyperparameters(trainer, seed),
+        "code": code_fingerprint(trainer),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")  # object ids differ between processes
+
+
+def hyperparameters(trainer: Trainer, seed: int) -> dict[str, str]:
+    """The unfitted estimator's parameters (`get_params`), as text."""
+    estimator = trainer.build(seed)
+    get_params = getattr(estimator, "get_params", None)
+    params = get_params(deep=True) if callable(get_params) else vars(estimator)
+    return {str(k): _ADDRESS.sub("", repr(v)) for k, v in sorted(params.items())}
+
+
+def code_fingerprint(trainer: Trainer) -> str:
+    """SHA-256 of the trainer's build function source (its qualified name if none)."""
+    try:
+        source = inspect.getsource(trainer.build)
+    except (OSError, TypeError):
+        source = getattr(trainer.build, "__qualname__", repr(trainer.build))
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def existing_candidate(
@@ -166,7 +196,13 @@ def train_candidate(
     metrics = evaluate(model, data.test, use_case)
     holdout = data.test[use_case.model_inputs]
     gates = check_gates(
-        model, holdout, metrics, use_case.gates, champion_metric=champion, seed=seed
+        model,
+        holdout,
+        metrics,
+        use_case.gates,
+        champion_metric=champion,
+        seed=seed,
+        directions={n: greater_is_better(m) for n, m in use_case.metrics.items()},
     )
     with mlflow.start_run(experiment_id=experiment, run_name=trainer.name) as run:
         mlflow.log_params(_params(trainer, model, data))
@@ -218,15 +254,25 @@ def train_candidate(
     return Candidate(trainer.name, run.info.run_id, version, metrics, gates)
 
 
-def choose_champion(
-    use_case: UseCase, candidates: list[Candidate], *, registry: Registry, actor: str
-) -> Candidate | None:
-    """Promote the best candidate that passed every gate, by the primary metric."""
+def best_candidate(use_case: UseCase, candidates: list[Candidate]) -> Candidate | None:
+    """The candidate passing every gate with the best primary metric (its direction
+    honoured: the lowest value of a lower-is-better metric)."""
     primary = use_case.gates.primary_metric
     passing = [c for c in candidates if c.passed]
     if not passing:
         return None
-    best = max(passing, key=lambda c: c.metrics[primary])
+    sign = 1.0 if greater_is_better(use_case.metrics[primary]) else -1.0
+    return max(passing, key=lambda c: sign * c.metrics[primary])
+
+
+def choose_champion(
+    use_case: UseCase, candidates: list[Candidate], *, registry: Registry, actor: str
+) -> Candidate | None:
+    """Promote the best candidate that passed every gate, by the primary metric."""
+    best = best_candidate(use_case, candidates)
+    if best is None:
+        return None
+    primary = use_case.gates.primary_metric
     reason = (
         f"passed all gates; {primary}={best.metrics[primary]:.4f} "
         f"(run {best.run_id}, {best.trainer})"

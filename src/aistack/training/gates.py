@@ -31,13 +31,17 @@ class GateResult:
     detail: str
 
 
-def _metric_floors(metrics: Mapping[str, float], gates: Gates) -> list[GateResult]:
+def _metric_floors(
+    metrics: Mapping[str, float], gates: Gates, directions: Mapping[str, bool]
+) -> list[GateResult]:
     results = []
     for name, floor in gates.metric_floors.items():
         value = metrics.get(name, float("nan"))
-        ok = not math.isnan(value) and value >= floor
+        up = directions.get(name, True)
+        ok = not math.isnan(value) and (value >= floor if up else value <= floor)
+        bound = "floor" if up else "ceiling"
         results.append(
-            GateResult(f"floor_{name}", ok, f"{name}={value:.4f}, floor {floor}")
+            GateResult(f"floor_{name}", ok, f"{name}={value:.4f}, {bound} {floor}")
         )
     return results
 
@@ -129,13 +133,18 @@ def _latency(model: Scorer, sample: pd.DataFrame, gates: Gates) -> GateResult:
 
 
 def _versus_champion(
-    metrics: Mapping[str, float], gates: Gates, champion: float | None
+    metrics: Mapping[str, float],
+    gates: Gates,
+    champion: float | None,
+    directions: Mapping[str, bool],
 ) -> GateResult:
     name = gates.primary_metric
     value = metrics.get(name, float("nan"))
     if champion is None:
         return GateResult("not_worse_than_champion", True, "no champion yet")
-    ok = not math.isnan(value) and value >= champion - gates.champion_tolerance
+    up = directions.get(name, True)
+    gained = value - champion if up else champion - value
+    ok = not math.isnan(value) and gained >= -gates.champion_tolerance
     return GateResult(
         "not_worse_than_champion",
         ok,
@@ -151,16 +160,21 @@ def check_gates(
     *,
     champion_metric: float | None,
     seed: int,
+    directions: Mapping[str, bool] | None = None,
 ) -> list[GateResult]:
-    """Every gate's verdict for `model` on `holdout` (model-input columns)."""
+    """Every gate's verdict for `model` on `holdout` (model-input columns).
+
+    `directions` maps a metric to greater-is-better (default: True).
+    """
+    directions = directions or {}
     sample = holdout.sample(min(SAMPLE_ROWS, len(holdout)), random_state=seed)
     output = _output(model, sample, gates)
-    results = _metric_floors(metrics, gates) + output
+    results = _metric_floors(metrics, gates, directions) + output
     if output[0].passed:  # output usable: behaviour checks can run
         results += _invariance(model, sample, gates, seed)
         results += _monotonic(model, sample, gates)
         results.append(_latency(model, sample, gates))
     else:
         results.append(GateResult("behaviour", False, "skipped: output unusable"))
-    results.append(_versus_champion(metrics, gates, champion_metric))
+    results.append(_versus_champion(metrics, gates, champion_metric, directions))
     return results
