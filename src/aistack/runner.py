@@ -30,6 +30,7 @@ from aistack.features.gold import GoldResult, build_gold
 from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
 from aistack.serving.batch import ScoreResult, score_range
+from aistack.sql import quote
 from aistack.training.fit import (
     Candidate,
     champion_metric,
@@ -83,7 +84,7 @@ def default_score_range(ws: Workspace, use_case: UseCase) -> tuple[datetime, dat
     labels = use_case.labels
     con = ws.lake.connect(ws.lake.versions([labels.table]))
     last = con.execute(
-        f'SELECT max("{labels.timestamp}") FROM {labels.table}'
+        f"SELECT max({quote(labels.timestamp)}) FROM {labels.table}"
     ).fetchone()
     periods = split_periods(last[0] if last else datetime.now(), use_case)
     return periods["test_start"], periods["test_end"]

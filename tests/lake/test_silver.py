@@ -195,3 +195,20 @@ def test_contract_columns_come_from_pandera() -> None:
     spec = {s.name: s for s in get_use_case("fraud").silver}["transactions"]
     assert spec.columns["tx_amount"] == pl.Float64
     assert "tx_fraud_scenario" in spec.optional_columns
+
+
+def test_a_hostile_column_name_is_data_not_sql(tmp_path) -> None:
+    lake = Lake(tmp_path)
+    hostile = "A\", error('INJECTED') AS \"x"
+    batches = fraud_batches(bad=0)
+    batches = [
+        Batch(b.source, b.id, b.data.append_column(hostile, b.data.column(0)))
+        if b.source == "transactions"
+        else b
+        for b in batches
+    ]
+    ingest(lake, batches, ingested_at=NOW)
+    results = build_all(lake)  # would raise INJECTED if the name reached SQL as code
+    tx = results["transactions"]
+    assert tx.bronze_rows == tx.silver_rows + tx.quarantined_rows > 0
+    assert hostile not in lake.read("silver.transactions").column_names

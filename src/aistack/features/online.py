@@ -28,6 +28,7 @@ from aistack.contract import FeatureView, UseCase
 from aistack.errors import ConfigError, StoreUnavailableError
 from aistack.features.gold import EVENT_TIME, WRITTEN_AT
 from aistack.lake.delta import Lake
+from aistack.sql import quote
 
 _EPOCH = datetime(1970, 1, 1)
 
@@ -272,8 +273,8 @@ def materialize_view(
         return MaterializeResult(view.name, version, 0, skipped=True)
     since = state.written_at_us if state is not None else -1
     con = lake.connect({table: version})
-    entity = f'"{view.entity}"'
-    features = ", ".join(f'"{f}"' for f in view.feature_names)
+    entity = quote(view.entity)
+    features = ", ".join(quote(f) for f in view.feature_names)
     latest: pa.Table = con.sql(
         f"WITH changed AS (SELECT DISTINCT {entity} FROM {table} "
         f"WHERE epoch_us({WRITTEN_AT}) > $since) "

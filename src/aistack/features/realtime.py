@@ -21,6 +21,7 @@ from aistack.errors import ConfigError
 from aistack.features.aggregations import Event, evaluate
 from aistack.features.state import EventState, Watermark
 from aistack.lake.delta import Lake
+from aistack.sql import quote
 
 _US = timedelta(microseconds=1)
 
@@ -179,7 +180,7 @@ def bootstrap(
             f"{view.source} does not exist yet: run the silver stage first"
         )
     con = lake.connect({view.source: version})
-    ts = f'"{view.timestamp}"'
+    ts = quote(view.timestamp)
     if as_of is None:
         last = con.execute(f"SELECT max({ts}) FROM {view.source}").fetchall()[0]
         if last is None or last[0] is None:
@@ -195,9 +196,10 @@ def bootstrap(
     lo = hi - view.retention // _US
     at = label_index(view, use_case)
     columns = view.value_columns
-    select = ", ".join(f'"{c}"' for c in columns)
+    select = ", ".join(quote(c) for c in columns)
     table = con.sql(
-        f'SELECT "{view.id}" AS id, CAST("{view.entity}" AS VARCHAR) AS entity, '
+        f"SELECT {quote(view.id)} AS id, CAST({quote(view.entity)} AS VARCHAR) "
+        "AS entity, "
         f"epoch_us({ts}) AS t{', ' + select if select else ''} FROM {view.source} "
         f"WHERE epoch_us({ts}) > $lo AND epoch_us({ts}) <= $hi",
         params={"lo": lo, "hi": hi},

@@ -22,6 +22,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
 from aistack.errors import ConfigError, TableNotFoundError
+from aistack.sql import quote
 
 INPUTS_KEY = "aistack.inputs"
 _PLAIN_READER_FEATURES = {"timestampNtz"}
@@ -143,7 +144,7 @@ class Lake:
             return set()
         con = duckdb.connect()
         con.register("dataset", self.dataset(name))
-        query = f'SELECT DISTINCT "{column}" FROM dataset'
+        query = f"SELECT DISTINCT {quote(column)} FROM dataset"
         return {row[0] for row in con.execute(query).fetchall()}
 
     def tables(self) -> list[TableInfo]:

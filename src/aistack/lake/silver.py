@@ -24,6 +24,7 @@ from aistack.contract import SilverTable
 from aistack.errors import ContractError, DeclarationError
 from aistack.lake.bronze import BATCH_ID, INGESTED_AT, METADATA_COLUMNS, ROW, SOURCE
 from aistack.lake.delta import Lake
+from aistack.sql import quote
 
 ACCOUNTING = "ops.batch_accounting"
 CHUNK_ROWS = 250_000
@@ -334,8 +335,8 @@ def build_silver(
     if not pending:
         return result
     con = lake.connect({bronze: bronze_version})  # streams row groups, filters early
-    columns = ", ".join(
-        f'"{c}"' for c in lake.dataset(bronze).schema.names if c != SOURCE
+    columns = ", ".join(  # names come from source files: quoted, never trusted
+        quote(c) for c in lake.dataset(bronze).schema.names if c != SOURCE
     )
     existing = None
     if spec.key and lake.exists(target):

@@ -17,6 +17,7 @@ from aistack.contract import UseCase
 from aistack.errors import ContractError
 from aistack.features.gold import point_in_time_join
 from aistack.lake.delta import Lake
+from aistack.sql import quote
 
 
 @dataclass
@@ -38,11 +39,12 @@ def label_spine(
     columns = dict.fromkeys(
         [labels.id, labels.timestamp, *labels.columns, labels.label]
     )
-    select = ", ".join(f'"{c}"' for c in columns)
+    select = ", ".join(quote(c) for c in columns)
+    ts, ident = quote(labels.timestamp), quote(labels.id)
     con = lake.connect({labels.table: version})
     return con.sql(
-        f'SELECT {select} FROM {labels.table} WHERE "{labels.timestamp}" >= $start '
-        f'AND "{labels.timestamp}" < $end ORDER BY "{labels.timestamp}", "{labels.id}"',
+        f"SELECT {select} FROM {labels.table} WHERE {ts} >= $start "
+        f"AND {ts} < $end ORDER BY {ts}, {ident}",
         params={"start": start, "end": end},
     ).to_arrow_table()
 
@@ -89,7 +91,7 @@ def build_training_set(
     )
     con = lake.connect({labels.table: lineage[labels.table]})
     last = con.execute(
-        f'SELECT max("{labels.timestamp}") FROM {labels.table}'
+        f"SELECT max({quote(labels.timestamp)}) FROM {labels.table}"
     ).fetchone()
     if last is None or last[0] is None:
         raise ContractError(f"{labels.table} holds no labelled rows")
