@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,10 @@ def aistack(
         ),
         (["run", "fraud", "--stage", "cook"], "--stage: unknown cook"),
         (["run", "nope"], "use case 'nope' is not registered"),
+        (
+            ["serve", "fraud", "--host", "0.0.0.0"],
+            "host: 0.0.0.0 exposes the API beyond this machine with no bearer token",
+        ),
         (
             ["run", "fraud", "--start", "2018-01-01"],
             "--start and --end: give both or neither",
@@ -151,3 +156,25 @@ def test_run_help_lists_the_use_case_options(tmp_path: Path) -> None:
         "--customers" in text and "simulated customers" in text and "2018-04-01" in text
     )
     assert "--stage" in text  # the platform's own options too
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))  # what a hostile pickle would run
+
+
+def test_pickle_in_a_source_folder_is_refused_unless_allowed(tmp_path: Path) -> None:
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    (folder / "2018-04-01.pkl").write_bytes(pickle.dumps(_Exploit(marker)))
+    refused = aistack("run", "fraud", "--source", str(folder), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "2018-04-01.pkl is pickle data, which can run code" in " ".join(
+        refused.stderr.split()
+    )
+    assert not marker.exists()
+    assert not (tmp_path / ".aistack" / "tables" / "bronze").exists()  # nothing written

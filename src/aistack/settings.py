@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         description="Bearer tokens the API accepts; empty: no authentication.",
     )
     host: str = Field(default="127.0.0.1", description="Address the server binds.")
+    allow_open_access: bool = Field(
+        default=False,
+        description="Serve beyond loopback without bearer tokens (refused otherwise).",
+    )
     port: int = Field(
         default=8000, ge=1, le=65535, description="Port the server binds."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -260,7 +261,12 @@ def test_redis_store_serves_and_ready_flips_when_it_goes_down(
 
 def test_two_workers_serve_share_metrics_and_flush_on_sigterm(served_workspace) -> None:
     ws = served_workspace
-    env = {"AISTACK_LOG_FLUSH_SECONDS": "3600"}
+    token = 'to"ken\\'  # quotes and backslashes reach the workers intact
+    env = {
+        "AISTACK_LOG_FLUSH_SECONDS": "3600",
+        "AISTACK_API_TOKENS": json.dumps([token]),
+    }
+    auth = {"Authorization": f"Bearer {token}"}
     with aistack_server(ws.settings.workspace, env=env, args=("--workers", "2")) as (
         base,
         proc,
@@ -271,10 +277,14 @@ def test_two_workers_serve_share_metrics_and_flush_on_sigterm(served_workspace) 
             time.sleep(0.2)
         for i in range(60):  # new connection each: the kernel spreads them
             r = httpx.post(
-                f"{base}/v1/fraud/predict", json={**GOOD, "transaction_id": i}
+                f"{base}/v1/fraud/predict",
+                json={**GOOD, "transaction_id": i},
+                headers=auth,
             )
             assert r.status_code == 200
-        text = httpx.get(f"{base}/metrics").text
+        refused = httpx.post(f"{base}/v1/fraud/predict", json=GOOD)
+        assert refused.status_code == 401
+        text = httpx.get(f"{base}/metrics", headers=auth).text
         assert (
             'aistack_requests_total{route="/v1/fraud/predict",status="200"} 60.0'
             in text

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
 
 from aistack.errors import RegistryError
+from aistack.lake.delta import Lake
+from aistack.registry.aliases import Registry
+from aistack.workspace import create_tracking_db
 
 
 def test_history_answers_which_version_was_champion(fraud_run) -> None:
@@ -40,3 +44,17 @@ def test_unknown_version_is_refused(fraud_run) -> None:
     ws, _ = fraud_run
     with pytest.raises(RegistryError, match="no version 999"):
         ws.registry.move("fraud", "champion", 999, actor="x", reason="y")
+
+
+def test_a_registry_that_cannot_answer_is_not_no_champion(tmp_path) -> None:
+    db = tmp_path / "mlflow.db"
+    create_tracking_db(f"sqlite:///{db}")
+    registry = Registry(Lake(tmp_path / "tables"), f"sqlite:///{db}")
+    assert registry.version_of("fraud", "champion") is None  # absent: None
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    try:
+        with pytest.raises(RegistryError, match="database is locked"):
+            registry.version_of("fraud", "champion")
+    finally:
+        lock.execute("ROLLBACK")

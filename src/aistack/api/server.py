@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -11,6 +12,7 @@ import tempfile
 import uvicorn
 
 from aistack.api.main import USE_CASE_ENV
+from aistack.errors import ConfigError
 from aistack.settings import Settings
 
 
@@ -33,8 +35,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.online_url:
         env["AISTACK_ONLINE_URL"] = settings.online_url
     if settings.api_tokens:
-        tokens = ",".join(f'"{t.get_secret_value()}"' for t in settings.api_tokens)
-        env["AISTACK_API_TOKENS"] = f"[{tokens}]"
+        env["AISTACK_API_TOKENS"] = json.dumps(
+            [t.get_secret_value() for t in settings.api_tokens]
+        )
     return env
 
 
@@ -64,8 +67,23 @@ def _worker(host: str, port: int, http: str) -> None:
     uvicorn.Server(_config(http)).run(sockets=[sock])
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve beyond loopback with no token, unless explicitly allowed."""
+    if settings.host in LOOPBACK or settings.api_tokens or settings.allow_open_access:
+        return
+    msg = (
+        f"host: {settings.host} exposes the API beyond this machine with no bearer "
+        "token; set AISTACK_API_TOKENS, or AISTACK_ALLOW_OPEN_ACCESS=true to accept"
+    )
+    raise ConfigError(msg)
+
+
 def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> None:
     """Serve until SIGINT/SIGTERM; shutdown flushes the prediction log."""
+    check_exposure(settings)
     os.environ.update(settings_env(settings))
     os.environ[USE_CASE_ENV] = use_case
     http = "aistack.api.nodelay:NoDelayHttpToolsProtocol" if nodelay else "httptools"

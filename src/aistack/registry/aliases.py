@@ -55,11 +55,19 @@ class Registry:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def version_of(self, model: str, alias: str) -> int | None:
-        """Version the alias points to, None when unset or the model is unknown."""
+        """Version the alias points to, None when unset or the model is unknown.
+
+        Only "not found" means absent: any other registry error (a locked or
+        unreachable tracking database) raises, so a gate such as "not worse than
+        the champion" can never pass because the registry failed to answer.
+        """
         try:
             return int(self.client.get_model_version_by_alias(model, alias).version)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            msg = f"registry: cannot read alias {alias!r} of {model!r}"
+            raise RegistryError(f"{msg}: {exc.message.splitlines()[0]}") from exc
 
     def _check_version(self, model: str, version: int) -> None:
         try:
@@ -121,3 +129,10 @@ class Registry:
             msg = f"model {model!r}: no earlier champion than version {current}"
             raise RegistryError(msg)
         return self.move(model, "champion", earlier[-1], actor=actor, reason=reason)
+
+
+def _not_found(exc: MlflowException) -> bool:
+    """MLflow's answer for an unknown model, or an alias that is not set."""
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aistack.contract import Batch
+from aistack.errors import ConfigError
 from aistack.usecases.fraud.simulator import (
     inject_bad_rows,
     simulate,
@@ -36,7 +37,12 @@ class FraudParams(BaseModel):
     bad_rows: int = Field(0, ge=0, description="bad rows of each kind to inject")
     source: Path | None = Field(
         None,
-        description="folder of daily CSV/Parquet/pickle files instead of the simulator",
+        description="folder of daily CSV/Parquet files instead of the simulator",
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="also read .pkl files from --source (a pickle can run code: "
+        "only for files you trust)",
     )
 
     @field_validator("source")
@@ -58,9 +64,19 @@ def _read_file(path: Path) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def folder_batches(folder: Path) -> Iterator[Batch]:
-    """One batch per file, named by the file; `customers.*`/`terminals.*`: profiles."""
+def folder_batches(folder: Path, *, allow_pickle: bool = False) -> Iterator[Batch]:
+    """One batch per file, named by the file; `customers.*`/`terminals.*`: profiles.
+
+    Pickle files are refused unless `allow_pickle`: unpickling runs code.
+    """
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in READERS)
+    pickles = [p.name for p in files if READERS[p.suffix.lower()] == "pickle"]
+    if pickles and not allow_pickle:
+        msg = (
+            f"--source: {', '.join(pickles)} is pickle data, which can run code when "
+            "read; convert it to CSV/Parquet or pass --allow-pickle true"
+        )
+        raise ConfigError(msg)
     for path in files:
         source = path.stem if path.stem in REFERENCE_SOURCES else "transactions"
         yield Batch(source=source, id=path.name, data=_read_file(path))
@@ -69,7 +85,7 @@ def folder_batches(folder: Path) -> Iterator[Batch]:
 def read_sources(params: FraudParams, seed: int) -> Iterator[Batch]:
     """Profiles first (silver checks transactions against them), then daily batches."""
     if params.source is not None:
-        yield from folder_batches(params.source)
+        yield from folder_batches(params.source, allow_pickle=params.allow_pickle)
         return
     sim = simulate(
         n_customers=params.customers,
