@@ -353,15 +353,22 @@ def promote_command(
     reason: Annotated[
         str, typer.Option(help="Why (kept in the alias history).")
     ] = "manual promotion",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Promote a version that failed its gates."),
+    ] = False,
     workspace: WorkspaceOpt = None,
     tracking_uri: TrackingOpt = None,
     seed: SeedOpt = None,
 ) -> None:
-    """Make VERSION the champion by hand (recorded with who, when and why)."""
+    """Make VERSION the champion by hand (recorded with who, when and why).
+
+    A version that failed its gates needs `--force` and a `--reason`.
+    """
     uc = get_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
-    event = ws.registry.move(
-        uc.name, "champion", version, actor=getpass.getuser(), reason=reason
+    event = ws.registry.promote(
+        uc.name, version, actor=getpass.getuser(), reason=reason, force=force
     )
     console.print(f"champion of {uc.name}: {event.from_version} -> {event.to_version}")
 
@@ -677,7 +684,7 @@ def rollout_command(
         ws.registry,
         uc.name,
         mode=mode,
-        share=canary or 100.0,
+        share=100.0 if canary is None else canary,  # --canary 0 is refused, not 100 %
         version=version,
         actor=actor,
     )

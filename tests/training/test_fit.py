@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.ensemble import IsolationForest
 
 from aistack.contract import Trainer
+from aistack.errors import RegistryError
 from aistack.runner import run
 from aistack.training.fit import training_key
 from aistack.training.tracking import lineage_of, tracking
@@ -86,6 +87,25 @@ def test_broken_models_are_refused_with_the_reason_on_the_run(broken_run) -> Non
     moves = [(e.alias, e.to_version) for e in ws.registry.history("cancer")]
     assert ("champion", constant.version) not in moves
     assert ("challenger", constant.version) in moves
+
+
+def test_a_version_that_failed_its_gates_is_promoted_only_by_force(broken_run) -> None:
+    _, ws, report = broken_run
+    reads_id = next(c for c in report.candidates if c.trainer == "reads_id")
+    good = next(c for c in report.candidates if c.trainer == "logistic")
+    assert ws.registry.failed_gates("cancer", good.version) == []
+    assert "invariant_exam_id" in ws.registry.failed_gates("cancer", reads_id.version)
+    with pytest.raises(RegistryError, match="failed its gates"):
+        ws.registry.promote("cancer", reads_id.version, actor="t", reason="why not")
+    with pytest.raises(RegistryError, match="--reason"):
+        ws.registry.promote(
+            "cancer", reads_id.version, actor="t", reason="", force=True
+        )
+    event = ws.registry.promote(
+        "cancer", reads_id.version, actor="t", reason="drill", force=True
+    )
+    assert "forced past failed gates" in event.reason
+    ws.registry.promote("cancer", good.version, actor="t", reason="back")
 
 
 def test_rerun_on_same_inputs_trains_and_moves_nothing(broken_run) -> None:

@@ -69,6 +69,39 @@ class Registry:
             msg = f"registry: cannot read alias {alias!r} of {model!r}"
             raise RegistryError(f"{msg}: {exc.message.splitlines()[0]}") from exc
 
+    def promote(
+        self, model: str, version: int, *, actor: str, reason: str, force: bool = False
+    ) -> AliasEvent:
+        """Make `version` champion by hand; one that failed its gates needs `force`
+        and a reason of its own (recorded with the failed gates)."""
+        failed = self.failed_gates(model, version)
+        if failed and not force:
+            msg = (
+                f"version {version}: failed its gates ({'; '.join(failed)}); pass "
+                "--force and a --reason to promote it anyway"
+            )
+            raise RegistryError(msg)
+        if failed and reason in ("", "manual promotion"):
+            raise RegistryError(
+                "--reason: say why a version that failed its gates wins"
+            )
+        if failed:
+            reason = f"forced past failed gates ({', '.join(failed)}): {reason}"
+        return self.move(model, "champion", version, actor=actor, reason=reason)
+
+    def failed_gates(self, model: str, version: int) -> list[str]:
+        """Gates the version's training run recorded as failed (its `gate.*` tags)."""
+        self._check_version(model, version)
+        run_id = self.client.get_model_version(model, str(version)).run_id
+        if run_id is None:
+            return []
+        tags = self.client.get_run(run_id).data.tags
+        return sorted(
+            name.removeprefix("gate.")
+            for name, value in tags.items()
+            if name.startswith("gate.") and value.startswith("FAIL")
+        )
+
     def _check_version(self, model: str, version: int) -> None:
         try:
             self.client.get_model_version(model, str(version))

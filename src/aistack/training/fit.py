@@ -231,7 +231,10 @@ def train_candidate(
             bins=use_case.monitoring.drift.bins,
         )
         mlflow.log_dict(profile, PROFILE_ARTIFACT)
-        example = holdout.head(5).astype("float64")  # ids too: NaN-safe schema
+        # A synthetic example (column medians), never real rows: rows can be PII.
+        example = pd.DataFrame(
+            [holdout.astype("float64").median(numeric_only=True)] * 2
+        ).reset_index(drop=True)
         # MLflow prints registration notices to stderr itself; the CLI reports them
         with contextlib.redirect_stderr(io.StringIO()):
             info = mlflow.sklearn.log_model(
