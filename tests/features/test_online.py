@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from aistack.features.aggregations import Event
 from aistack.features.gold import build_gold
-from aistack.features.online import materialize, open_store
+from aistack.features.online import OnlineRow, materialize, open_store
+from aistack.features.state import open_event_state
 from cancer_usecase import cancer_use_case
 from servers import redis_server
 
@@ -68,3 +70,14 @@ def test_materialization_is_incremental(workspace, store_url, tmp_path) -> None:
     assert (
         pc.max(lake.read(uc.gold_table(view)).column("_written_at")).as_py() is not None
     )
+
+
+def test_use_cases_sharing_a_sqlite_file_keep_their_own_views(tmp_path) -> None:
+    a, b = (open_store(None, tmp_path, name) for name in ("churn", "fraud"))
+    a.put("spending", [(1, OnlineRow(10, (1.0,)))])
+    b.put("spending", [(1, OnlineRow(20, (2.0,)))])
+    assert a.get("spending", [1])[0].values == (1.0,)
+    assert b.get("spending", [1])[0].values == (2.0,)
+    ea, eb = (open_event_state(None, tmp_path, name) for name in ("churn", "fraud"))
+    ea.write("spending", [("1", Event(10, 1, (1.0,)))], {})
+    assert eb.size("spending", "1") == 0 and ea.size("spending", "1") == 1

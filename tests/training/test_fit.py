@@ -139,3 +139,12 @@ def test_the_training_key_follows_hyperparameters_and_code() -> None:
         build=lambda seed: IsolationForest(n_estimators=50, random_state=seed + 0),
     )
     assert training_key(uc, other_code, lineage, 7) != same  # the trainer's code
+
+
+def test_tracking_restores_both_uris(tmp_path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/a.db")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/b.db")
+    with tracking(f"sqlite:///{tmp_path}/c.db"):
+        assert mlflow.get_registry_uri().endswith("c.db")
+    assert mlflow.get_tracking_uri().endswith("a.db")
+    assert mlflow.get_registry_uri().endswith("b.db")

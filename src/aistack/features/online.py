@@ -80,8 +80,9 @@ def _key(entity: object) -> str:
 class SQLiteStore:
     """A SQLite file: one table of (entity, JSON row) per view."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, namespace: str) -> None:
         self.path = path
+        self.namespace = namespace
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
@@ -108,6 +109,7 @@ class SQLiteStore:
 
     def get(self, view: str, entities: Sequence[object]) -> list[OnlineRow | None]:
         """Rows for `entities` of `view`, None where an entity is unknown."""
+        view = f"{self.namespace}.{view}"
         con = self._connect()
         keys = [_key(e) for e in entities]
         try:
@@ -129,6 +131,7 @@ class SQLiteStore:
 
     def put(self, view: str, rows: Iterable[tuple[object, OnlineRow]]) -> int:
         """Upsert rows in one transaction; returns how many were written."""
+        view = f"{self.namespace}.{view}"
         table = self._table(view)
         data = [(_key(e), _encode(r)) for e, r in rows]
         con = self._connect()
@@ -139,6 +142,7 @@ class SQLiteStore:
 
     def state(self, view: str) -> ViewState | None:
         """The gold version a view was last materialized from."""
+        view = f"{self.namespace}.{view}"
         found = (
             self._connect()
             .execute(
@@ -151,6 +155,7 @@ class SQLiteStore:
 
     def set_state(self, view: str, state: ViewState) -> None:
         """Record the gold version a view now reflects."""
+        view = f"{self.namespace}.{view}"
         self._connect().execute(
             "INSERT OR REPLACE INTO aistack_state VALUES (?, ?, ?)",
             [view, state.gold_version, state.written_at_us],
@@ -235,7 +240,7 @@ def open_store(url: str | None, workspace: Path, use_case: str) -> OnlineStore:
     """The store named by `url` (`redis://...`), or SQLite in the workspace."""
     if url is None or url.startswith("sqlite"):
         path = Path(url.removeprefix("sqlite:///")) if url else workspace / "online.db"
-        return SQLiteStore(path)
+        return SQLiteStore(path, namespace=use_case)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(url, prefix=f"aistack:{use_case}")
     msg = f"online_url: {url!r} is not sqlite:///PATH or redis://HOST:PORT"

@@ -128,8 +128,9 @@ def _merge(
 class SQLiteEventState:
     """Tables `agg:<view>` (events), `lbl:<view>` (labels), `ix:<view>` (index)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, namespace: str) -> None:
         self.path = path
+        self.namespace = namespace
         self._local = threading.local()
         self._made: set[str] = set()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +169,7 @@ class SQLiteEventState:
         self, view: str, entities: Sequence[str], *, label_index: int | None
     ) -> list[list[Event]]:
         """Each entity's events (labels merged at `label_index`), sorted by key."""
+        view = f"{self.namespace}.{view}"
         con = self._tables(view)
         out = []
         try:
@@ -192,6 +194,7 @@ class SQLiteEventState:
         self, view: str, events: Sequence[tuple[str, Event]], prune: Mapping[str, int]
     ) -> None:
         """Add events (idempotent per id); drop an entity's events before its cutoff."""
+        view = f"{self.namespace}.{view}"
         con = self._tables(view)
         rows = [(ent, str(e.id), e.ts_us, _event_blob(e)) for ent, e in events]
         cutoffs = list(prune.items())
@@ -214,6 +217,7 @@ class SQLiteEventState:
         self, view: str, labels: Sequence[tuple[str, Value, int, float]]
     ) -> None:
         """Upsert (entity, event id, event time, label)."""
+        view = f"{self.namespace}.{view}"
         con = self._tables(view)
         rows = [(ent, str(i), ts, float(v)) for ent, i, ts, v in labels]
         con.execute("BEGIN IMMEDIATE")
@@ -224,6 +228,7 @@ class SQLiteEventState:
 
     def index(self, view: str, events: Sequence[tuple[Value, str, int]]) -> None:
         """Remember (event id, entity, event time) so a later label finds its entity."""
+        view = f"{self.namespace}.{view}"
         con = self._tables(view)
         rows = [(str(i), ent, ts) for i, ent, ts in events]
         con.execute("BEGIN IMMEDIATE")
@@ -232,12 +237,14 @@ class SQLiteEventState:
 
     def prune_index(self, view: str, before_us: int) -> None:
         """Forget index entries of events older than `before_us`."""
+        view = f"{self.namespace}.{view}"
         self._tables(view).execute(
             f'DELETE FROM "ix:{view}" WHERE ts_us < ?', (before_us,)
         )
 
     def locate(self, view: str, ids: Sequence[Value]) -> dict[str, Located]:
         """Entity and time of known event ids (keyed by `str(id)`)."""
+        view = f"{self.namespace}.{view}"
         con = self._tables(view)
         found: dict[str, Located] = {}
         keys = [str(i) for i in ids]
@@ -253,6 +260,7 @@ class SQLiteEventState:
 
     def watermark(self, view: str) -> Watermark | None:
         """What the view was last bootstrapped from."""
+        view = f"{self.namespace}.{view}"
         row = (
             self._connect()
             .execute(
@@ -266,6 +274,7 @@ class SQLiteEventState:
 
     def set_watermark(self, view: str, mark: Watermark) -> None:
         """Record a bootstrap."""
+        view = f"{self.namespace}.{view}"
         self._connect().execute(
             "INSERT OR REPLACE INTO aistack_watermarks VALUES (?, ?, ?)",
             (view, mark.source_version, mark.as_of_us),
@@ -273,6 +282,7 @@ class SQLiteEventState:
 
     def clear(self, view: str) -> None:
         """Forget the view's events, labels and index (before a bootstrap as of)."""
+        view = f"{self.namespace}.{view}"
         con = self._tables(view)
         for table in ("agg", "lbl", "ix"):
             con.execute(f'DELETE FROM "{table}:{view}"')
@@ -280,6 +290,7 @@ class SQLiteEventState:
 
     def size(self, view: str, entity: str) -> int:
         """Events held for one entity (tests, diagnostics)."""
+        view = f"{self.namespace}.{view}"
         row = (
             self._tables(view)
             .execute(f'SELECT count(*) FROM "agg:{view}" WHERE entity = ?', (entity,))
@@ -461,7 +472,9 @@ def open_event_state(url: str | None, workspace: Path, use_case: str) -> EventSt
     """The state named by `url` (`redis://...`), or SQLite in the workspace."""
     if url is None or url.startswith("sqlite"):
         base = Path(url.removeprefix("sqlite:///")) if url else workspace / "online.db"
-        return SQLiteEventState(base.with_name(base.stem + "-events.db"))
+        return SQLiteEventState(
+            base.with_name(base.stem + "-events.db"), namespace=use_case
+        )
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisEventState(url, prefix=f"aistack:{use_case}")
     msg = f"online_url: {url!r} is not sqlite:///PATH or redis://HOST:PORT"

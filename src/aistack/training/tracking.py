@@ -16,14 +16,16 @@ KEY_TAG = "aistack.training_key"
 
 @contextlib.contextmanager
 def tracking(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at `uri` for the duration, then restore it."""
-    before = mlflow.get_tracking_uri()
+    """Point MLflow's fluent API at `uri` for the duration, then restore both the
+    tracking and the registry URI."""
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
 
 
 def experiment_id(use_case: UseCase, artifacts: str) -> str:
