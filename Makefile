@@ -43,6 +43,7 @@ bench: setup
 	$(VENV)/bin/python bench/training_set.py
 	$(VENV)/bin/python bench/serving.py
 	$(VENV)/bin/python bench/drift.py
+	$(VENV)/bin/python bench/realtime.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aistack
