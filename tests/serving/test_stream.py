@@ -9,11 +9,16 @@ offline values.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 
+import httpx
+import orjson
 import pyarrow.compute as pc
 import pytest
 import redis
@@ -23,7 +28,7 @@ from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
 from aistack.monitoring.consistency import check_consistency
 from aistack.serving.stream import replay, stream_names
-from servers import redis_server
+from servers import free_port, redis_server
 
 REPLAY_DAYS = 9
 
@@ -106,3 +111,49 @@ def test_consumers_in_one_group_share_the_load(streamed) -> None:
     counts = log["route"].value_counts()
     assert counts.get("stream:a", 0) > 0 and counts.get("stream:b", 0) > 0
     assert len(log) == pushed.events and log["event_id"].is_unique
+
+
+def test_metrics_and_dead_letters(streamed) -> None:
+    ws, _, url, pushed = streamed
+    names = stream_names("fraud")
+    client = redis.Redis.from_url(url)
+    bad = {"customer_id": -1, "terminal_id": 2, "tx_amount": 1.0}  # no time, bad id
+    client.xadd(names["events"], {"kind": "event", "data": orjson.dumps(bad)})
+    port = free_port()
+    env = {**os.environ, "AISTACK_ONLINE_URL": url}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aistack",
+            "stream",
+            "fraud",
+            "-w",
+            str(ws.settings.workspace),
+            "--metrics-port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        text = ""
+        while f"aistack_stream_events_total {pushed.events}.0" not in text:
+            assert time.monotonic() < deadline and proc.poll() is None, text
+            time.sleep(1)
+            with contextlib.suppress(httpx.HTTPError):
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert "aistack_stream_invalid_total 1.0" in text
+        assert "aistack_stream_event_to_prediction_seconds_count" in text
+        assert "aistack_stream_consumer_lag" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    dead = client.xrange(names["dead"])
+    assert len(dead) == 1
+    reason = dead[0][1][b"reason"].decode()
+    assert "customer_id" in reason and "tx_datetime" in reason
