@@ -66,9 +66,14 @@ def redis_server(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 @contextmanager
 def aistack_server(
-    workspace: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    workspace: Path,
+    *,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    use_case: str = "fraud",
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """`aistack serve fraud` in a subprocess; yields its URL once /health answers."""
+    """`aistack serve <use case>` in a subprocess; yields its URL once /health
+    answers."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -82,7 +87,7 @@ def aistack_server(
             "-m",
             "aistack",
             "serve",
-            "fraud",
+            use_case,
             "--port",
             str(port),
             "-w",

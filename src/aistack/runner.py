@@ -80,12 +80,19 @@ def _timed(report: RunReport, stage: str) -> Iterator[None]:
 
 
 def default_score_range(ws: Workspace, use_case: UseCase) -> tuple[datetime, datetime]:
-    """The test period of the latest split: what batch scoring covers by default."""
+    """What batch scoring covers by default: the latest time split's test days
+    (every labelled row for a fraction split)."""
     labels = use_case.labels
     con = ws.lake.connect(ws.lake.versions([labels.table]))
     last = con.execute(
         f"SELECT max({quote(labels.timestamp)}) FROM {labels.table}"
     ).fetchone()
+    if not use_case.split.by_days:  # rows are not split by time: score them all
+        first = con.execute(
+            f"SELECT min({quote(labels.timestamp)}) FROM {labels.table}"
+        ).fetchone()
+        if first and first[0] is not None and last and last[0] is not None:
+            return first[0], last[0] + timedelta(microseconds=1)
     periods = split_periods(last[0] if last else datetime.now(), use_case)
     return periods["test_start"], periods["test_end"]
 
@@ -179,7 +186,9 @@ def _train(
     if not todo:  # same inputs, same models: nothing to train, no alias to move
         progress.advance(task)
         return
-    data = build_training_set(ws.lake, use_case, as_of=now + timedelta(seconds=1))
+    data = build_training_set(
+        ws.lake, use_case, as_of=now + timedelta(seconds=1), seed=seed
+    )
     progress.advance(task)
     champion = champion_metric(ws.registry, use_case, data.test)
     for trainer in todo:

@@ -28,6 +28,7 @@ from aistack.contract.model import (
     Labels,
     Metric,
     Split,
+    Task,
     Trainer,
     lower_is_better,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "SilverTable",
     "Spec",
     "Split",
+    "Task",
     "Trainer",
     "UseCase",
     "Value",

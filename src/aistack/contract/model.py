@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import pandas as pd
@@ -70,31 +70,114 @@ class Labels:
             raise DeclarationError(f"labels: table {self.table!r} is not silver")
 
 
+Task = Literal["binary", "multiclass", "regression", "anomaly", "ranking"]
+"""What a model predicts; it decides how its output is read and served.
+
+binary: P(positive) and a decision at the serving threshold; multiclass: the
+class and its probabilities; regression: a value; anomaly: an anomaly score
+(higher: more anomalous) and a flag at the threshold; ranking: top-K items.
+"""
+
+TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression", "anomaly", "ranking")
+_SUM_TOLERANCE = 1e-9
+SplitKind = Literal["time", "random", "stratified", "group"]
+
+
 @dataclass(frozen=True)
 class Split:
-    """Time split counted back from the last labelled day: train, delay, test."""
+    """How labelled rows are split into train, (validation,) test; deterministic.
 
+    `time` (the default): `train_days`, a gap of `delay_days` (labels not known
+    yet when training) and `test_days`, counted back from the last labelled day,
+    or from `start` forward when given; with `fractions` instead, rows in time
+    order are cut by those fractions. `random`: a seeded permutation of the rows
+    cut by `fractions`. `stratified`: the same within each label value.
+    `group`: the same within each value of `group` (e.g. per user, 8:1:1, as
+    RecBole evaluates recommenders). `fractions` are (train, test) or
+    (train, validation, test). `seed` defaults to the workspace seed. Every
+    split is recorded on the training run (kind, fractions, seed, row counts
+    and a digest of the test ids).
+    """
+
+    kind: SplitKind = "time"
     train_days: int = 7
     delay_days: int = 7
     test_days: int = 7
+    fractions: tuple[float, ...] | None = None
+    group: str | None = None
+    seed: int | None = None
+    start: datetime | None = None
 
     def __post_init__(self) -> None:
+        if self.kind not in ("time", "random", "stratified", "group"):
+            raise DeclarationError(f"split: unknown kind {self.kind!r}")
         if min(self.train_days, self.test_days) < 1 or self.delay_days < 0:
             msg = "split: train_days and test_days must be >= 1, delay_days >= 0"
             raise DeclarationError(msg)
+        if self.fractions is not None:
+            f = self.fractions
+            if (
+                len(f) not in (2, 3)
+                or min(f) <= 0
+                or abs(sum(f) - 1.0) > _SUM_TOLERANCE
+            ):
+                msg = (
+                    f"split: fractions {f} must be 2 or 3 positive numbers "
+                    "(train, [validation,] test) summing to 1"
+                )
+                raise DeclarationError(msg)
+        if self.kind == "group" and not self.group:
+            raise DeclarationError("split: kind 'group' needs the group column")
+        if self.kind != "group" and self.group:
+            raise DeclarationError("split: group is only read by kind 'group'")
+        if self.kind != "time" and self.start is not None:
+            raise DeclarationError("split: start anchors a time split only")
+
+    @property
+    def parts(self) -> tuple[float, ...]:
+        """The fractions to cut by (default (0.8, 0.2) for non-time kinds)."""
+        return self.fractions or (0.8, 0.2)
+
+    @property
+    def by_days(self) -> bool:
+        """Whether this is a time split by days (the handbook's protocol)."""
+        return self.kind == "time" and self.fractions is None
+
+    def record(self) -> dict[str, object]:
+        """The declaration, as recorded on a training run and in the training key."""
+        out: dict[str, object] = {"kind": self.kind}
+        if self.by_days:
+            out |= {
+                "train_days": self.train_days,
+                "delay_days": self.delay_days,
+                "test_days": self.test_days,
+                "start": self.start.isoformat() if self.start else None,
+            }
+        else:
+            out |= {"fractions": list(self.parts), "group": self.group}
+        out["seed"] = self.seed
+        return out
 
 
 @dataclass(frozen=True)
 class Trainer:
-    """A model to train: `build(seed)` returns an unfitted scikit-learn estimator.
+    """A model to train: `build(seed)` returns an unfitted model.
 
-    `inputs` are the model input columns it reads (default: every feature).
+    The model needs only `fit(X, y)` (`fit(X)` when not `supervised`) and, by
+    task: `predict_proba` (binary, multiclass; binary also accepts
+    `decision_function`), `predict` (regression), `score_samples` or
+    `decision_function` (anomaly). A scikit-learn estimator, an XGBoost model,
+    a closed-form class of your own all fit. `inputs` are the model input
+    columns it reads (default: every feature). `requirements` are the pip
+    packages its model needs at load time beyond aistack's own (logged with the
+    model; the package of the model's class is added when installed).
     """
 
     name: str
     build: Callable[[int], Any]
-    supervised: bool
+    supervised: bool = True
     inputs: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _ident("trainer", self.name)
@@ -109,13 +192,15 @@ class Gates:
     change when these are shuffled. `monotonic`: mean score must not fall
     (increasing) or rise (decreasing) by more than `monotonic_tolerance` along the
     feature's 50th..99th percentile grid. `max_latency_ms`: median single-row
-    predict time. A challenger must also score at least the champion's
+    predict time. `score_range`: bounds of every score (default: [0, 1] for
+    binary tasks, whose scores are probabilities; no bound otherwise). A
+    challenger must also score at least the champion's
     `primary_metric` on the same holdout, less `champion_tolerance`.
     """
 
     primary_metric: str
     metric_floors: Mapping[str, float] = field(default_factory=dict)
-    score_range: tuple[float, float] = (0.0, 1.0)
+    score_range: tuple[float, float] | None = None
     irrelevant_columns: tuple[str, ...] = ()
     monotonic: Mapping[str, Literal["increasing", "decreasing"]] = field(
         default_factory=dict

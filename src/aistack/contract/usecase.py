@@ -10,7 +10,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from aistack.contract.features import AggregationView, View
-from aistack.contract.model import Gates, Labels, Metric, Split, Trainer
+from aistack.contract.model import TASKS, Gates, Labels, Metric, Split, Task, Trainer
 from aistack.contract.monitoring import Monitoring
 from aistack.contract.names import _ident
 from aistack.contract.serving import Serving
@@ -23,7 +23,11 @@ class UseCase:
     """Everything the platform needs to run one use case end to end.
 
     `read_sources(params, seed)` yields raw batches; `params` is the pydantic model
-    of the run options it accepts (e.g. `--days 30` on the CLI).
+    of the run options it accepts (e.g. `--days 30` on the CLI). `task` decides
+    how model output is read, served and gated (see `Task`). Features come from
+    `row_features` (label-table columns used as they are), `request_features`
+    (polars expressions over the request columns) and `views`; a use case whose
+    rows carry their own features declares no view and no entity.
     """
 
     name: str
@@ -40,9 +44,12 @@ class UseCase:
     split: Split = field(default_factory=Split)
     serving: Serving | None = None
     monitoring: Monitoring = field(default_factory=Monitoring)
+    task: Task = "binary"
+    row_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:  # noqa: PLR0912
         _ident("use case", self.name)
+        self._check_task()
         silver = {f"silver.{s.name}" for s in self.silver}
         for view in self.views:
             for table in view.inputs:
@@ -91,6 +98,35 @@ class UseCase:
                 )
                 raise DeclarationError(msg)
 
+    def _check_task(self) -> None:
+        if self.task not in TASKS:
+            msg = f"{self.name}: unknown task {self.task!r} (one of {', '.join(TASKS)})"
+            raise DeclarationError(msg)
+        if self.task == "ranking":
+            msg = (
+                f"{self.name}: the ranking task is declared with `RankingUseCase`"
+                " (interactions, not labelled rows)"
+            )
+            raise DeclarationError(msg)
+        serving = self.serving
+        if self.task == "binary" and serving and not 0 <= serving.threshold <= 1:
+            msg = f"{self.name}: a binary threshold must be within [0, 1]"
+            raise DeclarationError(msg)
+        if self.task == "multiclass" and self.gates.monotonic:
+            msg = (
+                f"{self.name}: monotonic gates need an ordered output; a "
+                "multiclass model's class is not"
+            )
+            raise DeclarationError(msg)
+        for column in self.row_features:
+            _ident("row feature", column)
+            if column not in self.labels.columns:
+                msg = (
+                    f"{self.name}: row feature {column!r} must be one of the label "
+                    "columns (the columns a request carries)"
+                )
+                raise DeclarationError(msg)
+
     def _check_aggregation_view(self, view: AggregationView) -> None:
         labels = self.labels
         expected = (labels.table, labels.id, labels.timestamp)
@@ -134,9 +170,15 @@ class UseCase:
         return f"gold.{self.name}_predictions"
 
     @property
+    def request_expressions(self) -> dict[str, pl.Expr]:
+        """Row features (as floats), then request-time feature expressions."""
+        rows = {c: pl.col(c).cast(pl.Float64) for c in self.row_features}
+        return {**rows, **self.request_features}
+
+    @property
     def feature_names(self) -> list[str]:
-        """Request-time features, then each view's features, in declaration order."""
-        names = list(self.request_features)
+        """Row and request-time features, then each view's, in declaration order."""
+        names = list(self.request_expressions)
         for view in self.views:
             names.extend(view.feature_names)
         return names

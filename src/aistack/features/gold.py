@@ -194,6 +194,8 @@ def point_in_time_join(
     """
     labels = use_case.labels
     gold = {use_case.gold_table(v): v for v in use_case.views}
+    if not gold:  # rows carry their own features: nothing to join
+        return spine
     pinned = dict(versions) if versions is not None else lake.versions(gold)
     con = lake.connect(pinned)
     con.register("spine_in", spine)

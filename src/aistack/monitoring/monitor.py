@@ -144,13 +144,18 @@ def reference_frame(
     if not run_id:
         raise RegistryError(f"{use_case.name} version {version} has no run")
     lineage = lineage_of(run_id)
+    run = mlflow.get_run(run_id)
     data = build_training_set(
-        ws.lake, use_case, as_of=datetime.now(UTC), lineage=lineage
+        ws.lake,
+        use_case,
+        as_of=datetime.now(UTC),
+        lineage=lineage,
+        seed=int(run.data.params.get("split.seed", ws.settings.seed)),
     )
     model = mlflow.sklearn.load_model(f"models:/{use_case.name}/{version}")
     inputs = data.train[use_case.model_inputs]
     frame = inputs[use_case.feature_names].assign(score=model.predict(inputs))
-    metrics = dict(mlflow.get_run(run_id).data.metrics)
+    metrics = dict(run.data.metrics)
     return frame.reset_index(drop=True), {
         k: metrics[k] for k in use_case.metrics if k in metrics
     }

@@ -130,6 +130,12 @@ class Predictor:
             return self._onnx(matrix)
         return self.model.predict_matrix(matrix)
 
+    def probabilities(self, matrix: Matrix) -> tuple[list[float], Matrix] | None:
+        """Each class's probability (multiclass models), else None."""
+        if getattr(self.model, "task", "binary") != "multiclass":
+            return None
+        return self.model.classes, self.model.predict_proba_matrix(matrix)
+
 
 def load_predictor(
     name: str, version: int, model: ScoringModel, *, sample: Matrix
@@ -144,6 +150,10 @@ def load_predictor(
         predictor.timings_us["native_1000"] = _time(native, rows, 30)
     except Exception as exc:
         predictor.onnx_error = f"native predict failed at load: {exc!r}"
+        return predictor
+    task = getattr(model, "task", "binary")
+    if task not in ("binary", "anomaly"):
+        predictor.onnx_error = f"no ONNX path for the {task} task (native only)"
         return predictor
     try:
         onnx = _onnx_scorer(model, rows.shape[1])

@@ -33,9 +33,12 @@ from aistack.serving.inference import Predictor
 class Scored:
     """One scored request, as answered and as logged.
 
-    `features` are the values served (None: unknown, filled with the declared
-    default for the model); `late` names the views whose values exclude events
-    after this one (see the module docstring).
+    `score` is read as the task says (binary: P(positive); anomaly: anomaly
+    score; regression: the value; multiclass: the class, with `probabilities`);
+    `decision` is the score at or above the threshold (binary, anomaly; False
+    for the other tasks). `features` are the values served (None: unknown,
+    filled with the declared default for the model); `late` names the views
+    whose values exclude events after this one (see the module docstring).
     """
 
     request_id: str
@@ -50,6 +53,7 @@ class Scored:
     event_id: str | None = None
     event_time: datetime | None = None
     late: list[str] = field(default_factory=list)
+    probabilities: dict[str, float] | None = None
 
 
 @dataclass
@@ -100,11 +104,11 @@ def request_features(
         c: [p[c] for p in payloads] for c in request_columns(use_case)
     }
     frame = pl.DataFrame(columns).with_columns(
-        expr.alias(name) for name, expr in use_case.request_features.items()
+        expr.alias(name) for name, expr in use_case.request_expressions.items()
     )
     values: dict[str, np.ndarray] = {
         name: frame.get_column(name).to_numpy().astype(np.float64)
-        for name in use_case.request_features
+        for name in use_case.request_expressions
     }
     values[labels.id] = np.array(
         [i if i is not None else 0 for i in ids], dtype=np.float64
@@ -205,6 +209,8 @@ def predict(
     matrix = np.column_stack(columns) if picked else np.empty((0, len(columns)))
     scores = predictor.score(matrix) if picked else np.empty(0)
     threshold = use_case.serving.threshold if use_case.serving else 0.5
+    decides = use_case.task in ("binary", "anomaly")
+    proba = predictor.probabilities(matrix) if picked else None
     names = use_case.feature_names
     if timings is not None:
         timings.matrix = matrix
@@ -219,7 +225,7 @@ def predict(
             Scored(
                 found.request_ids[i],
                 float(scores[k]),
-                bool(scores[k] >= threshold),
+                decides and bool(scores[k] >= threshold),
                 predictor.name,
                 predictor.version,
                 found.ages[i],
@@ -228,9 +234,19 @@ def predict(
                 event_id=str(found.event_ids[i]),
                 event_time=found.times[i],
                 late=found.late[i],
+                probabilities=_class_probabilities(proba, k),
             )
         )
     return out
+
+
+def _class_probabilities(
+    proba: tuple[list[float], np.ndarray] | None, row: int
+) -> dict[str, float] | None:
+    if proba is None:
+        return None
+    classes, matrix = proba
+    return {f"{c:g}": float(p) for c, p in zip(classes, matrix[row], strict=True)}
 
 
 def score_requests(

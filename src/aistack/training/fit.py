@@ -14,6 +14,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, packages_distributions
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -26,19 +27,14 @@ from aistack.contract import Trainer, UseCase
 from aistack.contract.model import greater_is_better
 from aistack.registry.aliases import Registry
 from aistack.training.gates import GateResult, check_gates
+from aistack.training.metrics import PROBA_PREFIX
 from aistack.training.models import Scorer, ScoringModel
 from aistack.training.profile import reference_profile
 from aistack.training.sets import TrainingSet
 from aistack.training.tracking import KEY_TAG, LINEAGE_TAG, PROFILE_ARTIFACT
 
-REQUIREMENTS = (
-    "scikit-learn",
-    "xgboost-cpu",
-    "pandas",
-    "numpy",
-    "scipy",
-    "cloudpickle",
-)
+BASE_REQUIREMENTS = ("aistack", "scikit-learn", "pandas", "numpy", "cloudpickle")
+"""What every logged model needs: the wrapper is aistack's `ScoringModel`."""
 
 
 @dataclass
@@ -58,12 +54,22 @@ class Candidate:
         return all(g.passed for g in self.gates)
 
 
+def scored_frame(model: Scorer, frame: pd.DataFrame, use_case: UseCase) -> pd.DataFrame:
+    """`frame` with `label`, `score` and, for a multiclass model, `proba_<class>`."""
+    inputs = frame[use_case.model_inputs]
+    scored = frame.assign(
+        label=frame[use_case.labels.label].to_numpy(), score=model.predict(inputs)
+    )
+    if use_case.task == "multiclass" and isinstance(model, ScoringModel):
+        proba = model.predict_proba(inputs)
+        for j, c in enumerate(model.classes):
+            scored[f"{PROBA_PREFIX}{c:g}"] = proba[:, j]
+    return scored
+
+
 def evaluate(model: Scorer, frame: pd.DataFrame, use_case: UseCase) -> dict[str, float]:
     """Every declared metric of `model` on `frame`."""
-    scored = frame.assign(
-        label=frame[use_case.labels.label].to_numpy(),
-        score=model.predict(frame[use_case.model_inputs]),
-    )
+    scored = scored_frame(model, frame, use_case)
     return {name: float(metric(scored)) for name, metric in use_case.metrics.items()}
 
 
@@ -82,7 +88,8 @@ def training_key(
         "inputs": list(trainer.inputs),
         "lineage": lineage,
         "seed": seed,
-        "split": use_case.split.__dict__,
+        "split": use_case.split.record(),
+        "task": use_case.task,
         "hyperparameters": hyperparameters(trainer, seed),
         "code": code_fingerprint(trainer),
     }
@@ -141,11 +148,26 @@ def existing_candidate(
     return None
 
 
-def _requirements() -> list[str]:
-    return [f"{name}=={package_version(name)}" for name in REQUIREMENTS]
+def requirements(trainer: Trainer, estimator: object) -> list[str]:
+    """Pinned pip requirements of one model: aistack's own, the trainer's declared
+    packages, and the installed distribution of the model's class (e.g.
+    `xgboost-cpu` for an XGBClassifier), nothing else."""
+    names = [*BASE_REQUIREMENTS, *trainer.requirements]
+    top = type(estimator).__module__.split(".")[0]
+    names += packages_distributions().get(top, [])
+    out = {}
+    for name in names:
+        bare = re.split(r"[<>=!~ \[]", name, maxsplit=1)[0]
+        try:
+            out[bare.lower()] = f"{bare}=={package_version(bare)}"
+        except PackageNotFoundError:
+            out[bare.lower()] = name  # not installed here: as declared
+    return sorted(out.values())
 
 
-def _params(trainer: Trainer, model: ScoringModel, data: TrainingSet) -> dict[str, Any]:
+def _params(
+    use_case: UseCase, trainer: Trainer, model: ScoringModel, data: TrainingSet
+) -> dict[str, Any]:
     estimator = {
         f"est.{k}": v
         for k, v in model.estimator.get_params().items()
@@ -156,9 +178,11 @@ def _params(trainer: Trainer, model: ScoringModel, data: TrainingSet) -> dict[st
         "estimator": type(model.estimator).__name__,
         "supervised": trainer.supervised,
         "n_features": len(model.features),
+        "task": use_case.task,
         "train_rows": len(data.train),
         "test_rows": len(data.test),
         **data.periods,
+        **{f"split.{k}": v for k, v in data.split.items()},
         **dict(list(estimator.items())[:60]),
     }
 
@@ -191,6 +215,7 @@ def train_candidate(
         list(trainer.inputs) or use_case.feature_names,
         use_case.feature_defaults,
         supervised=trainer.supervised,
+        task=use_case.task,
     )
     model.fit(data.train[use_case.model_inputs], data.train[labels.label].to_numpy())
     metrics = evaluate(model, data.test, use_case)
@@ -203,9 +228,10 @@ def train_candidate(
         champion_metric=champion,
         seed=seed,
         directions={n: greater_is_better(m) for n, m in use_case.metrics.items()},
+        task=use_case.task,
     )
     with mlflow.start_run(experiment_id=experiment, run_name=trainer.name) as run:
-        mlflow.log_params(_params(trainer, model, data))
+        mlflow.log_params(_params(use_case, trainer, model, data))
         mlflow.log_metrics({k: v for k, v in metrics.items() if not np.isnan(v)})
         mlflow.set_tags({f"{LINEAGE_TAG}.{t}": str(v) for t, v in data.lineage.items()})
         mlflow.set_tags(
@@ -222,6 +248,7 @@ def train_candidate(
         mlflow.log_metrics({f"gate.{g.name}": float(g.passed) for g in gates})
         mlflow.log_dict({g.name: g.__dict__ for g in gates}, "gates.json")
         mlflow.log_dict(data.lineage, "lineage.json")
+        mlflow.log_dict(data.split, "split.json")
         train_inputs = data.train[use_case.model_inputs]
         profile = reference_profile(
             {
@@ -243,7 +270,7 @@ def train_candidate(
                 serialization_format="cloudpickle",
                 signature=infer_signature(example, model.predict(example)),
                 input_example=example,
-                pip_requirements=_requirements(),
+                pip_requirements=requirements(trainer, model.estimator),
                 registered_model_name=use_case.name,
             )
     version = int(info.registered_model_version)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from aistack.contract import Gates
+from aistack.contract.model import Task
 from aistack.training.models import Scorer
 
 SAMPLE_ROWS = 1000
@@ -46,7 +47,9 @@ def _metric_floors(
     return results
 
 
-def _output(model: Scorer, sample: pd.DataFrame, gates: Gates) -> list[GateResult]:
+def _output(
+    model: Scorer, sample: pd.DataFrame, gates: Gates, task: Task
+) -> list[GateResult]:
     try:
         scores = np.asarray(model.predict(sample))
     except Exception as exc:
@@ -54,13 +57,17 @@ def _output(model: Scorer, sample: pd.DataFrame, gates: Gates) -> list[GateResul
     shape_ok = scores.shape == (len(sample),)
     finite = bool(np.isfinite(scores).all()) if shape_ok else False
     varies = bool(finite and np.ptp(scores) > 0)
-    lo, hi = gates.score_range
-    in_range = bool(finite and scores.min() >= lo and scores.max() <= hi)
+    bounds = gates.score_range or ((0.0, 1.0) if task == "binary" else None)
     detail = (
         f"shape {scores.shape} for {len(sample)} rows, finite={finite}, varies={varies}"
     )
+    shape = GateResult("output_shape", shape_ok and finite and varies, detail)
+    if bounds is None:  # scores are not probabilities: no range to hold
+        return [shape]
+    lo, hi = bounds
+    in_range = bool(finite and scores.min() >= lo and scores.max() <= hi)
     return [
-        GateResult("output_shape", shape_ok and finite and varies, detail),
+        shape,
         GateResult(
             "score_range",
             in_range,
@@ -161,14 +168,16 @@ def check_gates(
     champion_metric: float | None,
     seed: int,
     directions: Mapping[str, bool] | None = None,
+    task: Task = "binary",
 ) -> list[GateResult]:
     """Every gate's verdict for `model` on `holdout` (model-input columns).
 
-    `directions` maps a metric to greater-is-better (default: True).
+    `directions` maps a metric to greater-is-better (default: True); `task`
+    decides whether scores must lie in [0, 1] (binary) when no range is declared.
     """
     directions = directions or {}
     sample = holdout.sample(min(SAMPLE_ROWS, len(holdout)), random_state=seed)
-    output = _output(model, sample, gates)
+    output = _output(model, sample, gates, task)
     results = _metric_floors(metrics, gates, directions) + output
     if output[0].passed:  # output usable: behaviour checks can run
         results += _invariance(model, sample, gates, seed)

@@ -3,8 +3,10 @@
 `ScoringModel` wraps any scikit-learn-style estimator: it selects the feature
 columns (so an id column in the input is ignored unless a model reads it), fills
 unknown features with their declared defaults, and returns one score per row,
-higher meaning more positive: `predict_proba[:, 1]`, or the anomaly score
-`-score_samples` for unsupervised detectors.
+read as the use case's task says: binary, `predict_proba[:, 1]` (or
+`decision_function`); anomaly, `-score_samples` (or `-decision_function`),
+higher meaning more anomalous; regression, `predict`; multiclass, the most
+probable class (`predict_proba_matrix` gives every class's probability).
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ class ScoringModel(BaseEstimator):  # type: ignore[misc]
         defaults: Mapping[str, float],
         *,
         supervised: bool,
+        task: str = "binary",
     ) -> None:
         self.estimator = estimator
         self.features = features
         self.defaults = defaults
         self.supervised = supervised
+        self.task = task
 
     def _matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.features if c not in frame.columns]
@@ -73,10 +77,42 @@ class ScoringModel(BaseEstimator):  # type: ignore[misc]
         self, matrix: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.float64]:
         """Scores of a float matrix whose columns are `features`, defaults filled."""
-        if hasattr(self.estimator, "predict_proba"):
-            scores = self.estimator.predict_proba(matrix)[:, 1]
-        elif hasattr(self.estimator, "score_samples"):
-            scores = -self.estimator.score_samples(matrix)
+        task = getattr(self, "task", "binary")
+        est = self.estimator
+        if task == "regression":
+            scores = est.predict(matrix)
+        elif task == "multiclass":
+            proba = est.predict_proba(matrix)
+            scores = np.asarray(self.classes)[np.argmax(proba, axis=1)]
+        elif task == "anomaly":
+            if hasattr(est, "score_samples"):
+                scores = -est.score_samples(matrix)
+            else:
+                scores = -est.decision_function(matrix)
+        elif hasattr(est, "predict_proba"):
+            scores = est.predict_proba(matrix)[:, 1]
+        elif hasattr(est, "score_samples"):  # an unsupervised detector
+            scores = -est.score_samples(matrix)
         else:
-            scores = self.estimator.decision_function(matrix)
-        return np.asarray(scores, dtype=np.float64)
+            scores = est.decision_function(matrix)
+        return np.asarray(scores, dtype=np.float64).ravel()
+
+    @property
+    def classes(self) -> list[float]:
+        """The classes of a classifier, in the columns' order of its probabilities."""
+        classes = getattr(self.estimator, "classes_", None)
+        if classes is None:  # e.g. a pipeline without classes_: its last step
+            classes = getattr(self.estimator[-1], "classes_", None)
+        if classes is None:
+            raise SchemaError("a multiclass model must expose classes_")
+        return [float(c) for c in classes]
+
+    def predict_proba_matrix(
+        self, matrix: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        """Each class's probability (rows x classes, in `classes` order)."""
+        return np.asarray(self.estimator.predict_proba(matrix), dtype=np.float64)
+
+    def predict_proba(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """Each class's probability per row of `frame`."""
+        return self.predict_proba_matrix(self._matrix(frame).to_numpy())

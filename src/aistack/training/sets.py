@@ -1,14 +1,20 @@
-"""Training sets: label rows with their point-in-time features, split by time.
+"""Training sets: label rows with their point-in-time features, split as declared.
 
-Train days, then a gap as long as the label delay (labels of those days are
-not known yet when the model is trained), then test days, as the handbook does.
+By time (the default): train days, then a gap as long as the label delay
+(labels of those days are not known yet when the model is trained), then test
+days, as the handbook does; or rows in time order cut by fractions. Random,
+stratified (per label value) and per-group splits cut a seeded permutation by
+fractions. Rows are put in (timestamp, id) order first, so a split is the same
+for the same rows and seed, whatever order the table returns them in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -29,6 +35,8 @@ class TrainingSet:
     test: pd.DataFrame
     periods: dict[str, str]
     lineage: dict[str, int]
+    valid: pd.DataFrame | None = None
+    split: dict[str, object] = field(default_factory=dict)
 
 
 def label_spine(
@@ -53,13 +61,23 @@ def with_request_features(frame: pa.Table, use_case: UseCase) -> pd.DataFrame:
     """Add request-time features (the same polars expressions the server uses)."""
     df = pl.from_arrow(frame)
     assert isinstance(df, pl.DataFrame)
-    exprs = [expr.alias(name) for name, expr in use_case.request_features.items()]
+    exprs = [expr.alias(name) for name, expr in use_case.request_expressions.items()]
     return df.with_columns(exprs).to_pandas()
 
 
 def split_periods(last_timestamp: datetime, use_case: UseCase) -> dict[str, datetime]:
     """Train / delay / test boundaries counted back from the last labelled day."""
     split = use_case.split
+    if split.start is not None:  # anchored: forward from the declared start
+        train_start = split.start
+        train_end = train_start + timedelta(days=split.train_days)
+        test_start = train_end + timedelta(days=split.delay_days)
+        return {
+            "train_start": train_start,
+            "train_end": train_end,
+            "test_start": test_start,
+            "test_end": test_start + timedelta(days=split.test_days),
+        }
     end = datetime.combine(last_timestamp.date(), datetime.min.time()) + timedelta(
         days=1
     )
@@ -73,14 +91,51 @@ def split_periods(last_timestamp: datetime, use_case: UseCase) -> dict[str, date
     }
 
 
+def _cut(n: int, fractions: tuple[float, ...]) -> np.ndarray:
+    """Part index (0 train, 1 valid/test, 2 test) of n ordered rows.
+
+    Counts are rounded as RecBole does (`_calcu_split_ids`): each part gets
+    floor(fraction * n) rows and the last part the rest.
+    """
+    bounds = np.cumsum([int(f * n) for f in fractions[:-1]])
+    return np.searchsorted(bounds, np.arange(n), side="right")
+
+
+def assign_parts(frame: pd.DataFrame, use_case: UseCase, *, seed: int) -> np.ndarray:
+    """Part index per row of `frame` (in (timestamp, id) order) for a fraction split."""
+    split = use_case.split
+    fractions = split.parts
+    n = len(frame)
+    rng = np.random.default_rng(split.seed if split.seed is not None else seed)
+    if split.kind == "time":
+        return _cut(n, fractions)
+    if split.kind == "random":
+        parts = np.empty(n, dtype=np.int64)
+        parts[rng.permutation(n)] = _cut(n, fractions)
+        return parts
+    column = use_case.labels.label if split.kind == "stratified" else split.group
+    assert column is not None
+    parts = np.empty(n, dtype=np.int64)
+    codes = pd.factorize(frame[column], sort=True)[0]
+    for code in np.unique(codes):  # each class / group in its own permutation
+        rows = np.flatnonzero(codes == code)
+        parts[rows[rng.permutation(len(rows))]] = _cut(len(rows), fractions)
+    return parts
+
+
+def _digest(ids: pd.Series) -> str:
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
 def build_training_set(
     lake: Lake,
     use_case: UseCase,
     *,
     as_of: datetime,
     lineage: dict[str, int] | None = None,
+    seed: int = 0,
 ) -> TrainingSet:
-    """Point-in-time training set as of `as_of`, split by time.
+    """Point-in-time training set as of `as_of`, split as the use case declares.
 
     `lineage` pins the input tables (table -> version), e.g. to rebuild the
     training set of a registered model; default: the current versions.
@@ -95,7 +150,10 @@ def build_training_set(
     ).fetchone()
     if last is None or last[0] is None:
         raise ContractError(f"{labels.table} holds no labelled rows")
+    split = use_case.split
     periods = split_periods(last[0], use_case)
+    if not split.by_days:  # a fraction split reads every labelled row
+        periods = {"train_start": datetime.min, "test_end": datetime.max}
     spine = label_spine(
         lake,
         use_case,
@@ -105,16 +163,36 @@ def build_training_set(
     )
     joined = point_in_time_join(lake, use_case, spine, as_of=as_of, versions=lineage)
     frame = with_request_features(joined, use_case)
-    ts = frame[labels.timestamp]
-    train = frame[(ts >= periods["train_start"]) & (ts < periods["train_end"])]
-    test = frame[(ts >= periods["test_start"]) & (ts < periods["test_end"])]
+    frame = frame.sort_values([labels.timestamp, labels.id], kind="stable")
+    frame = frame.reset_index(drop=True)
+    valid = None
+    if split.by_days:
+        ts = frame[labels.timestamp]
+        train = frame[(ts >= periods["train_start"]) & (ts < periods["train_end"])]
+        test = frame[(ts >= periods["test_start"]) & (ts < periods["test_end"])]
+        recorded = {k: v.isoformat() for k, v in periods.items()}
+    else:
+        parts = assign_parts(frame, use_case, seed=seed)
+        train = frame[parts == 0]
+        test = frame[parts == len(split.parts) - 1]
+        if len(split.parts) == 3:  # noqa: PLR2004
+            valid = frame[parts == 1]
+        recorded = {"split": split.kind}
+    supervised = use_case.task in ("binary", "multiclass")
     for name, part in (("train", train), ("test", test)):
-        if part[labels.label].nunique() < 2:  # noqa: PLR2004
+        if part.empty or (supervised and part[labels.label].nunique() < 2):  # noqa: PLR2004
             msg = (
-                f"{name} period holds {len(part)} rows with a single label class; "
-                "simulate or ingest more days"
+                f"{name} part holds {len(part)} rows"
+                + (" with a single label class" if supervised and len(part) else "")
+                + "; ingest more rows or change the split"
             )
             raise ContractError(msg)
-    return TrainingSet(
-        frame, train, test, {k: v.isoformat() for k, v in periods.items()}, lineage
-    )
+    record = {
+        **split.record(),
+        "seed": split.seed if split.seed is not None else seed,
+        "train_rows": len(train),
+        "valid_rows": 0 if valid is None else len(valid),
+        "test_rows": len(test),
+        "test_ids_sha256": _digest(test[labels.id]),
+    }
+    return TrainingSet(frame, train, test, recorded, lineage, valid, record)

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.concurrency import run_in_threadpool
 
 from aistack.api.auth import require_token
@@ -18,12 +18,10 @@ from aistack.errors import StoreUnavailableError
 from aistack.serving.requests import Scored
 
 
-class Prediction(BaseModel):
-    """One answer."""
+class Answer(BaseModel):
+    """What every answer carries, whatever the task."""
 
     request_id: str
-    score: float
-    decision: bool
     model_name: str
     model_version: int
     feature_age_seconds: dict[str, float | None] = Field(
@@ -42,25 +40,65 @@ class Prediction(BaseModel):
     )
 
 
-class BatchPrediction(BaseModel):
-    """Answers in request order."""
+class Prediction(Answer):
+    """A binary classifier's answer."""
 
-    model_name: str
-    model_version: int
-    predictions: list[Prediction]
+    score: float = Field(description="Probability of the positive class.")
+    decision: bool = Field(description="score >= the use case's threshold.")
 
 
-def _answer(s: Scored) -> Prediction:
-    return Prediction(
-        request_id=s.request_id,
-        score=s.score,
-        decision=s.decision,
-        model_name=s.model_name,
-        model_version=s.model_version,
-        feature_age_seconds=s.feature_age_seconds,
-        unknown_entities=s.unknown_entities,
-        late=s.late,
-    )
+class AnomalyPrediction(Answer):
+    """An anomaly detector's answer."""
+
+    score: float = Field(description="Anomaly score: higher is more anomalous.")
+    anomaly: bool = Field(description="score >= the use case's threshold.")
+
+
+class RegressionPrediction(Answer):
+    """A regressor's answer."""
+
+    value: float = Field(description="The predicted value.")
+
+
+class MulticlassPrediction(Answer):
+    """A multi-class classifier's answer."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    predicted_class: str = Field(alias="class", description="The most probable class.")
+    probabilities: dict[str, float] = Field(description="Each class's probability.")
+
+
+ANSWERS: dict[str, type[Answer]] = {
+    "binary": Prediction,
+    "anomaly": AnomalyPrediction,
+    "regression": RegressionPrediction,
+    "multiclass": MulticlassPrediction,
+}
+
+
+def task_fields(task: str, s: Scored) -> dict[str, Any]:
+    """The task's own answer fields (as serialised: `class`, not `predicted_class`)."""
+    if task == "regression":
+        return {"value": s.score}
+    if task == "multiclass":
+        return {"class": f"{s.score:g}", "probabilities": s.probabilities or {}}
+    if task == "anomaly":
+        return {"score": s.score, "anomaly": s.decision}
+    return {"score": s.score, "decision": s.decision}
+
+
+def answer_body(task: str, s: Scored) -> dict[str, Any]:
+    """One answer as JSON-ready data."""
+    return {
+        "request_id": s.request_id,
+        **task_fields(task, s),
+        "model_name": s.model_name,
+        "model_version": s.model_version,
+        "feature_age_seconds": s.feature_age_seconds,
+        "unknown_entities": s.unknown_entities,
+        "late": s.late,
+    }
 
 
 class LabelItem(BaseModel):
@@ -107,6 +145,15 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         msg = f"use case {use_case.name} declares no serving request model"
         raise ValueError(msg)
     request_model = use_case.serving.request
+    task = use_case.task
+    answer_model = ANSWERS[task]
+    batch_answer = create_model(
+        f"{answer_model.__name__}Batch",
+        __doc__="Answers in request order.",
+        model_name=(str, ...),
+        model_version=(int, ...),
+        predictions=(list[answer_model], ...),  # type: ignore[valid-type]
+    )
     batch_model = create_model(
         f"{request_model.__name__}Batch",
         rows=(list[request_model], Field(min_length=1, max_length=max_batch_rows)),  # type: ignore[valid-type]
@@ -117,14 +164,14 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         dependencies=[Depends(require_token)],
     )
 
-    @router.post("/predict", response_model=Prediction)
-    async def predict(payload: request_model, request: Request) -> Prediction:  # type: ignore[valid-type]
+    @router.post("/predict", response_model=answer_model)
+    async def predict(payload: request_model, request: Request) -> Answer:  # type: ignore[valid-type]
         """Score one request."""
         state: ServerState = request.app.state.server
         scored = await _score(state, [payload.model_dump()], "predict")  # type: ignore[attr-defined]
-        return _answer(scored[0])
+        return answer_model.model_validate(answer_body(task, scored[0]))
 
-    @router.post("/predict/batch", response_model=BatchPrediction)
+    @router.post("/predict/batch", response_model=batch_answer)
     async def predict_batch(payload: batch_model, request: Request) -> Response:  # type: ignore[valid-type]
         """Score up to `max_batch_rows` requests at once."""
         state: ServerState = request.app.state.server
@@ -134,19 +181,7 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         body = {  # serialised directly: 1,000 pydantic answers cost ~16 ms
             "model_name": first.model_name,
             "model_version": first.model_version,
-            "predictions": [
-                {
-                    "request_id": s.request_id,
-                    "score": s.score,
-                    "decision": s.decision,
-                    "model_name": s.model_name,
-                    "model_version": s.model_version,
-                    "feature_age_seconds": s.feature_age_seconds,
-                    "unknown_entities": s.unknown_entities,
-                    "late": s.late,
-                }
-                for s in scored
-            ],
+            "predictions": [answer_body(task, s) for s in scored],
         }
         return Response(orjson.dumps(body), media_type="application/json")
 
