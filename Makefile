@@ -44,6 +44,7 @@ bench: setup
 	$(VENV)/bin/python bench/serving.py
 	$(VENV)/bin/python bench/drift.py
 	$(VENV)/bin/python bench/realtime.py
+	$(VENV)/bin/python bench/recommendations.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aistack

@@ -1,0 +1,1 @@
+"""Recommendations reference use case: MovieLens, six models, RecBole's protocol."""
