@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aistack.api.server import serve
-from aistack.contract import UseCase, get_use_case
+from aistack.contract import AnyUseCase, UseCase, get_any_use_case, get_use_case
 from aistack.contract.discovery import discover_all
 from aistack.errors import AIStackError, ConfigError
 from aistack.features.online import materialize, open_store
@@ -77,7 +77,7 @@ def _workspace(
     )
 
 
-def parse_params(use_case: UseCase, args: list[str]) -> BaseModel:
+def parse_params(use_case: AnyUseCase, args: list[str]) -> BaseModel:
     """Turn `--days 30 --bad-rows=5` into the use case's validated params model."""
     values: dict[str, Any] = {}
     fields = use_case.params.model_fields
@@ -148,9 +148,9 @@ def run_command(
     if use_case is None or use_case in ("--help", "-h") or "--help" in ctx.args:
         console.print(ctx.get_help())
         if use_case not in (None, "--help", "-h"):
-            console.print(params_table(get_use_case(use_case)))
+            console.print(params_table(get_any_use_case(use_case)))
         return
-    uc = get_use_case(use_case)
+    uc = get_any_use_case(use_case)
     stages = _stages(stage)
     params = parse_params(uc, list(ctx.args))
     if (start is None) != (end is None):
@@ -170,7 +170,7 @@ def run_command(
     run_summary(console, uc, ws, report)
 
 
-def params_table(use_case: UseCase) -> Table:
+def params_table(use_case: AnyUseCase) -> Table:
     """The use case's own run options, from its params model."""
     table = Table(title=f"options of use case {use_case.name}")
     for column in ("option", "type", "default", "description"):
@@ -202,18 +202,20 @@ def use_cases_command() -> None:
     """Every registered use case, and any that failed to load (with the reason)."""
     found, broken = discover_all()
     table = Table(title="use cases (entry-point group aistack.use_cases)")
-    for column in ("name", "status", "views", "trainers", "description"):
+    for column in ("name", "status", "task", "views", "trainers", "description"):
         table.add_column(column)
     for name, uc in sorted(found.items()):
+        views = getattr(uc, "views", ())
         table.add_row(
             name,
             "[green]ok[/]",
-            ", ".join(v.name for v in uc.views) or "none",
+            uc.task,
+            ", ".join(v.name for v in views) or "none",
             ", ".join(t.name for t in uc.trainers),
             uc.description,
         )
     for name in sorted(broken):
-        table.add_row(name, "[red]broken[/]", "", "", "(reason below)")
+        table.add_row(name, "[red]broken[/]", "", "", "", "(reason below)")
     console.print(table)
     for name, reason in sorted(broken.items()):
         console.print(f"[red]broken[/] {name}: {reason}", soft_wrap=True)
@@ -553,8 +555,8 @@ def serve_command(
     seed: SeedOpt = None,
 ) -> None:
     """Serve the champion over HTTP (FastAPI + uvicorn) on 127.0.0.1 by default."""
-    uc = get_use_case(use_case)
-    if uc.serving is None:
+    uc = get_any_use_case(use_case)
+    if isinstance(uc, UseCase) and uc.serving is None:
         raise ConfigError(f"use case {uc.name}: declares no serving request model")
     settings = load_settings(
         workspace=workspace,

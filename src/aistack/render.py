@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from aistack.contract import UseCase
+from aistack.contract import RankingUseCase, UseCase
 from aistack.lake.delta import TableInfo
 from aistack.monitoring.abtest import ABResult
 from aistack.monitoring.monitor import MonitorResult
@@ -27,7 +27,10 @@ def tables_table(tables: Sequence[TableInfo], title: str = "Delta tables") -> Ta
 
 
 def run_summary(
-    console: Console, use_case: UseCase, ws: Workspace, report: RunReport
+    console: Console,
+    use_case: UseCase | RankingUseCase,
+    ws: Workspace,
+    report: RunReport,
 ) -> None:
     """The end-of-run summary: tables, quarantine, models, champion, MLflow."""
     console.print(tables_table(ws.lake.tables(), title=f"{use_case.name}: tables"))
@@ -54,26 +57,7 @@ def run_summary(
             table.add_row(g.table, str(g.version), written)
         console.print(table)
     if report.candidates:
-        metrics = list(use_case.metrics)
-        table = Table(title="models trained (test period after the label delay)")
-        for column in ("model", "version", *metrics, "gates"):
-            table.add_column(
-                column, justify="left" if column in ("model", "gates") else "right"
-            )
-        for c in report.candidates:
-            failed = [g.name for g in c.gates if not g.passed]
-            gates = (
-                "[green]all passed[/]"
-                if not failed
-                else "[red]failed: " + ", ".join(failed)
-            )
-            table.add_row(
-                c.trainer,
-                str(c.version),
-                *(f"{c.metrics[m]:.4f}" for m in metrics),
-                gates,
-            )
-        console.print(table)
+        console.print(candidates_table(use_case, report))
     champion = ws.registry.version_of(use_case.name, "champion")
     console.print(f"champion: [bold]{use_case.name}[/] version [bold]{champion}[/]")
     if report.scoring is not None:
@@ -167,4 +151,33 @@ def abtest_table(result: ABResult) -> Table:
         f"effect: {result.required_per_arm:,}"
         + ("" if result.enough_data else " (not reached yet)")
     )
+    return table
+
+
+def candidates_table(use_case: UseCase | RankingUseCase, report: RunReport) -> Table:
+    """Each trained model's test metrics and gate verdict."""
+    if isinstance(use_case, RankingUseCase):
+        metrics = use_case.metric_names
+        title = "models trained (test split, full ranking, seen items excluded)"
+    else:
+        metrics = list(use_case.metrics)
+        title = "models trained (test period after the label delay)"
+    table = Table(title=title)
+    for column in ("model", "version", *metrics, "gates"):
+        table.add_column(
+            column, justify="left" if column in ("model", "gates") else "right"
+        )
+    for c in report.candidates:
+        failed = [g.name for g in c.gates if not g.passed]
+        gates = (
+            "[green]all passed[/]"
+            if not failed
+            else "[red]failed: " + ", ".join(failed)
+        )
+        table.add_row(
+            c.trainer,
+            str(c.version),
+            *(f"{c.metrics.get(m, float('nan')):.4f}" for m in metrics),
+            gates,
+        )
     return table

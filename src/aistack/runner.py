@@ -25,11 +25,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from aistack.contract import Batch, UseCase
+from aistack.contract import Batch, RankingUseCase, UseCase
 from aistack.features.gold import GoldResult, build_gold
 from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
-from aistack.serving.batch import ScoreResult, score_range
+from aistack.serving.batch import ScoreResult, score_range, score_recommendations
 from aistack.sql import quote
 from aistack.training.fit import (
     Candidate,
@@ -38,6 +38,13 @@ from aistack.training.fit import (
     existing_candidate,
     train_candidate,
     training_key,
+)
+from aistack.training.recommend import (
+    champion_ranking_metric,
+    choose_ranking_champion,
+    load_ranking_data,
+    ranking_key,
+    train_recommender,
 )
 from aistack.training.sets import build_training_set, split_periods
 from aistack.training.tracking import experiment_id, tracking
@@ -98,7 +105,7 @@ def default_score_range(ws: Workspace, use_case: UseCase) -> tuple[datetime, dat
 
 
 def run(
-    use_case: UseCase,
+    use_case: UseCase | RankingUseCase,
     ws: Workspace,
     params: BaseModel,
     *,
@@ -113,19 +120,25 @@ def run(
     report = RunReport()
     now = datetime.now(UTC)
     with progress:
-        if "ingest" in stages:
-            with _timed(report, "ingest"):
-                task = progress.add_task("ingest -> bronze", total=None)
-                batches = _ticking(
-                    use_case.read_sources(params, ws.settings.seed), progress, task
-                )
-                report.ingest = ingest(ws.lake, batches, ingested_at=now)
-        if "silver" in stages:
-            with _timed(report, "silver"):
-                task = progress.add_task("bronze -> silver", total=len(use_case.silver))
-                for spec in use_case.silver:
-                    report.silver.append(build_silver(ws.lake, spec, processed_at=now))
-                    progress.advance(task)
+        _land(
+            use_case,
+            ws,
+            params,
+            stages=stages,
+            report=report,
+            progress=progress,
+            now=now,
+        )
+        if isinstance(use_case, RankingUseCase):
+            _run_ranking(
+                use_case,
+                ws,
+                stages=stages,
+                report=report,
+                progress=progress,
+                actor=actor,
+            )
+            return report
         if "gold" in stages:
             with _timed(report, "gold"):
                 task = progress.add_task("silver -> gold", total=len(use_case.views))
@@ -149,6 +162,80 @@ def run(
                     )
                     progress.advance(task)
     return report
+
+
+def _land(
+    use_case: UseCase | RankingUseCase,
+    ws: Workspace,
+    params: BaseModel,
+    *,
+    stages: Sequence[Stage],
+    report: RunReport,
+    progress: Progress,
+    now: datetime,
+) -> None:
+    """Ingest -> bronze -> silver: the same for every kind of use case."""
+    if "ingest" in stages:
+        with _timed(report, "ingest"):
+            task = progress.add_task("ingest -> bronze", total=None)
+            batches = _ticking(
+                use_case.read_sources(params, ws.settings.seed), progress, task
+            )
+            report.ingest = ingest(ws.lake, batches, ingested_at=now)
+    if "silver" in stages:
+        with _timed(report, "silver"):
+            task = progress.add_task("bronze -> silver", total=len(use_case.silver))
+            for spec in use_case.silver:
+                report.silver.append(build_silver(ws.lake, spec, processed_at=now))
+                progress.advance(task)
+
+
+def _run_ranking(
+    uc: RankingUseCase,
+    ws: Workspace,
+    *,
+    stages: Sequence[Stage],
+    report: RunReport,
+    progress: Progress,
+    actor: str,
+) -> None:
+    """Train + gate every recommender, then batch top-K for every known user."""
+    seed = ws.settings.seed
+    with tracking(ws.settings.mlflow_uri):
+        if "train" in stages:
+            with _timed(report, "train"):
+                task = progress.add_task("train + gate", total=len(uc.trainers) + 1)
+                experiment = experiment_id(
+                    uc, ws.settings.artifacts_dir.resolve().as_uri()
+                )
+                data = load_ranking_data(ws.lake, uc, seed=seed)
+                progress.advance(task)
+                champion = champion_ranking_metric(ws.registry, uc, data)
+                trained = False
+                for trainer in uc.trainers:
+                    key = ranking_key(uc, trainer, data.lineage, seed)
+                    found = existing_candidate(experiment, key, uc)
+                    if found is None:
+                        trained = True
+                        found = train_recommender(
+                            uc,
+                            trainer,
+                            data,
+                            registry=ws.registry,
+                            experiment=experiment,
+                            champion=champion,
+                            seed=seed,
+                            actor=actor,
+                        )
+                    report.candidates.append(found)
+                    progress.advance(task)
+                if trained:  # same inputs, same models: no alias to move
+                    report.champion = choose_ranking_champion(
+                        uc, report.candidates, registry=ws.registry, actor=actor
+                    )
+        if "score" in stages:
+            with _timed(report, "score"):
+                report.scoring = score_recommendations(ws.lake, uc, ws.registry)
 
 
 def _ticking(

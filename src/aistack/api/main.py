@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aistack.api.routers import health, metrics
 from aistack.api.routers.predict import build_router
 from aistack.api.state import ServerState, log
-from aistack.contract import UseCase, get_use_case
+from aistack.contract import RankingUseCase, UseCase, get_any_use_case
 from aistack.settings import Settings, load_settings
 
 USE_CASE_ENV = "AISTACK_SERVE_USE_CASE"
@@ -115,4 +115,9 @@ def app_from_env() -> FastAPI:
     if not name:
         msg = f"{USE_CASE_ENV} is not set: start the server with `aistack serve`"
         raise RuntimeError(msg)
-    return create_app(get_use_case(name), load_settings())
+    use_case = get_any_use_case(name)
+    if isinstance(use_case, RankingUseCase):
+        from aistack.api.ranking import create_ranking_app  # noqa: PLC0415
+
+        return create_ranking_app(use_case, load_settings())
+    return create_app(use_case, load_settings())

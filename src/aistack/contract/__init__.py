@@ -19,7 +19,13 @@ from aistack.contract.aggregations import (
     specs,
     window_label,
 )
-from aistack.contract.discovery import ENTRY_POINT_GROUP, discover, get_use_case
+from aistack.contract.discovery import (
+    ENTRY_POINT_GROUP,
+    AnyUseCase,
+    discover,
+    get_any_use_case,
+    get_use_case,
+)
 from aistack.contract.drift import DriftSettings
 from aistack.contract.features import AggregationView, Feature, FeatureView, View
 from aistack.contract.model import (
@@ -39,6 +45,7 @@ from aistack.contract.monitoring import (
     RolloutGuards,
     Signal,
 )
+from aistack.contract.ranking import RankingGates, RankingUseCase
 from aistack.contract.serving import Serving
 from aistack.contract.tables import Batch, SilverTable
 from aistack.contract.usecase import UseCase
@@ -49,6 +56,7 @@ __all__ = [
     "Aggregation",
     "AggregationView",
     "AlertRule",
+    "AnyUseCase",
     "Batch",
     "BusinessMetric",
     "DirectedMetric",
@@ -61,6 +69,8 @@ __all__ = [
     "Metric",
     "Monitoring",
     "Op",
+    "RankingGates",
+    "RankingUseCase",
     "RolloutGuards",
     "Scalar",
     "Serving",
@@ -75,6 +85,7 @@ __all__ = [
     "View",
     "Where",
     "discover",
+    "get_any_use_case",
     "get_use_case",
     "lower_is_better",
     "specs",

@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 import mlflow
 import pyarrow as pa
 
-from aistack.contract import UseCase
+from aistack.contract import RankingUseCase, UseCase
 from aistack.errors import RegistryError
 from aistack.features.gold import point_in_time_join
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
+from aistack.training.recommend import recommendations_frame
 from aistack.training.sets import label_spine, with_request_features
 
 
@@ -82,3 +83,33 @@ def score_range(
     )
     written = lake.write(table, out, mode="append", inputs=inputs)
     return ScoreResult(table, n, version, written, skipped=False)
+
+
+def score_recommendations(
+    lake: Lake, use_case: RankingUseCase, registry: Registry
+) -> ScoreResult:
+    """The champion's top-K for every known user into the recommendations table.
+
+    One overwrite per (model version, input versions): re-running writes nothing.
+    """
+    version = registry.version_of(use_case.name, "champion")
+    if version is None:
+        raise RegistryError(f"model {use_case.name!r} has no champion to score with")
+    table = use_case.recommendations_table
+    tables = [use_case.interactions, *([use_case.items] if use_case.items else [])]
+    inputs: dict[str, int | str] = {
+        **lake.versions(tables),
+        "model": f"{use_case.name}/{version}",
+        "k": str(use_case.k),
+    }
+    if lake.last_inputs(table) == inputs:
+        return ScoreResult(table, 0, version, lake.version(table), skipped=True)
+    model = mlflow.sklearn.load_model(f"models:/{use_case.name}/{version}")
+    frame = recommendations_frame(
+        model, use_case.k, user=use_case.user, item=use_case.item
+    )
+    out = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+        "model_version", pa.array([version] * len(frame), pa.int64())
+    )
+    written = lake.write(table, out, mode="overwrite", inputs=inputs)
+    return ScoreResult(table, len(frame), version, written, skipped=False)

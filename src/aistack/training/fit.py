@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
-from aistack.contract import Trainer, UseCase
+from aistack.contract import RankingUseCase, Trainer, UseCase
 from aistack.contract.model import greater_is_better
 from aistack.registry.aliases import Registry
 from aistack.training.gates import GateResult, check_gates
@@ -117,7 +117,7 @@ def code_fingerprint(trainer: Trainer) -> str:
 
 
 def existing_candidate(
-    experiment: str, key: str, use_case: UseCase
+    experiment: str, key: str, use_case: UseCase | RankingUseCase
 ) -> Candidate | None:
     """The registered candidate an earlier run with the same training key produced."""
     runs = mlflow.search_runs(
@@ -233,22 +233,13 @@ def train_candidate(
     with mlflow.start_run(experiment_id=experiment, run_name=trainer.name) as run:
         mlflow.log_params(_params(use_case, trainer, model, data))
         mlflow.log_metrics({k: v for k, v in metrics.items() if not np.isnan(v)})
-        mlflow.set_tags({f"{LINEAGE_TAG}.{t}": str(v) for t, v in data.lineage.items()})
-        mlflow.set_tags(
-            {
-                KEY_TAG: training_key(use_case, trainer, data.lineage, seed),
-                "aistack.use_case": use_case.name,
-                "aistack.gates_passed": str(all(g.passed for g in gates)).lower(),
-                **{
-                    f"gate.{g.name}": f"{'pass' if g.passed else 'FAIL'}: {g.detail}"
-                    for g in gates
-                },
-            }
+        log_verdict(
+            use_case.name,
+            training_key(use_case, trainer, data.lineage, seed),
+            gates,
+            lineage=data.lineage,
+            split=data.split,
         )
-        mlflow.log_metrics({f"gate.{g.name}": float(g.passed) for g in gates})
-        mlflow.log_dict({g.name: g.__dict__ for g in gates}, "gates.json")
-        mlflow.log_dict(data.lineage, "lineage.json")
-        mlflow.log_dict(data.split, "split.json")
         train_inputs = data.train[use_case.model_inputs]
         profile = reference_profile(
             {
@@ -273,9 +264,60 @@ def train_candidate(
                 pip_requirements=requirements(trainer, model.estimator),
                 registered_model_name=use_case.name,
             )
+    return as_challenger(
+        use_case.name,
+        info,
+        run,
+        trainer,
+        registry,
+        actor=actor,
+        metrics=metrics,
+        gates=gates,
+    )
+
+
+def log_verdict(
+    name: str,
+    key: str,
+    gates: list[GateResult],
+    *,
+    lineage: dict[str, int],
+    split: dict[str, object],
+) -> None:
+    """On the active run: training key, lineage, split and every gate's verdict."""
+    mlflow.set_tags({f"{LINEAGE_TAG}.{t}": str(v) for t, v in lineage.items()})
+    mlflow.set_tags(
+        {
+            KEY_TAG: key,
+            "aistack.use_case": name,
+            "aistack.gates_passed": str(all(g.passed for g in gates)).lower(),
+            **{
+                f"gate.{g.name}": f"{'pass' if g.passed else 'FAIL'}: {g.detail}"
+                for g in gates
+            },
+        }
+    )
+    mlflow.log_metrics({f"gate.{g.name}": float(g.passed) for g in gates})
+    mlflow.log_dict({g.name: g.__dict__ for g in gates}, "gates.json")
+    mlflow.log_dict(lineage, "lineage.json")
+    mlflow.log_dict(split, "split.json")
+
+
+def as_challenger(
+    name: str,
+    info: Any,  # noqa: ANN401  (mlflow's ModelInfo)
+    run: Any,  # noqa: ANN401  (mlflow's ActiveRun)
+    trainer: Trainer,
+    registry: Registry,
+    *,
+    actor: str,
+    metrics: dict[str, float],
+    gates: list[GateResult],
+) -> Candidate:
+    """Point `challenger` at the version just registered; its candidate."""
     version = int(info.registered_model_version)
     registry.move(
-        use_case.name,
+        name,
         "challenger",
         version,
         actor=actor,
@@ -302,16 +344,26 @@ def choose_champion(
     best = best_candidate(use_case, candidates)
     if best is None:
         return None
-    primary = use_case.gates.primary_metric
+    return promote_champion(
+        use_case.name,
+        best,
+        use_case.gates.primary_metric,
+        registry=registry,
+        actor=actor,
+    )
+
+
+def promote_champion(
+    name: str, best: Candidate, primary: str, *, registry: Registry, actor: str
+) -> Candidate:
+    """Make `best` champion (and clear challenger if it pointed there)."""
     reason = (
         f"passed all gates; {primary}={best.metrics[primary]:.4f} "
         f"(run {best.run_id}, {best.trainer})"
     )
-    registry.move(use_case.name, "champion", best.version, actor=actor, reason=reason)
-    if registry.version_of(use_case.name, "challenger") == best.version:
-        registry.move(
-            use_case.name, "challenger", None, actor=actor, reason="became champion"
-        )
+    registry.move(name, "champion", best.version, actor=actor, reason=reason)
+    if registry.version_of(name, "challenger") == best.version:
+        registry.move(name, "challenger", None, actor=actor, reason="became champion")
     return best
 
 

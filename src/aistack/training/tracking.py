@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import mlflow
 
-from aistack.contract import UseCase
+from aistack.contract import RankingUseCase, UseCase
 
 LINEAGE_TAG = "aistack.lineage"
 PROFILE_ARTIFACT = "reference_profile.json"
@@ -28,7 +28,7 @@ def tracking(uri: str) -> Iterator[None]:
         mlflow.set_registry_uri(before[1])
 
 
-def experiment_id(use_case: UseCase, artifacts: str) -> str:
+def experiment_id(use_case: UseCase | RankingUseCase, artifacts: str) -> str:
     """The use case's experiment, created with artifacts under the workspace."""
     name = f"aistack-{use_case.name}"
     found = mlflow.get_experiment_by_name(name)

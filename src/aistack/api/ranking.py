@@ -1,0 +1,311 @@
+"""The API of a ranking use case: top-K items per user, and for a session.
+
+At load, the champion's top-`MAX_K` items of every known user are computed
+once (items the user already has excluded), so a request is a dictionary
+lookup and a slice; the result is exactly the model's ranking. Unknown users
+go down the cold-start path (the recommender's scores for an empty history:
+popularity and content) and are flagged. A background thread polls the
+registry and swaps in a new champion atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import mlflow
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import status as http
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+
+from aistack.api.auth import require_token
+from aistack.contract import RankingUseCase
+from aistack.lake.delta import Lake
+from aistack.registry.aliases import Registry
+from aistack.settings import Settings
+from aistack.training.recommend import RankingModel
+from aistack.training.tracking import tracking
+
+log = logging.getLogger("aistack.api.ranking")
+MAX_K = 100
+ID_MAX = 2**63 - 1
+
+
+class RankedItem(BaseModel):
+    """One recommended item."""
+
+    item_id: int | str
+    score: float
+    rank: int
+
+
+class UserRecommendations(BaseModel):
+    """A user's top-K, best first; items the user already has are left out."""
+
+    user_id: int
+    items: list[RankedItem]
+    cold_start: bool = Field(
+        description="The user has no history: popularity and content path."
+    )
+    model_name: str
+    model_version: int
+
+
+class Session(BaseModel):
+    """An anonymous visitor's recent items."""
+
+    items: list[int] = Field(min_length=0, max_length=1000)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+
+
+class SessionRecommendations(BaseModel):
+    """Top-K for a session; the session's own items are left out."""
+
+    items: list[RankedItem]
+    unknown_items: list[int] = Field(description="Session items not in the catalogue.")
+    model_name: str
+    model_version: int
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "aistack_requests",
+            "Requests by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "aistack_request_seconds",
+            "Time to answer, by route.",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+        )
+        self.cold_start = Counter(
+            "aistack_cold_start_requests",
+            "Requests for users without history.",
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "aistack_auth_failures", "Refused bearer tokens.", registry=self.registry
+        )
+
+
+@dataclass
+class Loaded:
+    """One served model version and its precomputed rankings."""
+
+    version: int
+    model: RankingModel
+    top: np.ndarray
+    scores: np.ndarray
+    cold_top: np.ndarray
+    cold_scores: np.ndarray
+
+
+def precompute(model: RankingModel, version: int) -> Loaded:
+    """Every known user's top-`MAX_K` and the cold-start ranking."""
+    k = min(MAX_K, len(model.items))
+    tops, scores = [], []
+    for start in range(0, len(model.users), 1024):
+        rows = np.arange(start, min(start + 1024, len(model.users)))
+        top, score = model.top_k_rows(rows, k)
+        tops.append(top)
+        scores.append(score)
+    cold_top, cold_scores, _ = model.top_k_session([], k)
+    return Loaded(
+        version,
+        model,
+        np.concatenate(tops),
+        np.concatenate(scores),
+        cold_top,
+        cold_scores,
+    )
+
+
+class RankingState:
+    """The served model, swapped by a registry poller; metrics; settings."""
+
+    def __init__(self, use_case: RankingUseCase, settings: Settings) -> None:
+        self.use_case = use_case
+        self.settings = settings
+        self.metrics = _Metrics()
+        self.registry = Registry(Lake(settings.tables_dir), settings.mlflow_uri)
+        self.loaded: Loaded | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        """Load the champion when it changed (errors are logged, not raised)."""
+        with tracking(self.settings.mlflow_uri):
+            version = self.registry.version_of(self.use_case.name, "champion")
+            if version is None or (self.loaded and self.loaded.version == version):
+                return
+            model = mlflow.sklearn.load_model(f"models:/{self.use_case.name}/{version}")
+        self.loaded = precompute(model, version)
+        log.info("serving %s version %s", self.use_case.name, version)
+
+    def start(self) -> None:
+        """Load now, then poll the registry in the background."""
+        try:
+            self.refresh()
+        except Exception:
+            log.exception("could not load the champion")
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("registry poll failed")
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _items(
+    model: RankingModel, top: np.ndarray, scores: np.ndarray
+) -> list[RankedItem]:
+    ids = model.items[top]
+    return [
+        RankedItem(
+            item_id=i.item() if hasattr(i, "item") else i, score=float(s), rank=r
+        )
+        for r, (i, s) in enumerate(zip(ids, scores, strict=True), start=1)
+        if np.isfinite(s)
+    ]
+
+
+def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
+    """GET /v1/<uc>/users/{id}/items and POST /v1/<uc>/session/items."""
+    router = APIRouter(
+        prefix=f"/v1/{use_case.name}",
+        tags=[use_case.name],
+        dependencies=[Depends(require_token)],
+    )
+
+    def served(request: Request) -> tuple[RankingState, Loaded]:
+        state: RankingState = request.app.state.server
+        if state.loaded is None:
+            raise HTTPException(http.HTTP_503_SERVICE_UNAVAILABLE, "no champion yet")
+        return state, state.loaded
+
+    @router.get("/users/{user_id}/items", response_model=UserRecommendations)
+    async def for_user(
+        request: Request,
+        user_id: Annotated[int, Path(ge=0, le=ID_MAX)],
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = use_case.k,
+    ) -> UserRecommendations:
+        """The user's top-k items not yet rated; unknown users: cold start."""
+        state, loaded = served(request)
+        row = loaded.model.user_row(user_id)
+        if row is None:
+            state.metrics.cold_start.inc()
+            items = _items(loaded.model, loaded.cold_top[:k], loaded.cold_scores[:k])
+        else:
+            items = _items(loaded.model, loaded.top[row, :k], loaded.scores[row, :k])
+        return UserRecommendations(
+            user_id=user_id,
+            items=items,
+            cold_start=row is None,
+            model_name=use_case.name,
+            model_version=loaded.version,
+        )
+
+    @router.post("/session/items", response_model=SessionRecommendations)
+    async def for_session(payload: Session, request: Request) -> SessionRecommendations:
+        """Top-k items for an anonymous session of recently seen items."""
+        _, loaded = served(request)
+        top, scores, unknown = loaded.model.top_k_session(
+            list(payload.items), payload.k
+        )
+        return SessionRecommendations(
+            items=_items(loaded.model, top, scores),
+            unknown_items=[int(i) for i in unknown],  # type: ignore[call-overload]
+            model_name=use_case.name,
+            model_version=loaded.version,
+        )
+
+    return router
+
+
+def create_ranking_app(use_case: RankingUseCase, settings: Settings) -> FastAPI:
+    """The API serving a ranking use case: health, readiness, metrics, top-K."""
+    state = RankingState(use_case, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.start()
+        try:
+            yield
+        finally:
+            state.stop()
+
+    app = FastAPI(
+        title=f"AI Stack: {use_case.name}",
+        description=use_case.description,
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.server = state
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: a champion is loaded."""
+        if state.loaded is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse({"ready": True, "model_version": state.loaded.version})
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        """Prometheus metrics."""
+        return PlainTextResponse(
+            generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    app.include_router(build_ranking_router(use_case))
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Any) -> Any:  # noqa: ANN401
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        state.metrics.requests.labels(name, str(response.status_code)).inc()
+        state.metrics.latency.labels(name).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        from aistack.api.main import field_errors  # noqa: PLC0415
+
+        return JSONResponse({"detail": field_errors(exc)}, status_code=422)
+
+    return app

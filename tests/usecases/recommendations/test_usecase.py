@@ -1,0 +1,108 @@
+"""The recommendations use case end to end on MovieLens-100K: medallion, six
+models trained and gated on RecBole's protocol, champion, batch top-K, and the
+served top-K over HTTP (exactly the batch ranking, rated items left out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aistack.contract import get_any_use_case
+from aistack.runner import run
+from aistack.training.tracking import tracking
+from conftest import make_workspace
+from servers import aistack_server
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    uc = get_any_use_case("recommendations")
+    ws = make_workspace(tmp_path_factory.mktemp("rec") / "ws")
+    report = run(uc, ws, uc.params())
+    return uc, ws, report
+
+
+def test_every_rating_is_accounted_for_and_models_are_gated(trained) -> None:
+    _, ws, report = trained
+    silver = {s.table: s for s in report.silver}
+    assert ws.lake.rows("silver.ratings") == 100_000
+    assert ws.lake.rows("silver.movies") == 1682 and ws.lake.rows("silver.users") == 943
+    assert all(s.quarantined_rows == 0 for s in silver.values())
+    verdicts = {c.trainer: c.passed for c in report.candidates}
+    assert verdicts["content_tfidf"] is False  # below the NDCG@10 floor
+    assert verdicts["ease"] and verdicts["als"] and verdicts["item_knn"]
+    champion = report.champion
+    assert champion is not None and champion.metrics["ndcg_at_10"] > 0.3
+    best = max(
+        (c for c in report.candidates if c.passed),
+        key=lambda c: c.metrics["ndcg_at_10"],
+    )
+    assert champion.trainer == best.trainer
+
+
+def test_a_rerun_on_the_same_inputs_trains_nothing(trained) -> None:
+    uc, ws, report = trained
+    again = run(uc, ws, uc.params())
+    assert all(c.reused for c in again.candidates)
+    assert [c.version for c in again.candidates] == [
+        c.version for c in report.candidates
+    ]
+    assert again.scoring is not None and again.scoring.skipped
+
+
+def test_batch_top_k_leaves_out_rated_items(trained) -> None:
+    uc, ws, _ = trained
+    con = ws.lake.connect(ws.lake.versions([uc.recommendations_table, uc.interactions]))
+    per_user = con.execute(
+        f"SELECT count(*) AS n, count(DISTINCT user_id) AS users "
+        f"FROM {uc.recommendations_table}"
+    ).fetchone()
+    assert per_user == (943 * 10, 943)
+    overlap = con.execute(
+        f"SELECT count(*) FROM {uc.recommendations_table} r "
+        f"JOIN {uc.interactions} s USING (user_id, item_id)"
+    ).fetchone()
+    assert overlap == (0,)
+
+
+def test_served_top_k_is_the_batch_ranking_and_unknown_users_are_cold(
+    trained, tmp_path: Path
+) -> None:
+    uc, ws, _ = trained
+    con = ws.lake.connect(ws.lake.versions([uc.recommendations_table]))
+    expected = [
+        r[0]
+        for r in con.sql(
+            f"SELECT item_id FROM {uc.recommendations_table} "
+            "WHERE user_id = 7 ORDER BY rank"
+        ).fetchall()
+    ]
+    with aistack_server(ws.settings.workspace, use_case=uc.name) as (base, _):
+        answer = httpx.get(f"{base}/v1/recommendations/users/7/items", params={"k": 10})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["cold_start"] is False
+        assert [i["item_id"] for i in body["items"]] == expected
+        scores = [i["score"] for i in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+        cold = httpx.get(f"{base}/v1/recommendations/users/100000/items?k=5").json()
+        assert cold["cold_start"] is True and len(cold["items"]) == 5
+        session = httpx.post(
+            f"{base}/v1/recommendations/session/items",
+            json={"items": [50, 181, 999_999], "k": 5},
+        ).json()
+        got = [i["item_id"] for i in session["items"]]
+        assert len(got) == 5 and not {50, 181} & set(got)
+        assert session["unknown_items"] == [999_999]
+        for bad in ("k=0", "k=101", "k=x"):
+            refused = httpx.get(f"{base}/v1/recommendations/users/7/items?{bad}")
+            assert refused.status_code == 422
+            assert refused.json()["detail"][0]["loc"] == ["query", "k"]
+        huge = httpx.get(f"{base}/v1/recommendations/users/{2**64}/items")
+        assert huge.status_code == 422
+        metrics = httpx.get(f"{base}/metrics").text
+        assert "aistack_cold_start_requests_total 1.0" in metrics
+    with tracking(ws.settings.mlflow_uri):
+        assert ws.registry.version_of(uc.name, "champion") == body["model_version"]
