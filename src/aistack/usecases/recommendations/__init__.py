@@ -1,1 +1,1 @@
-"""Recommendations reference use case: MovieLens, six models, RecBole's protocol."""
+"""Recommendations reference use case: MovieLens, seven models, RecBole's protocol."""
