@@ -1,4 +1,4 @@
-"""The six recommenders on MovieLens-100K from the recbole wheel, and its reader."""
+"""The seven recommenders on MovieLens-100K from the recbole wheel, and its reader."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from aistack.usecases.recommendations.models import (
     ContentTFIDF,
     Hybrid,
     Popularity,
+    UserEASE,
     reference_models,
 )
 
@@ -118,7 +119,7 @@ def test_every_model_beats_random_and_collaborative_ones_beat_popularity(
     random = evaluate_full_ranking(Random(train.n_items), train, valid)["ndcg@10"]
     assert random < 0.02
     assert all(value > 2 * random for value in valid_ndcg.values()), valid_ndcg
-    for name in ("ItemKNN", "ALS", "EASE", "Hybrid"):
+    for name in ("ItemKNN", "ALS", "EASE", "UserEASE", "Hybrid"):
         assert valid_ndcg[name] > valid_ndcg["Popularity"] + 0.05, valid_ndcg
 
 
@@ -141,6 +142,17 @@ def test_fitting_twice_with_a_seed_gives_the_same_scores(splits: tuple) -> None:
     assert not np.array_equal(first, ALS(seed=4).fit(train, None).score(users))
 
 
+def test_user_ease_beats_popularity_on_valid_and_is_deterministic(
+    splits: tuple, valid_ndcg: dict[str, float]
+) -> None:
+    train, _, _ = splits
+    users = np.arange(50)
+    first, again = (UserEASE().fit(train, None).score(users) for _ in range(2))
+    assert np.array_equal(first, again)
+    assert valid_ndcg["UserEASE"] > valid_ndcg["Popularity"] + 0.1
+    assert UserEASE(reg=5.0).get_params() == {"reg": 5.0}
+
+
 def test_a_user_without_train_interactions_gets_popularity(
     movielens: MovieLens, splits: tuple
 ) -> None:
@@ -158,7 +170,8 @@ def test_a_user_without_train_interactions_gets_popularity(
 
 
 @pytest.mark.parametrize(
-    "name", ["Popularity", "ItemKNN", "ALS", "EASE", "ContentTFIDF", "Hybrid"]
+    "name",
+    ["Popularity", "ItemKNN", "ALS", "EASE", "UserEASE", "ContentTFIDF", "Hybrid"],
 )
 def test_an_anonymous_session_is_scored_from_its_items(name: str, fitted: dict) -> None:
     model = fitted[name]
@@ -185,6 +198,7 @@ def test_every_model_names_its_requirements_and_params() -> None:
         "ItemKNN",
         "ALS",
         "EASE",
+        "UserEASE",
         "ContentTFIDF",
         "Hybrid",
     }

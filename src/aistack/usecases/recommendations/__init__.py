@@ -1,4 +1,4 @@
-"""Recommendations reference use case: MovieLens, six models, RecBole's protocol.
+"""Recommendations reference use case: MovieLens, seven models, RecBole's protocol.
 
 Ratings, movies and users land in bronze, then silver under their contracts
 (bad rows quarantined, ratings checked against known users and movies). Every
