@@ -25,7 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from aistack.api.server import serve
-from aistack.contract import AnyUseCase, UseCase, get_any_use_case, get_use_case
+from aistack.contract import (
+    AnyUseCase,
+    RankingUseCase,
+    UseCase,
+    get_any_use_case,
+    get_use_case,
+)
 from aistack.contract.discovery import discover_all
 from aistack.errors import AIStackError, ConfigError
 from aistack.features.online import materialize, open_store
@@ -231,7 +237,7 @@ def quarantine_command(
     seed: SeedOpt = None,
 ) -> None:
     """Rejected rows of the use case's silver tables: column, check, reason, batch."""
-    uc = get_use_case(use_case)
+    uc = get_any_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
     for spec in uc.silver:
         name = quarantine_table(spec)
@@ -289,7 +295,7 @@ def models_command(
     seed: SeedOpt = None,
 ) -> None:
     """Model versions with their aliases and metrics; --history for alias moves."""
-    uc = get_use_case(use_case)
+    uc = get_any_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
     if at is not None:
         when = at if at.tzinfo else at.replace(tzinfo=UTC)
@@ -301,7 +307,8 @@ def models_command(
         return
     client = ws.registry.client
     table = Table(title=f"registered model {uc.name}")
-    for column in ("version", "aliases", "run", *uc.metrics):
+    names = uc.metric_names if isinstance(uc, RankingUseCase) else list(uc.metrics)
+    for column in ("version", "aliases", "run", *names):
         table.add_column(column)
     with tracking(ws.settings.mlflow_uri):
         versions = client.search_model_versions(f"name = '{uc.name}'")
@@ -316,7 +323,7 @@ def models_command(
                 str(mv.version),
                 ", ".join(aliases.get(int(mv.version), [])),
                 mv.run_id or "-",
-                *(f"{metrics.get(m, float('nan')):.4f}" for m in uc.metrics),
+                *(f"{metrics.get(m, float('nan')):.4f}" for m in names),
             )
     console.print(table)
 
@@ -330,7 +337,7 @@ def lineage_command(
     seed: SeedOpt = None,
 ) -> None:
     """Trace an alias: model version -> MLflow run -> input table@version."""
-    uc = get_use_case(use_case)
+    uc = get_any_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
     version = ws.registry.version_of(uc.name, alias)
     if version is None:
@@ -367,7 +374,7 @@ def promote_command(
 
     A version that failed its gates needs `--force` and a `--reason`.
     """
-    uc = get_use_case(use_case)
+    uc = get_any_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
     event = ws.registry.promote(
         uc.name, version, actor=getpass.getuser(), reason=reason, force=force
@@ -386,7 +393,7 @@ def rollback_command(
     seed: SeedOpt = None,
 ) -> None:
     """Move champion back to the version it held before the current one."""
-    uc = get_use_case(use_case)
+    uc = get_any_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
     event = ws.registry.rollback(uc.name, actor=getpass.getuser(), reason=reason)
     console.print(f"champion of {uc.name}: {event.from_version} -> {event.to_version}")
@@ -413,7 +420,7 @@ def materialize_command(
 ) -> None:
     """Load the online state: aggregation views' recent events and labels from
     silver (up to a watermark), SQL views' latest gold rows."""
-    uc = get_use_case(use_case)
+    uc = get_use_case(use_case, action="aistack materialize")
     settings = load_settings(
         workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
     )
@@ -471,7 +478,7 @@ def stream_command(
 ) -> None:
     """Score events from the use case's Redis stream, exactly once, into the
     prediction log and the output stream (`aistack:<use case>:predictions`)."""
-    uc = get_use_case(use_case)
+    uc = get_use_case(use_case, action="aistack stream")
     settings = load_settings(
         workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
     )
@@ -510,7 +517,7 @@ def replay_command(
 ) -> None:
     """Push ingested events of a time range into the use case's stream, in time
     order, with each label after its delay."""
-    uc = get_use_case(use_case)
+    uc = get_use_case(use_case, action="aistack replay")
     settings = load_settings(
         workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
     )
@@ -585,7 +592,7 @@ def monitor_command(
     seed: SeedOpt = None,
 ) -> None:
     """Drift and live performance of the champion: HTML report, alerts, summary."""
-    uc = get_use_case(use_case)
+    uc = get_use_case(use_case, action="aistack monitor")
     ws = _workspace(workspace, tracking_uri, seed)
     path = report or ws.settings.workspace / "reports" / f"{uc.name}-monitor.html"
     window = timedelta(hours=hours) if hours is not None else None
@@ -612,7 +619,7 @@ def consistency_command(
 ) -> None:
     """Served features against their offline values, for logged predictions whose
     events have since been ingested: per feature mismatch and missing rates."""
-    uc = get_use_case(use_case)
+    uc = get_use_case(use_case, action="aistack consistency")
     ws = _workspace(workspace, tracking_uri, seed)
     since = datetime.now(UTC) - timedelta(hours=hours) if hours is not None else None
     report = check_consistency(ws.lake, uc, since=since)
@@ -662,7 +669,7 @@ def rollout_command(
     seed: SeedOpt = None,
 ) -> None:
     """Start a shadow or canary rollout (servers pick it up), show or stop it."""
-    uc = get_use_case(use_case)
+    uc = get_use_case(use_case, action="aistack rollout")
     ws = _workspace(workspace, tracking_uri, seed)
     chosen = [shadow, canary is not None, stop].count(True)
     if chosen > 1:
@@ -706,7 +713,7 @@ def abtest_command(
     seed: SeedOpt = None,
 ) -> None:
     """Champion vs canary challenger on the declared business metric."""
-    uc = get_use_case(use_case)
+    uc = get_use_case(use_case, action="aistack abtest")
     ws = _workspace(workspace, tracking_uri, seed)
     console.print(abtest_table(ab_test(ws, uc)))
 

@@ -11,8 +11,10 @@ from aistack.contract import (
     Feature,
     FeatureView,
     Gates,
+    RankingUseCase,
     UseCase,
     discover,
+    get_any_use_case,
     get_use_case,
 )
 from aistack.errors import DeclarationError, UseCaseNotFoundError
@@ -25,7 +27,30 @@ def test_fraud_is_registered_through_its_entry_point() -> None:
     assert "fraud" in REGISTERED
 
 
-@pytest.mark.parametrize("name", REGISTERED)
+LABELLED = [n for n in REGISTERED if isinstance(discover()[n], UseCase)]
+RANKING = [n for n in REGISTERED if isinstance(discover()[n], RankingUseCase)]
+
+
+def test_the_shipped_use_cases_are_registered() -> None:
+    assert "fraud" in LABELLED and "recommendations" in RANKING
+
+
+@pytest.mark.parametrize("name", RANKING)
+def test_ranking_use_case_contract(name: str) -> None:
+    uc = get_any_use_case(name)
+    assert isinstance(uc, RankingUseCase)
+    uc.params()
+    silver = {f"silver.{s.name}" for s in uc.silver}
+    assert uc.interactions in silver and (uc.items is None or uc.items in silver)
+    assert uc.gates.primary_metric in uc.metric_names
+    for trainer in uc.trainers:
+        model = trainer.build(0)
+        assert all(hasattr(model, m) for m in ("fit", "score", "score_items"))
+    with pytest.raises(DeclarationError, match="ranking use case: monitor does not"):
+        get_use_case(name, action="monitor")
+
+
+@pytest.mark.parametrize("name", LABELLED)
 def test_use_case_contract(name: str) -> None:
     """What the platform relies on, for every use case a package registers."""
     uc = get_use_case(name)

@@ -32,6 +32,7 @@ from aistack.usecases.recommendations.models import (
     Hybrid,
     ItemKNN,
     Popularity,
+    UserEASE,
 )
 
 
@@ -100,6 +101,7 @@ def _hybrid(seed: int) -> Hybrid:
             ("ItemKNN", ItemKNN()),
             ("ALS", ALS(seed=seed)),
             ("EASE", EASE()),
+            ("UserEASE", UserEASE()),
             ("ContentTFIDF", ContentTFIDF()),
         ]
     )
@@ -139,6 +141,9 @@ use_case = RankingUseCase(
         Trainer("item_knn", lambda seed: ItemKNN(), requirements=ItemKNN.requirements),
         Trainer("als", lambda seed: ALS(seed=seed), requirements=ALS.requirements),
         Trainer("ease", lambda seed: EASE(), requirements=EASE.requirements),
+        Trainer(
+            "user_ease", lambda seed: UserEASE(), requirements=UserEASE.requirements
+        ),
         Trainer(
             "content_tfidf",
             lambda seed: ContentTFIDF(),

@@ -336,6 +336,18 @@ class Hybrid(_Base):
         self.sweeps = sweeps
         self.k = k
 
+    def fit(
+        self,
+        train: Interactions,
+        items: pd.DataFrame | None = None,
+        valid: Interactions | None = None,
+    ) -> Self:
+        """Fit the components on `train`; learn the blend on `valid` when given
+        (the platform passes its validation split), else on `validation`."""
+        if valid is not None:
+            self.validation = valid
+        return super().fit(train, items)
+
     def _fit(self, train: Interactions, items: pd.DataFrame | None) -> None:
         fitted = [model.fit(train, items) for _, model in self.components]
         self.models_ = fitted
