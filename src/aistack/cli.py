@@ -669,7 +669,7 @@ def rollout_command(
     seed: SeedOpt = None,
 ) -> None:
     """Start a shadow or canary rollout (servers pick it up), show or stop it."""
-    uc = get_use_case(use_case, action="aistack rollout")
+    uc = get_any_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
     chosen = [shadow, canary is not None, stop].count(True)
     if chosen > 1:
@@ -712,9 +712,15 @@ def abtest_command(
     tracking_uri: TrackingOpt = None,
     seed: SeedOpt = None,
 ) -> None:
-    """Champion vs canary challenger on the declared business metric."""
-    uc = get_use_case(use_case, action="aistack abtest")
+    """Champion vs canary challenger on the declared business metric (a ranking
+    use case: click-through rate on clicks simulated from held-out ratings)."""
+    uc = get_any_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
+    if isinstance(uc, RankingUseCase):
+        from aistack.monitoring.ranking import ranking_ab_test  # noqa: PLC0415
+
+        console.print(abtest_table(ranking_ab_test(ws, uc)))
+        return
     console.print(abtest_table(ab_test(ws, uc)))
 
 

@@ -5,7 +5,9 @@ once (items the user already has excluded), so a request is a dictionary
 lookup and a slice; the result is exactly the model's ranking. Unknown users
 go down the cold-start path (the recommender's scores for an empty history:
 popularity and content) and are flagged. A background thread polls the
-registry and swaps in a new champion atomically.
+registry and swaps in a new champion atomically; under a canary rollout a
+sticky share of users (the same routing as every use case) is answered by the
+challenger, and the answer names its arm.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from aistack.api.auth import require_token
 from aistack.contract import RankingUseCase
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
+from aistack.registry.rollout import Rollout, read_rollout, routes_to_challenger
 from aistack.settings import Settings
 from aistack.training.recommend import RankingModel
 from aistack.training.tracking import tracking
@@ -64,6 +67,9 @@ class UserRecommendations(BaseModel):
     )
     model_name: str
     model_version: int
+    arm: str = Field(
+        default="champion", description="champion, or challenger under a canary."
+    )
 
 
 class Session(BaseModel):
@@ -149,18 +155,30 @@ class RankingState:
         self.metrics = _Metrics()
         self.registry = Registry(Lake(settings.tables_dir), settings.mlflow_uri)
         self.loaded: Loaded | None = None
+        self.canary: tuple[Rollout, Loaded] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _load(self, version: int, current: Loaded | None) -> Loaded:
+        if current is not None and current.version == version:
+            return current
+        model = mlflow.sklearn.load_model(f"models:/{self.use_case.name}/{version}")
+        log.info("loaded %s version %s", self.use_case.name, version)
+        return precompute(model, version)
+
     def refresh(self) -> None:
-        """Load the champion when it changed (errors are logged, not raised)."""
+        """Load the champion and a canary challenger when they change."""
+        name = self.use_case.name
         with tracking(self.settings.mlflow_uri):
-            version = self.registry.version_of(self.use_case.name, "champion")
-            if version is None or (self.loaded and self.loaded.version == version):
+            version = self.registry.version_of(name, "champion")
+            if version is not None:
+                self.loaded = self._load(version, self.loaded)
+            rollout = read_rollout(self.registry, name)
+            if rollout is None or not rollout.active or rollout.mode != "canary":
+                self.canary = None
                 return
-            model = mlflow.sklearn.load_model(f"models:/{self.use_case.name}/{version}")
-        self.loaded = precompute(model, version)
-        log.info("serving %s version %s", self.use_case.name, version)
+            current = self.canary[1] if self.canary else None
+            self.canary = (rollout, self._load(rollout.version, current))
 
     def start(self) -> None:
         """Load now, then poll the registry in the background."""
@@ -220,6 +238,10 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
     ) -> UserRecommendations:
         """The user's top-k items not yet rated; unknown users: cold start."""
         state, loaded = served(request)
+        arm = "champion"
+        canary = state.canary
+        if canary is not None and routes_to_challenger(canary[0], user_id):
+            arm, loaded = "challenger", canary[1]
         row = loaded.model.user_row(user_id)
         if row is None:
             state.metrics.cold_start.inc()
@@ -232,6 +254,7 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
             cold_start=row is None,
             model_name=use_case.name,
             model_version=loaded.version,
+            arm=arm,
         )
 
     @router.post("/session/items", response_model=SessionRecommendations)

@@ -10,6 +10,13 @@ import httpx
 import pytest
 
 from aistack.contract import get_any_use_case
+from aistack.monitoring.ranking import ranking_ab_test
+from aistack.registry.rollout import (
+    end_rollout,
+    read_rollout,
+    routes_to_challenger,
+    start_rollout,
+)
 from aistack.runner import run
 from aistack.training.tracking import tracking
 from conftest import make_workspace
@@ -106,3 +113,47 @@ def test_served_top_k_is_the_batch_ranking_and_unknown_users_are_cold(
         assert "aistack_cold_start_requests_total 1.0" in metrics
     with tracking(ws.settings.mlflow_uri):
         assert ws.registry.version_of(uc.name, "champion") == body["model_version"]
+
+
+def test_canary_routes_sticky_users_and_the_ab_test_finds_the_better_arm(
+    trained,
+) -> None:
+    uc, ws, report = trained
+    popularity = next(c for c in report.candidates if c.trainer == "popularity")
+    with tracking(ws.settings.mlflow_uri):
+        start_rollout(
+            ws.registry,
+            uc.name,
+            mode="canary",
+            share=50.0,
+            version=popularity.version,
+            actor="test",
+        )
+    try:
+        result = ranking_ab_test(ws, uc, seed=1)
+        # the champion (best NDCG@10) gets more clicks than popularity, clearly
+        assert result.n_a > 1000 and result.n_b > 1000
+        assert result.value_a > result.value_b
+        assert result.significant and result.difference < 0
+        with tracking(ws.settings.mlflow_uri):
+            rollout = read_rollout(ws.registry, uc.name)
+        assert rollout is not None
+        with aistack_server(ws.settings.workspace, use_case=uc.name) as (base, _):
+            arms = {}
+            for user in range(1, 41):
+                body = httpx.get(f"{base}/v1/recommendations/users/{user}/items").json()
+                arms[user] = (body["arm"], body["model_version"])
+                again = httpx.get(f"{base}/v1/recommendations/users/{user}/items")
+                assert (again.json()["arm"], again.json()["model_version"]) == arms[
+                    user
+                ]
+            for user, (arm, version) in arms.items():
+                to_challenger = routes_to_challenger(rollout, user)
+                assert arm == ("challenger" if to_challenger else "champion")
+                assert (version == popularity.version) == to_challenger
+            assert {a for a, _ in arms.values()} == {"champion", "challenger"}
+    finally:
+        with tracking(ws.settings.mlflow_uri):
+            end_rollout(
+                ws.registry, uc.name, status="stopped", reason="test", actor="t"
+            )
