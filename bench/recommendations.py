@@ -38,15 +38,30 @@ ties; its "precision" is micro-averaged and divides by min(K, |R(u)|), not K
 (so it reads higher than RecBole's Precision@K); map divides by min(K, |R(u)|);
 auc is a limited AUC over the top K.
 
+Serving: the platform itself (`aistack run recommendations`, then `aistack
+serve recommendations`, 1 worker) answers GET /v1/recommendations/users/{id}/
+items?k=10 for users 1..1100 (the ids above 943 take the cold-start path);
+`wrk` (keep-alive) as fast as answered, then paced at 500 requests/s on an
+absolute schedule (its latency counts from each request's send).
+
     .venv/bin/python bench/recommendations.py [--source DIR] [--seed 2020]
+    .venv/bin/python bench/recommendations.py --serving-only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import scipy.sparse as sp
 from implicit.evaluation import ranking_metrics_at_k
@@ -101,13 +116,103 @@ def cross_check(
     np.testing.assert_allclose(ours[f"ndcg@{K}"], peer["ndcg"], atol=5e-3)
 
 
+TARGET_P99_MS = 20.0
+TARGET_RATE = 500
+LUA = Path(__file__).parent / "_serving_lua" / "get_users.lua"
+_WRK_JSON = re.compile(r"^WRK_JSON (\{.*\})\s*$", re.MULTILINE)
+
+
+def _wrk(url_prefix: str, *, seconds: int, connections: int, rate: int) -> dict:
+    env = {
+        **os.environ,
+        "BENCH_PREFIX": url_prefix,
+        "BENCH_RATE": f"{rate / 2:g}" if rate else "0",  # per wrk thread
+    }
+    done = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(LUA), url_prefix],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    found = _WRK_JSON.search(done.stdout)
+    if found is None:
+        raise RuntimeError(f"wrk printed no figures: {done.stdout} {done.stderr}")
+    return json.loads(found.group(1))
+
+
+def serving(console: Console) -> bool:
+    """Train and serve through the platform; top-K latency and throughput."""
+    cli = [sys.executable, "-m", "aistack"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp) / "ws"
+        subprocess.run(
+            [*cli, "run", "recommendations", "-q", "-w", str(ws)], check=True
+        )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen(
+            [*cli, "serve", "recommendations", "--port", str(port), "-w", str(ws)],
+            stdout=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            prefix = f"{base}/v1/recommendations/users/"
+            runs = {
+                "as fast as answered (8 connections)": _wrk(
+                    prefix, seconds=10, connections=8, rate=0
+                ),
+                f"paced at {TARGET_RATE} requests/s (8 connections)": _wrk(
+                    prefix, seconds=20, connections=8, rate=TARGET_RATE
+                ),
+            }
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    table = Table(title="Serving top-10 (aistack serve recommendations, 1 worker, wrk)")
+    for column in ("load", "requests/s", "p50 ms", "p99 ms", "max ms", "errors"):
+        table.add_column(column, justify="left" if column == "load" else "right")
+    for name, r in runs.items():
+        rps = r["requests"] / (r["duration_us"] / 1e6)
+        table.add_row(
+            name,
+            f"{rps:,.0f}",
+            f"{r['p50_us'] / 1000:.2f}",
+            f"{r['p99_us'] / 1000:.2f}",
+            f"{r['max_us'] / 1000:.2f}",
+            str(r["non2xx"] + r["errors"]),
+        )
+    console.print(table)
+    paced = runs[f"paced at {TARGET_RATE} requests/s (8 connections)"]
+    rate = paced["requests"] / (paced["duration_us"] / 1e6)
+    p99 = paced["p99_us"] / 1000
+    ok = p99 < TARGET_P99_MS and rate >= 0.95 * TARGET_RATE
+    console.print(
+        f"target: p99 < {TARGET_P99_MS:g} ms at {TARGET_RATE} requests/s: "
+        f"p99 {p99:.2f} ms at {rate:,.0f}/s {verdict(ok)}"
+    )
+    return ok
+
+
 def main() -> None:
     """Fit every model on train, evaluate on valid and test, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--serving-only", action="store_true")
     args = parser.parse_args()
     console = Console(width=150)
+    if args.serving_only:
+        serving(console)
+        return
 
     movielens = load_movielens(args.source)
     train, valid, test = recbole_splits(movielens, seed=args.seed)
@@ -160,6 +265,7 @@ def main() -> None:
     als = fitted["ALS"]
     assert isinstance(als, ALS)
     cross_check(console, als, results["ALS"], (train, valid, test))
+    serving(console)
 
 
 if __name__ == "__main__":

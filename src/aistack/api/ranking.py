@@ -15,17 +15,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import mlflow
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi import status as http
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -34,6 +35,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.api.auth import require_token
 from aistack.contract import RankingUseCase
@@ -124,6 +126,8 @@ class Loaded:
     scores: np.ndarray
     cold_top: np.ndarray
     cold_scores: np.ndarray
+    answers: list[list[dict[str, Any]]]
+    cold_answer: list[dict[str, Any]]
 
 
 def precompute(model: RankingModel, version: int) -> Loaded:
@@ -136,13 +140,16 @@ def precompute(model: RankingModel, version: int) -> Loaded:
         tops.append(top)
         scores.append(score)
     cold_top, cold_scores, _ = model.top_k_session([], k)
+    top, score = np.concatenate(tops), np.concatenate(scores)
     return Loaded(
         version,
         model,
-        np.concatenate(tops),
-        np.concatenate(scores),
+        top,
+        score,
         cold_top,
         cold_scores,
+        [_items(model, top[row], score[row]) for row in range(len(top))],
+        _items(model, cold_top, cold_scores),
     )
 
 
@@ -205,15 +212,41 @@ class RankingState:
 
 def _items(
     model: RankingModel, top: np.ndarray, scores: np.ndarray
-) -> list[RankedItem]:
+) -> list[dict[str, Any]]:
     ids = model.items[top]
     return [
-        RankedItem(
-            item_id=i.item() if hasattr(i, "item") else i, score=float(s), rank=r
-        )
+        {"item_id": i.item() if hasattr(i, "item") else i, "score": float(s), "rank": r}
         for r, (i, s) in enumerate(zip(ids, scores, strict=True), start=1)
         if np.isfinite(s)
     ]
+
+
+class _Counted:
+    """Count and time requests by route template and status (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, metrics: _Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(name, str(status)).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - start)
 
 
 def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
@@ -235,7 +268,7 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
         request: Request,
         user_id: Annotated[int, Path(ge=0, le=ID_MAX)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = use_case.k,
-    ) -> UserRecommendations:
+    ) -> Response:
         """The user's top-k items not yet rated; unknown users: cold start."""
         state, loaded = served(request)
         arm = "champion"
@@ -245,17 +278,18 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
         row = loaded.model.user_row(user_id)
         if row is None:
             state.metrics.cold_start.inc()
-            items = _items(loaded.model, loaded.cold_top[:k], loaded.cold_scores[:k])
+            items = loaded.cold_answer[:k]
         else:
-            items = _items(loaded.model, loaded.top[row, :k], loaded.scores[row, :k])
-        return UserRecommendations(
-            user_id=user_id,
-            items=items,
-            cold_start=row is None,
-            model_name=use_case.name,
-            model_version=loaded.version,
-            arm=arm,
-        )
+            items = loaded.answers[row][:k]
+        body = {  # precomputed answers, serialised directly (no revalidation)
+            "user_id": user_id,
+            "items": items,
+            "cold_start": row is None,
+            "model_name": use_case.name,
+            "model_version": loaded.version,
+            "arm": arm,
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
 
     @router.post("/session/items", response_model=SessionRecommendations)
     async def for_session(payload: Session, request: Request) -> SessionRecommendations:
@@ -265,7 +299,7 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
             list(payload.items), payload.k
         )
         return SessionRecommendations(
-            items=_items(loaded.model, top, scores),
+            items=[RankedItem(**i) for i in _items(loaded.model, top, scores)],
             unknown_items=[int(i) for i in unknown],  # type: ignore[call-overload]
             model_name=use_case.name,
             model_version=loaded.version,
@@ -315,15 +349,7 @@ def create_ranking_app(use_case: RankingUseCase, settings: Settings) -> FastAPI:
 
     app.include_router(build_ranking_router(use_case))
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Any:  # noqa: ANN401
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        state.metrics.requests.labels(name, str(response.status_code)).inc()
-        state.metrics.latency.labels(name).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(_Counted, metrics=state.metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
