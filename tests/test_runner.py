@@ -54,7 +54,14 @@ def check_invariants(lake: Lake) -> None:
     assert silver_ids.get_column("transaction_id").is_unique().all()
 
 
-@pytest.mark.parametrize("kill_after", [1.5, 4.0, 7.0])
+@pytest.mark.parametrize(
+    "kill_after",
+    [  # early (ingest/silver) in the default run; later stages with -m slow
+        1.5,
+        pytest.param(4.0, marks=pytest.mark.slow),
+        pytest.param(7.0, marks=pytest.mark.slow),
+    ],
+)
 def test_killed_run_then_rerun_completes(tmp_path: Path, kill_after: float) -> None:
     workspace = tmp_path / "ws"
     proc = aistack_run(workspace)

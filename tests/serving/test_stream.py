@@ -101,6 +101,7 @@ def test_killed_consumers_leave_every_event_scored_exactly_once(streamed) -> Non
     assert table["mismatch_rate"].max() == 0.0, table.to_string()
 
 
+@pytest.mark.slow  # the exactly-once test above already runs two consumers
 def test_consumers_in_one_group_share_the_load(streamed) -> None:
     ws, _, url, pushed = streamed
     procs = [consume(ws, url, name=n, batch=100) for n in ("a", "b")]
