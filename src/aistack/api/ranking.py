@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import mlflow
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
@@ -41,6 +40,7 @@ from aistack.api.auth import require_token
 from aistack.contract import RankingUseCase
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
+from aistack.registry.artifacts import load_model
 from aistack.registry.rollout import Rollout, read_rollout, routes_to_challenger
 from aistack.settings import Settings
 from aistack.training.recommend import RankingModel
@@ -169,7 +169,7 @@ class RankingState:
     def _load(self, version: int, current: Loaded | None) -> Loaded:
         if current is not None and current.version == version:
             return current
-        model = mlflow.sklearn.load_model(f"models:/{self.use_case.name}/{version}")
+        model = load_model(self.registry, self.use_case.name, version)
         log.info("loaded %s version %s", self.use_case.name, version)
         return precompute(model, version)
 

@@ -27,6 +27,7 @@ from aistack.monitoring.alerts import AlertEvent, evaluate_alerts, latest_alerts
 from aistack.monitoring.consistency import ConsistencyReport, check_consistency
 from aistack.monitoring.drift import ColumnDrift, detect_drift, drift_frame
 from aistack.monitoring.report import render_report
+from aistack.registry.artifacts import load_model
 from aistack.registry.rollout import end_rollout, read_rollout
 from aistack.training.sets import build_training_set
 from aistack.training.tracking import lineage_of, tracking
@@ -152,7 +153,7 @@ def reference_frame(
         lineage=lineage,
         seed=int(run.data.params.get("split.seed", ws.settings.seed)),
     )
-    model = mlflow.sklearn.load_model(f"models:/{use_case.name}/{version}")
+    model = load_model(ws.registry, use_case.name, version)
     inputs = data.train[use_case.model_inputs]
     frame = inputs[use_case.feature_names].assign(score=model.predict(inputs))
     metrics = dict(run.data.metrics)

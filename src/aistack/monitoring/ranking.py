@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import mlflow
 import numpy as np
 
 from aistack.contract import RankingUseCase
 from aistack.errors import ConfigError
 from aistack.monitoring.abtest import ABResult, compare
+from aistack.registry.artifacts import load_model
 from aistack.registry.rollout import read_rollout, routes_to_challenger
 from aistack.training.ranking import top_k
 from aistack.training.recommend import RankingModel, load_ranking_data
@@ -56,7 +56,7 @@ def ranking_ab_test(
         if champion is None:
             raise ConfigError(f"{uc.name}: no champion")
         models: dict[str, RankingModel] = {
-            arm: mlflow.sklearn.load_model(f"models:/{uc.name}/{version}")
+            arm: load_model(ws.registry, uc.name, version)
             for arm, version in (("A", champion), ("B", rollout.version))
         }
     data = load_ranking_data(ws.lake, uc, seed=ws.settings.seed)

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import mlflow
 import pyarrow as pa
 
 from aistack.contract import RankingUseCase, UseCase
@@ -19,6 +18,7 @@ from aistack.errors import RegistryError
 from aistack.features.gold import point_in_time_join
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
+from aistack.registry.artifacts import load_model
 from aistack.training.recommend import recommendations_frame
 from aistack.training.sets import label_spine, with_request_features
 
@@ -63,7 +63,7 @@ def score_range(
         lake, use_case, spine, as_of=datetime.now(UTC), versions=lineage
     )
     frame = with_request_features(joined, use_case)
-    model = mlflow.sklearn.load_model(f"models:/{use_case.name}@champion")
+    model = load_model(registry, use_case.name, version)
     scores = model.predict(frame[use_case.model_inputs]) if len(frame) else []
     keys = dict.fromkeys(
         [labels.id, labels.timestamp, *(v.entity for v in use_case.views)]
@@ -104,7 +104,7 @@ def score_recommendations(
     }
     if lake.last_inputs(table) == inputs:
         return ScoreResult(table, 0, version, lake.version(table), skipped=True)
-    model = mlflow.sklearn.load_model(f"models:/{use_case.name}/{version}")
+    model = load_model(registry, use_case.name, version)
     frame = recommendations_frame(
         model, use_case.k, user=use_case.user, item=use_case.item
     )

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aistack.registry.aliases import Registry
+from aistack.registry.artifacts import load_model
 from aistack.training.models import ScoringModel
 from aistack.training.tracking import PROFILE_ARTIFACT
 
@@ -180,7 +181,7 @@ def load_version(
     The profile (quantile bins of its training data) is None for a model logged
     without one.
     """
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    model = load_model(registry, name, version)
     sample = np.random.default_rng(0).random((256, len(model.features))) * 100
     predictor = load_predictor(name, version, model, sample=sample)
     run_id = registry.client.get_model_version(name, str(version)).run_id

@@ -26,6 +26,7 @@ from mlflow.models import infer_signature
 from aistack.contract import RankingUseCase, Trainer, UseCase
 from aistack.contract.model import greater_is_better
 from aistack.registry.aliases import Registry
+from aistack.registry.artifacts import load_model, record_digest
 from aistack.training.gates import GateResult, check_gates
 from aistack.training.metrics import PROBA_PREFIX
 from aistack.training.models import Scorer, ScoringModel
@@ -193,7 +194,7 @@ def champion_metric(
     """The current champion's primary metric on this holdout, None without one."""
     if registry.version_of(use_case.name, "champion") is None:
         return None
-    champion = mlflow.sklearn.load_model(f"models:/{use_case.name}@champion")
+    champion = load_model(registry, use_case.name, "champion")
     return evaluate(champion, holdout, use_case)[use_case.gates.primary_metric]
 
 
@@ -314,8 +315,10 @@ def as_challenger(
     metrics: dict[str, float],
     gates: list[GateResult],
 ) -> Candidate:
-    """Point `challenger` at the version just registered; its candidate."""
+    """Record the artifact digest of the version just registered, point
+    `challenger` at it; its candidate."""
     version = int(info.registered_model_version)
+    record_digest(registry, name, version)
     registry.move(
         name,
         "challenger",

@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator
 from aistack.contract import RankingUseCase, Trainer
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
+from aistack.registry.artifacts import load_model
 from aistack.sql import quote
 from aistack.training.fit import (
     Candidate,
@@ -262,7 +263,7 @@ def champion_ranking_metric(
     """The champion's primary metric on this test split, None without one."""
     if registry.version_of(uc.name, "champion") is None:
         return None
-    champion: RankingModel = mlflow.sklearn.load_model(f"models:/{uc.name}@champion")
+    champion: RankingModel = load_model(registry, uc.name, "champion")
     if champion.recommender is None or len(champion.items) != data.train.n_items:
         return None  # another catalogue: not comparable
     found = evaluate_full_ranking(
