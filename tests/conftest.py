@@ -40,8 +40,12 @@ def fraud_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, RunR
 @pytest.fixture
 def served_workspace(fraud_run, tmp_path: Path) -> Workspace:
     """A private copy of the small run (tests move aliases), materialized."""
+    return served_copy(fraud_run, tmp_path / "served")
+
+
+def served_copy(fraud_run: tuple[Workspace, RunReport], root: Path) -> Workspace:
+    """A copy of the small run under `root`, materialized and bootstrapped."""
     source, _ = fraud_run
-    root = tmp_path / "served"
     shutil.copytree(source.settings.workspace, root)
     ws = make_workspace(root)
     uc = get_use_case("fraud")

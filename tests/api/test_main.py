@@ -15,6 +15,7 @@ import pytest
 from aistack.api.state import prediction_log_table
 from aistack.contract import get_use_case
 from aistack.features.online import materialize, open_store
+from conftest import served_copy
 from servers import aistack_server, redis_binary, redis_server
 
 GOOD = {
@@ -68,6 +69,9 @@ BAD = [
         ["body", "tx_amount"],
     ),
     ({**GOOD, "tx_datetime": "yesterday"}, ["body", "tx_datetime"]),
+    ({**GOOD, "tx_datetime": 1_527_681_600}, ["body", "tx_datetime"]),  # no epochs
+    ({**GOOD, "customer_id": 2**64}, ["body", "customer_id"]),  # above BIGINT
+    ({**GOOD, "transaction_id": 2**63}, ["body", "transaction_id"]),
     ({k: v for k, v in GOOD.items() if k != "customer_id"}, ["body", "customer_id"]),
     ({**GOOD, "surprise": 1}, ["body", "surprise"]),
     ([GOOD], ["body"]),
@@ -125,16 +129,14 @@ def test_tokens_guard_predictions_not_health(served_workspace) -> None:
         assert "aistack_auth_failures_total 3.0" in text
 
 
-def test_metrics_cover_requests_scores_lookups_and_model(
-    served_workspace_server,
-) -> None:
-    base = served_workspace_server
-    with httpx.Client(base_url=base) as client:
-        for i in range(150):  # enough for the in-server PSI (100 rows minimum)
-            client.post("/v1/fraud/predict", json={**GOOD, "customer_id": i})
-        client.post("/v1/fraud/predict", json={})
-    time.sleep(1.0)  # one evaluation interval publishes the drift gauges
-    text = httpx.get(f"{base}/metrics").text
+def test_metrics_cover_requests_scores_lookups_and_model(served_workspace) -> None:
+    with aistack_server(served_workspace.settings.workspace) as (base, _):
+        with httpx.Client(base_url=base) as client:
+            for i in range(150):  # enough for the in-server PSI (100 rows minimum)
+                client.post("/v1/fraud/predict", json={**GOOD, "customer_id": i})
+            client.post("/v1/fraud/predict", json={})
+        time.sleep(1.0)  # one evaluation interval publishes the drift gauges
+        text = httpx.get(f"{base}/metrics").text
     assert 'aistack_feature_psi{feature="tx_amount"}' in text
     assert 'aistack_feature_psi{feature="score"}' in text
     assert 'aistack_requests_total{route="/v1/fraud/predict",status="200"}' in text
@@ -227,9 +229,11 @@ def test_sigterm_flushes_every_logged_prediction(served_workspace) -> None:
     )
 
 
-@pytest.fixture
-def served_workspace_server(served_workspace):
-    with aistack_server(served_workspace.settings.workspace) as (base, _):
+@pytest.fixture(scope="module")
+def served_workspace_server(fraud_run, tmp_path_factory):
+    """One server for the module's read-only checks (a server start is seconds)."""
+    ws = served_copy(fraud_run, tmp_path_factory.mktemp("api") / "served")
+    with aistack_server(ws.settings.workspace) as (base, _):
         yield base
 
 

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from fastapi import HTTPException, Request, status
 
 from aistack.api.state import ServerState
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid bearer token (when tokens are set)."}
+}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "No champion loaded yet, or the online store is down."}
+}
 
 
 async def require_token(request: Request) -> None:

@@ -36,7 +36,7 @@ from prometheus_client import (
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aistack.api.auth import require_token
+from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.contract import RankingUseCase
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
@@ -255,6 +255,7 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
         prefix=f"/v1/{use_case.name}",
         tags=[use_case.name],
         dependencies=[Depends(require_token)],
+        responses={**UNAUTHORIZED, **UNAVAILABLE},
     )
 
     def served(request: Request) -> tuple[RankingState, Loaded]:

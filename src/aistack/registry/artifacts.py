@@ -12,6 +12,7 @@ one-line error instead of being run.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from aistack.errors import RegistryError
 from aistack.registry.aliases import Registry
 
 DIGEST_TAG = "aistack.artifact_sha256"
+# mlflow draws a progress bar per download; these are small and frequent
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def artifact_digest(folder: Path) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from aistack.api.auth import UNAVAILABLE
 from aistack.api.state import ServerState
 
 router = APIRouter(tags=["health"])
@@ -18,7 +19,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", response_model=None)
+@router.get("/ready", response_model=None, responses=UNAVAILABLE)
 async def ready(request: Request) -> dict[str, Any] | JSONResponse:
     """200 when a model is loaded and the online store answers, else 503."""
     state: ServerState = request.app.state.server

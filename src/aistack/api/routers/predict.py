@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.concurrency import run_in_threadpool
 
-from aistack.api.auth import require_token
+from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.api.state import ServerState
 from aistack.contract import UseCase
 from aistack.errors import StoreUnavailableError
@@ -162,6 +162,7 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         prefix=f"/v1/{use_case.name}",
         tags=[use_case.name],
         dependencies=[Depends(require_token)],
+        responses={**UNAUTHORIZED, **UNAVAILABLE},
     )
 
     @router.post("/predict", response_model=answer_model)

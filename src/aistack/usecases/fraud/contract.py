@@ -43,16 +43,32 @@ class Transaction(pa.DataFrameModel):
     )
 
 
+ID_MAX = 2**63 - 1  # ids are stored as BIGINT / Int64
+
+
 class TransactionRequest(BaseModel):
     """One transaction to score online (the handbook's raw fields)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    transaction_id: int | None = Field(None, ge=0, description="Your id; optional.")
-    customer_id: int = Field(ge=0, description="Card holder id.")
-    terminal_id: int = Field(ge=0, description="Payment terminal id.")
+    transaction_id: int | None = Field(
+        None, ge=0, le=ID_MAX, description="Your id; optional."
+    )
+    customer_id: int = Field(ge=0, le=ID_MAX, description="Card holder id.")
+    terminal_id: int = Field(ge=0, le=ID_MAX, description="Payment terminal id.")
     tx_amount: float = Field(ge=0, le=1e9, allow_inf_nan=False, description="Amount.")
-    tx_datetime: datetime = Field(description="When the payment happened (UTC).")
+    tx_datetime: datetime = Field(
+        description="When the payment happened: an ISO 8601 date-time (UTC when "
+        "it has no offset). Numbers are refused, not read as Unix times."
+    )
+
+    @field_validator("tx_datetime", mode="before")
+    @classmethod
+    def _not_a_number(cls, value: object) -> object:
+        """A number is ambiguous (seconds? milliseconds?): only ISO strings."""
+        if isinstance(value, int | float):
+            raise ValueError("expected an ISO 8601 date-time string, not a number")
+        return value
 
     @field_validator("tx_datetime")
     @classmethod
