@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+
+from aistack.lake.delta import Lake
+from conftest import make_workspace
 
 SMALL = ["--customers", "300", "--terminals", "600", "--days", "45"]
 
@@ -178,3 +182,26 @@ def test_pickle_in_a_source_folder_is_refused_unless_allowed(tmp_path: Path) -> 
     )
     assert not marker.exists()
     assert not (tmp_path / ".aistack" / "tables" / "bronze").exists()  # nothing written
+
+
+def test_a_damaged_table_log_is_a_one_line_error(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / ".aistack" / "tables")
+    lake.write("silver.things", pa.table({"a": [1, 2]}), mode="append")
+    lake.write("silver.things", pa.table({"a": [3]}), mode="append")
+    log = lake.path("silver.things") / "_delta_log" / f"{1:020d}.json"
+    log.write_text("{not json")  # a torn write, a bad disk, a careless edit
+    shown = aistack("tables", cwd=tmp_path)
+    assert shown.returncode == 2, shown.stdout
+    assert "table silver.things is unreadable" in shown.stderr
+    assert "_delta_log" in shown.stderr and "Traceback" not in shown.stderr
+    assert len(shown.stderr.strip().splitlines()) <= 3
+
+
+def test_a_second_run_on_a_busy_workspace_is_refused(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / ".aistack")
+    with ws.exclusive("aistack run fraud (the test's)"):
+        second = aistack("run", "fraud", *SMALL, cwd=tmp_path)
+    assert second.returncode == 2, second.stdout
+    assert "is busy: pid" in second.stderr and "the test's" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert not (tmp_path / ".aistack" / "tables" / "bronze").exists()  # nothing ran

@@ -41,3 +41,7 @@ class StoreUnavailableError(AIStackError):
 
 class RegistryError(AIStackError):
     """A registry operation cannot be carried out (no such version or alias)."""
+
+
+class CorruptTableError(AIStackError):
+    """A Delta table's log cannot be read."""

@@ -119,7 +119,7 @@ def run(
     actor = actor or getpass.getuser()
     report = RunReport()
     now = datetime.now(UTC)
-    with progress:
+    with ws.exclusive(f"aistack run {use_case.name}"), progress:
         _land(
             use_case,
             ws,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from aistack.errors import ConfigError
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.settings import Settings
@@ -26,6 +30,37 @@ class Workspace:
         self.lake = Lake(self.settings.tables_dir)
         create_tracking_db(self.settings.mlflow_uri)
         self.registry = Registry(self.lake, self.settings.mlflow_uri)
+
+    @contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold the workspace's run lock while `what` runs; refuse if it is held.
+
+        Two runs on one workspace would interleave stage writes and alias moves;
+        the second is refused at once with the first one's pid and command. The
+        lock is an advisory `flock`: it ends with the process, even on SIGKILL.
+        """
+        path = self.settings.workspace / ".run.lock"
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                msg = (
+                    f"workspace {self.settings.workspace} is busy: {holder}; "
+                    "wait for it to finish (one run per workspace at a time)"
+                )
+                raise ConfigError(msg) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} running {what}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def create_tracking_db(uri: str) -> None:

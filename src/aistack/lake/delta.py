@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import DeltaError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
-from aistack.errors import ConfigError, TableNotFoundError
+from aistack.errors import ConfigError, CorruptTableError, TableNotFoundError
 from aistack.sql import quote
 
 INPUTS_KEY = "aistack.inputs"
@@ -64,6 +65,14 @@ class Lake:
         except DeltaTableNotFound as exc:
             msg = f"table {name} does not exist yet under {self.root}"
             raise TableNotFoundError(msg) from exc
+        except DeltaError as exc:  # a damaged _delta_log: say which table, briefly
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            msg = (
+                f"table {name} is unreadable ({first}); its log is at "
+                f"{self.path(name) / '_delta_log'}: restore it from a backup or "
+                "remove the damaged last commit file"
+            )
+            raise CorruptTableError(msg) from exc
 
     def exists(self, name: str) -> bool:
         """Whether table `name` has at least one committed version."""
