@@ -43,5 +43,9 @@ class RegistryError(AIStackError):
     """A registry operation cannot be carried out (no such version or alias)."""
 
 
+class LogUnavailableError(StoreUnavailableError):
+    """The prediction log cannot take a record (e.g. its disk is full)."""
+
+
 class CorruptTableError(AIStackError):
     """A Delta table's log cannot be read."""

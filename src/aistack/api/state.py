@@ -99,6 +99,9 @@ class ServerState:
             prediction_log_table(self.use_case),
             flush_seconds=self.settings.log_flush_seconds,
             feature_names=self.use_case.feature_names,
+            wal_dir=self.settings.workspace
+            / "wal"
+            / prediction_log_table(self.use_case),
         )
 
     # --- models -------------------------------------------------------------

@@ -1,22 +1,28 @@
 """The prediction log: every served prediction, its features and lineage, in Delta.
 
 One column per served feature (`feature_<name>`) so consistency can be
-measured; buffered off the request path and flushed on shutdown.
+measured; written ahead to a local segment, committed off the request path,
+flushed on shutdown and replayed after a crash (see `PredictionLog`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import orjson
 import pyarrow as pa
 
 from aistack.contract import UseCase
+from aistack.errors import LogUnavailableError
 from aistack.lake.delta import Lake
 from aistack.serving.requests import Scored
 
@@ -109,11 +115,40 @@ def log_table(records: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Tab
 
 
 @dataclass
-class PredictionLog:
-    """Buffered appends of every prediction to a Delta table, off the request path.
+class _Segment:
+    """One write-ahead file of records (JSON lines), flock-ed by its writer."""
 
-    A background thread flushes every `flush_seconds` or `max_rows`; `close`
-    flushes what is left (the server calls it on shutdown, SIGTERM included).
+    path: Path
+    handle: IO[bytes]
+
+    @classmethod
+    def open_new(cls, folder: Path) -> _Segment:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl"
+        handle = path.open("ab")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return cls(path, handle)
+
+    def drop(self) -> None:
+        """The records are in Delta: forget the file."""
+        self.path.unlink(missing_ok=True)
+        self.handle.close()  # closing releases the lock
+
+
+@dataclass
+class PredictionLog:
+    """Every prediction appended to a Delta table, off the request path, never lost.
+
+    With `wal_dir`, `append` first writes the records to a local write-ahead
+    segment (JSON lines; one `write` per call, no fsync: the page cache keeps
+    them if the process is killed) and raises `LogUnavailableError` when it
+    cannot (disk full), so the caller answers 503 instead of acknowledging a
+    prediction it could lose. A background thread flushes every
+    `flush_seconds` or `max_rows`: it rotates the segment, commits its records
+    to Delta and deletes the segment. A failed commit keeps the segment on disk
+    (not in memory: the buffer stays bounded) and is retried; segments left by
+    a killed process are replayed at the next start, skipping request ids
+    already in the table. `close` flushes what is left (SIGTERM included).
     """
 
     lake: Lake
@@ -121,16 +156,22 @@ class PredictionLog:
     flush_seconds: float = 5.0
     max_rows: int = 50_000
     feature_names: Sequence[str] = ()
+    wal_dir: Path | None = None
     _rows: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _segment: _Segment | None = None
+    _pending: list[_Segment] = field(default_factory=list)
     written: int = 0
 
     def start(self) -> None:
-        """Start the background flusher."""
+        """Replay segments of killed processes, then start the background flusher."""
+        if self.wal_dir is not None:
+            self._segment = _Segment.open_new(self.wal_dir)
+            self._adopt_orphans()
         self._thread = threading.Thread(
             target=self._loop, name="prediction-log", daemon=True
         )
@@ -144,41 +185,115 @@ class PredictionLog:
         route: str,
         online_versions: Mapping[str, int],
     ) -> None:
-        """Queue one record per prediction (cheap: no I/O here)."""
+        """Queue one record per prediction (written ahead when a WAL is set)."""
         records = log_records(
             scored, payloads, route=route, online_versions=online_versions
         )
         with self._lock:
+            if self._segment is not None:
+                lines = b"".join(orjson.dumps(r, default=str) + b"\n" for r in records)
+                try:
+                    self._segment.handle.write(lines)
+                    self._segment.handle.flush()
+                except OSError as exc:
+                    msg = f"prediction log cannot be written ahead: {exc.strerror}"
+                    raise LogUnavailableError(msg) from exc
             self._rows.extend(records)
             full = len(self._rows) >= self.max_rows
         if full:
             self._wake.set()
 
     def flush(self) -> int:
-        """Write what is buffered now; returns the rows written.
+        """Write what is buffered (and any earlier failed segment) now.
 
-        On failure the rows go back to the buffer (nothing is lost) and the
-        error is raised to the caller.
+        Returns the rows written. On failure the rows stay in their segment on
+        disk (without a WAL: back in the buffer) and the error is raised.
         """
         with self._write_lock:
             with self._lock:
                 rows, self._rows = self._rows, []
+                done = self._segment
+                if done is not None and self.wal_dir is not None:
+                    self._segment = _Segment.open_new(self.wal_dir)
+            if done is None:  # no write-ahead log: the buffer is the only copy
+                if not rows:
+                    return 0
+                try:
+                    self._write(rows)
+                except Exception:
+                    with self._lock:
+                        self._rows[:0] = rows
+                    raise
+                return len(rows)
             if not rows:
-                return 0
+                done.drop()
+                return self._retry_pending()
+            self._pending.append(done)
+            return self._retry_pending(fresh=rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        self.lake.write(
+            self.table,
+            log_table(rows, log_schema(self.feature_names)),
+            mode="append",
+            merge_schema=True,  # a newer server may log more columns
+            return_version=False,
+        )
+        self.written += len(rows)
+
+    def _retry_pending(self, fresh: list[dict[str, Any]] | None = None) -> int:
+        """Commit pending segments in order; the last one's rows may be in memory.
+
+        Rows read back from disk are checked against the table first (a commit
+        that landed before a crash is not written twice).
+        """
+        written = 0
+        while self._pending:
+            segment = self._pending[0]
+            last = len(self._pending) == 1
+            if last and fresh is not None:
+                rows = fresh
+            else:
+                rows = self._unlogged(_read_segment(segment.path))
+            if rows:
+                self._write(rows)  # raises: the segment stays pending, on disk
+            written += len(rows)
+            self._pending.pop(0).drop()
+        return written
+
+    def _adopt_orphans(self) -> None:
+        """Segments whose writer is gone (no lock held): replay them."""
+        assert self.wal_dir is not None
+        for path in sorted(self.wal_dir.glob("*.jsonl")):
+            if self._segment is not None and path == self._segment.path:
+                continue
+            handle = path.open("ab")
             try:
-                self.lake.write(
-                    self.table,
-                    log_table(rows, log_schema(self.feature_names)),
-                    mode="append",
-                    merge_schema=True,  # a newer server may log more columns
-                    return_version=False,
-                )
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live process owns it
+                handle.close()
+                continue
+            self._pending.append(_Segment(path, handle))
+        if self._pending:
+            log.warning("replaying %d prediction-log segment(s)", len(self._pending))
+            try:
+                self._retry_pending()
             except Exception:
-                with self._lock:
-                    self._rows[:0] = rows
-                raise
-            self.written += len(rows)
-            return len(rows)
+                log.exception("replaying the prediction log failed; will retry")
+
+    def _unlogged(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`rows` whose request id is not in the table yet (replays are idempotent)."""
+        if not rows or not self.lake.exists(self.table):
+            return rows
+        con = self.lake.connect(self.lake.versions([self.table]))
+        ids = [r["request_id"] for r in rows]
+        found = con.execute(
+            f"SELECT DISTINCT request_id FROM {self.table} "
+            "WHERE request_id IN (SELECT unnest($ids))",
+            {"ids": ids},
+        ).fetchall()
+        present = {r[0] for r in found}
+        return [r for r in rows if r["request_id"] not in present]
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -186,13 +301,41 @@ class PredictionLog:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # keep the flusher alive; rows stay buffered
+            except Exception:  # keep the flusher alive; rows stay on disk
                 log.exception("prediction log flush failed; will retry")
 
     def close(self) -> None:
-        """Stop the flusher and write everything still buffered."""
+        """Stop the flusher and write everything still buffered.
+
+        With a WAL, a final flush that fails leaves the rows in their segment
+        for the next start; without one, the error is raised.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.flush()
+        try:
+            self.flush()
+        except Exception:
+            if self.wal_dir is None:
+                raise
+            log.exception("prediction log left on disk for the next start")
+            return
+        if self._segment is not None:
+            self._segment.drop()
+            self._segment = None
+
+
+def _read_segment(path: Path) -> list[dict[str, Any]]:
+    """Records of a segment; a torn last line (killed mid-write) is skipped."""
+    rows = []
+    for line in path.read_bytes().splitlines():
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        for key in ("logged_at", "event_time"):
+            if row.get(key) is not None:
+                row[key] = datetime.fromisoformat(row[key])
+        rows.append(row)
+    return rows

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.api.state import ServerState
 from aistack.contract import UseCase
-from aistack.errors import StoreUnavailableError
+from aistack.errors import LogUnavailableError, StoreUnavailableError
 from aistack.serving.requests import Scored
 
 
@@ -133,6 +133,10 @@ async def _score(
         )
     try:  # off the event loop: /health answers while a big batch is scored
         return await run_in_threadpool(state.score, payloads, route)
+    except LogUnavailableError as exc:  # not logged: not acknowledged
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "prediction log unavailable"
+        ) from exc
     except StoreUnavailableError as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "online store unreachable"

@@ -1,0 +1,131 @@
+"""The prediction log never loses an acknowledged prediction: a SIGKILL before
+the flush, a full disk under the table, a full disk under the write-ahead log."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aistack.lake.delta import Lake
+from servers import aistack_server
+
+GOOD = {"customer_id": 1, "terminal_id": 2, "tx_amount": 10.0}
+TABLE = "ops.fraud_prediction_log"
+
+
+def _send(base: str, first: int, n: int) -> list[int]:
+    """Requests with ids first..first+n-1; the statuses."""
+    with httpx.Client(base_url=base, timeout=30) as client:
+        return [
+            client.post(
+                "/v1/fraud/predict",
+                json={
+                    **GOOD,
+                    "transaction_id": first + i,
+                    "tx_datetime": f"2018-06-01T{(first + i) // 3600 % 24:02d}:"
+                    f"{(first + i) // 60 % 60:02d}:{(first + i) % 60:02d}",
+                },
+            ).status_code
+            for i in range(n)
+        ]
+
+
+def _logged_ids(root: Path) -> list[str]:
+    lake = Lake(root / "tables")
+    if not lake.exists(TABLE):
+        return []
+    return lake.read(TABLE, columns=["request_id"]).column("request_id").to_pylist()
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path: Path, *, free_kb: int) -> Iterator[Path]:
+    """A real file system at `path` with about `free_kb` left (root only)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        filler = path / ".filler"
+        with filler.open("wb") as handle, contextlib.suppress(OSError):
+            handle.write(b"\0" * (2048 - free_kb) * 1024)
+        yield filler
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_sigkill_before_the_flush_loses_no_acknowledged_prediction(
+    served_workspace,
+) -> None:
+    root = served_workspace.settings.workspace
+    env = {"AISTACK_LOG_FLUSH_SECONDS": "3600"}  # nothing flushes on its own
+    with aistack_server(root, env=env) as (base, proc):
+        assert _send(base, 1_000_000, 40) == [200] * 40
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _logged_ids(root) == []  # nothing reached the table...
+    assert list((root / "wal").rglob("*.jsonl"))  # ...it is all written ahead
+    with aistack_server(root, env=env):  # the next start replays it
+        pass
+    ids = _logged_ids(root)
+    assert sorted(ids) == sorted(str(1_000_000 + i) for i in range(40))
+    assert not list((root / "wal").rglob("*.jsonl"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_disk_under_the_table_delays_the_log_and_loses_nothing(
+    served_workspace,
+) -> None:
+    root = served_workspace.settings.workspace
+    ops = root / "tables" / "ops"
+    shutil.rmtree(ops / "fraud_prediction_log", ignore_errors=True)
+    env = {"AISTACK_LOG_FLUSH_SECONDS": "0.2"}
+    with (
+        tiny_tmpfs(ops, free_kb=4) as filler,
+        aistack_server(root, env=env) as (base, _),
+    ):
+        assert _send(base, 2_000_000, 60) == [200] * 60  # acknowledged
+        time.sleep(1.0)  # several flushes fail: no space
+        assert len(_logged_ids(root)) < 60
+        filler.unlink()  # space again: the next flush writes everything
+        deadline = time.monotonic() + 30
+        while len(_logged_ids(root)) < 60 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        ids = _logged_ids(root)
+        assert sorted(ids) == sorted(str(2_000_000 + i) for i in range(60))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_disk_under_the_write_ahead_log_answers_503(served_workspace) -> None:
+    root = served_workspace.settings.workspace
+    env = {"AISTACK_LOG_FLUSH_SECONDS": "3600"}
+    with tiny_tmpfs(root / "wal", free_kb=64) as filler:
+        with aistack_server(root, env=env) as (base, _):
+            statuses = _send(base, 3_000_000, 400)
+            filler.unlink()
+            assert 503 in statuses  # refused, not acknowledged and lost
+            accepted = [3_000_000 + i for i, s in enumerate(statuses) if s == 200]
+            assert accepted
+            refused = httpx.post(
+                f"{base}/v1/fraud/predict",
+                json={
+                    **GOOD,
+                    "transaction_id": 1,
+                    "tx_datetime": "2018-06-02T00:00:00",
+                },
+            )
+            assert refused.status_code in (200, 503)
+        ids = set(_logged_ids(root))  # flushed at SIGTERM
+        assert {str(i) for i in accepted} <= ids
