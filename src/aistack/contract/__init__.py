@@ -30,6 +30,7 @@ from aistack.contract.drift import DriftSettings
 from aistack.contract.features import AggregationView, Feature, FeatureView, View
 from aistack.contract.model import (
     DirectedMetric,
+    Evaluation,
     Gates,
     Labels,
     Metric,
@@ -61,6 +62,7 @@ __all__ = [
     "BusinessMetric",
     "DirectedMetric",
     "DriftSettings",
+    "Evaluation",
     "Feature",
     "FeatureView",
     "Function",

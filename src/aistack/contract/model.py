@@ -160,6 +160,25 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """How the test part is formed and scored, beyond the split.
+
+    `exclude_known_positives` names an entity column (e.g. the card): a test row
+    is dropped when its entity had a positive label on a row from the train
+    start up to `delay_days` before the row's test day, since such an entity is
+    already blocked in production and its rows would never be scored (the fraud
+    handbook's protocol, `get_train_test_set`). It needs a time split by days.
+    Every metric and gate reads the test part formed this way.
+    """
+
+    exclude_known_positives: str | None = None
+
+    def record(self) -> dict[str, object]:
+        """The declaration, as recorded on a training run and in the training key."""
+        return {"exclude_known_positives": self.exclude_known_positives}
+
+
+@dataclass(frozen=True)
 class Trainer:
     """A model to train: `build(seed)` returns an unfitted model.
 

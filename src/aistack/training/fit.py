@@ -89,6 +89,7 @@ def training_key(
         "lineage": lineage,
         "seed": seed,
         "split": use_case.split.record(),
+        "evaluation": use_case.evaluation.record(),
         "task": use_case.task,
         "hyperparameters": hyperparameters(trainer, seed),
         "code": code_fingerprint(trainer),

@@ -123,6 +123,35 @@ def assign_parts(frame: pd.DataFrame, use_case: UseCase, *, seed: int) -> np.nda
     return parts
 
 
+def drop_known_positives(
+    frame: pd.DataFrame,
+    test: pd.DataFrame,
+    *,
+    entity: str,
+    label: str,
+    timestamp: str,
+    train_start: datetime,
+    test_start: datetime,
+    delay_days: int,
+) -> pd.DataFrame:
+    """`test` without the rows of entities known positive by their test day.
+
+    Test day i starts at `test_start + i days`; an entity is known positive on it
+    when one of its rows in `frame` with `train_start <= timestamp < day -
+    delay_days` is labelled positive. This is the handbook's
+    `get_train_test_set`: the train frauds, then one more day of the delay
+    period per test day.
+    """
+    ts = frame[timestamp]
+    positives = frame[(frame[label] == 1) & (ts >= train_start)]
+    first = positives.groupby(entity)[timestamp].min()
+    offset = (test[timestamp] - test_start) // pd.Timedelta(days=1)
+    day = test_start + pd.to_timedelta(offset, unit="D")
+    cutoff = day - pd.Timedelta(days=delay_days)
+    known = test[entity].map(first)
+    return test[~(known.notna() & (known < cutoff))]
+
+
 def _digest(ids: pd.Series) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
 
@@ -170,6 +199,18 @@ def build_training_set(
         ts = frame[labels.timestamp]
         train = frame[(ts >= periods["train_start"]) & (ts < periods["train_end"])]
         test = frame[(ts >= periods["test_start"]) & (ts < periods["test_end"])]
+        entity = use_case.evaluation.exclude_known_positives
+        if entity is not None:
+            test = drop_known_positives(
+                frame,
+                test,
+                entity=entity,
+                label=labels.label,
+                timestamp=labels.timestamp,
+                train_start=periods["train_start"],
+                test_start=periods["test_start"],
+                delay_days=split.delay_days,
+            )
         recorded = {k: v.isoformat() for k, v in periods.items()}
     else:
         parts = assign_parts(frame, use_case, seed=seed)
@@ -189,6 +230,7 @@ def build_training_set(
             raise ContractError(msg)
     record = {
         **split.record(),
+        **use_case.evaluation.record(),
         "seed": split.seed if split.seed is not None else seed,
         "train_rows": len(train),
         "valid_rows": 0 if valid is None else len(valid),
