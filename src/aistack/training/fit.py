@@ -315,8 +315,16 @@ def as_challenger(
     metrics: dict[str, float],
     gates: list[GateResult],
 ) -> Candidate:
-    """Point `challenger` at the version just registered; its candidate."""
+    """The candidate just registered: `challenger` when it passed every gate.
+
+    A version that failed a gate stays registered (its run holds why) but is
+    tagged `refused` with the failed gates, and no alias moves to it.
+    """
     version = int(info.registered_model_version)
+    candidate = Candidate(trainer.name, run.info.run_id, version, metrics, gates)
+    if not candidate.passed:
+        registry.refuse(name, version, reason=describe(gates))
+        return candidate
     registry.move(
         name,
         "challenger",
@@ -324,7 +332,7 @@ def as_challenger(
         actor=actor,
         reason=f"new version from run {run.info.run_id} ({trainer.name})",
     )
-    return Candidate(trainer.name, run.info.run_id, version, metrics, gates)
+    return candidate
 
 
 def best_candidate(use_case: UseCase, candidates: list[Candidate]) -> Candidate | None:
