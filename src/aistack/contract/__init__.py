@@ -49,6 +49,7 @@ from aistack.contract.monitoring import (
 from aistack.contract.ranking import RankingGates, RankingUseCase
 from aistack.contract.serving import Serving
 from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.tuning import Choice, Distribution, FloatRange, IntRange, Tuning
 from aistack.contract.usecase import UseCase
 
 __all__ = [
@@ -60,13 +61,17 @@ __all__ = [
     "AnyUseCase",
     "Batch",
     "BusinessMetric",
+    "Choice",
     "DirectedMetric",
+    "Distribution",
     "DriftSettings",
     "Evaluation",
     "Feature",
     "FeatureView",
+    "FloatRange",
     "Function",
     "Gates",
+    "IntRange",
     "Labels",
     "Metric",
     "Monitoring",
@@ -82,6 +87,7 @@ __all__ = [
     "Split",
     "Task",
     "Trainer",
+    "Tuning",
     "UseCase",
     "Value",
     "View",

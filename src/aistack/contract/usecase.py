@@ -24,6 +24,7 @@ from aistack.contract.monitoring import Monitoring
 from aistack.contract.names import _ident
 from aistack.contract.serving import Serving
 from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.tuning import Tuning
 from aistack.errors import DeclarationError
 
 
@@ -38,7 +39,7 @@ class UseCase:
     (polars expressions over the request columns) and `views`; a use case whose
     rows carry their own features declares no view and no entity.
     `evaluation` says how the test part is formed beyond the split (see
-    `Evaluation`).
+    `Evaluation`), `tuning` how `aistack tune` validates (see `Tuning`).
     """
 
     name: str
@@ -58,6 +59,7 @@ class UseCase:
     task: Task = "binary"
     row_features: tuple[str, ...] = ()
     evaluation: Evaluation = field(default_factory=Evaluation)
+    tuning: Tuning = field(default_factory=Tuning)
 
     def __post_init__(self) -> None:  # noqa: PLR0912
         _ident("use case", self.name)
@@ -78,7 +80,8 @@ class UseCase:
         if len(set(names)) != len(names):
             raise DeclarationError(f"{self.name}: feature names must be unique")
         gates = self.gates
-        for metric in (gates.primary_metric, *gates.metric_floors):
+        tuned = (self.tuning.metric,) if self.tuning.metric else ()
+        for metric in (gates.primary_metric, *gates.metric_floors, *tuned):
             if metric not in self.metrics:
                 msg = f"{self.name}: gate metric {metric!r} is not a declared metric"
                 raise DeclarationError(msg)

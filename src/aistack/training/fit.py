@@ -102,7 +102,7 @@ _ADDRESS = re.compile(r" at 0x[0-9a-f]+")  # object ids differ between processes
 
 def hyperparameters(trainer: Trainer, seed: int) -> dict[str, str]:
     """The unfitted estimator's parameters (`get_params`), as text."""
-    estimator = trainer.build(seed)
+    estimator = trainer.model(seed)
     get_params = getattr(estimator, "get_params", None)
     params = get_params(deep=True) if callable(get_params) else vars(estimator)
     return {str(k): _ADDRESS.sub("", repr(v)) for k, v in sorted(params.items())}
@@ -184,8 +184,20 @@ def _params(
         "test_rows": len(data.test),
         **data.periods,
         **{f"split.{k}": v for k, v in data.split.items()},
+        **{f"tuned.{k}": v for k, v in trainer.params.items()},
         **dict(list(estimator.items())[:60]),
     }
+
+
+def scoring_model(use_case: UseCase, trainer: Trainer, seed: int) -> ScoringModel:
+    """The unfitted model of `trainer`: its estimator, inputs and defaults."""
+    return ScoringModel(
+        trainer.model(seed),
+        list(trainer.inputs) or use_case.feature_names,
+        use_case.feature_defaults,
+        supervised=trainer.supervised,
+        task=use_case.task,
+    )
 
 
 def champion_metric(
@@ -211,13 +223,7 @@ def train_candidate(
 ) -> Candidate:
     """Fit, evaluate, log and register one model; gate it; make it challenger."""
     labels = use_case.labels
-    model = ScoringModel(
-        trainer.build(seed),
-        list(trainer.inputs) or use_case.feature_names,
-        use_case.feature_defaults,
-        supervised=trainer.supervised,
-        task=use_case.task,
-    )
+    model = scoring_model(use_case, trainer, seed)
     model.fit(data.train[use_case.model_inputs], data.train[labels.label].to_numpy())
     metrics = evaluate(model, data.test, use_case)
     holdout = data.test[use_case.model_inputs]
