@@ -157,6 +157,7 @@ def tune_trainer(
         raise ContractError(f"trainer {trainer.name}: declares no search_space")
     name = use_case.tuning.metric or use_case.gates.primary_metric
     up = greater_is_better(use_case.metrics[name])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize" if up else "minimize",
         sampler=optuna.samplers.TPESampler(seed=seed),
@@ -189,7 +190,6 @@ def tune_trainer(
         return value
 
     start = time.perf_counter()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     with mlflow.start_run(
         experiment_id=experiment, run_name=f"tune-{trainer.name}"
     ) as run:
