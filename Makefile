@@ -45,6 +45,7 @@ bench: setup
 	$(VENV)/bin/python bench/drift.py
 	$(VENV)/bin/python bench/realtime.py
 	$(VENV)/bin/python bench/recommendations.py
+	$(VENV)/bin/python bench/model_quality.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aistack

@@ -70,6 +70,14 @@ def aistack(
             ["run", "fraud", "--seed", "-4"],
             "seed: Input should be greater than or equal to 0",
         ),
+        (
+            ["tune", "fraud", "--trials", "3", "--seconds", "5"],
+            "--trials and --seconds: give one budget, not both",
+        ),
+        (
+            ["tune", "fraud", "--trainer", "nope"],
+            "--trainer: nope not a trainer of fraud",
+        ),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(tmp_path: Path, args, message) -> None:

@@ -48,7 +48,7 @@ from aistack.render import (
     run_summary,
     tables_table,
 )
-from aistack.runner import STAGES, Stage, new_progress, run
+from aistack.runner import STAGES, Stage, new_progress, run, tune
 from aistack.serving.stream import Consumer, RedisStreamSource, replay, stream_url
 from aistack.settings import load_settings
 from aistack.training.tracking import lineage_of, tracking
@@ -174,6 +174,49 @@ def run_command(
         score_range_=window,
     )
     run_summary(console, uc, ws, report)
+
+
+@app.command("tune")
+def tune_command(
+    use_case: Annotated[str, typer.Argument(help="Registered use case.")],
+    *,
+    trainer: Annotated[
+        list[str] | None,
+        typer.Option(help="Trainer(s) to tune (default: every one with a space)."),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Budget: trials per trainer.")
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option(min=1, help="Budget: seconds per trainer.")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Tune hyperparameters (Optuna TPE, pruning) on validation folds; `run` then
+    trains with the chosen values. Default budget: 20 trials."""
+    if trials is not None and seconds is not None:
+        raise ConfigError("--trials and --seconds: give one budget, not both")
+    uc = get_use_case(use_case, action="aistack tune")
+    ws = _workspace(workspace, tracking_uri, seed)
+    results = tune(uc, ws, trainers=trainer or (), trials=trials, seconds=seconds)
+    table = Table("trainer", "trials", "pruned", "best", "parameters", "seconds")
+    for r in results:
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in r.best_params.items()
+        )
+        table.add_row(
+            r.trainer,
+            str(r.trials),
+            str(r.pruned),
+            f"{r.metric}={r.best_value:.4f}",
+            params,
+            f"{r.seconds:.1f}",
+        )
+    console.print(table)
+    console.print("`aistack run` trains with these parameters from now on.")
 
 
 def params_table(use_case: AnyUseCase) -> Table:

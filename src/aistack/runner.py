@@ -26,6 +26,7 @@ from rich.progress import (
 )
 
 from aistack.contract import Batch, RankingUseCase, UseCase
+from aistack.errors import ConfigError
 from aistack.features.gold import GoldResult, build_gold
 from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
@@ -48,6 +49,13 @@ from aistack.training.recommend import (
 )
 from aistack.training.sets import build_training_set, split_periods
 from aistack.training.tracking import experiment_id, tracking
+from aistack.training.tune import (
+    TuneResult,
+    prequential_folds,
+    split_folds,
+    tune_trainer,
+    with_tuned,
+)
 from aistack.workspace import Workspace
 
 Stage = Literal["ingest", "silver", "gold", "train", "score"]
@@ -262,7 +270,8 @@ def _train(
     )
     seed = ws.settings.seed
     todo = []
-    for trainer in use_case.trainers:
+    for declared in use_case.trainers:
+        trainer = with_tuned(experiment, declared)  # the last tuned parameters
         key = training_key(use_case, trainer, lineage, seed)
         found = existing_candidate(experiment, key, use_case)
         if found is None:
@@ -295,3 +304,50 @@ def _train(
     report.champion = choose_champion(
         use_case, report.candidates, registry=ws.registry, actor=actor
     )
+
+
+def tune(
+    use_case: UseCase,
+    ws: Workspace,
+    *,
+    trainers: Sequence[str] = (),
+    trials: int | None = None,
+    seconds: float | None = None,
+) -> list[TuneResult]:
+    """Tune each chosen trainer (default: every one declaring a search space) on
+    the use case's validation folds; `run` then trains with the chosen values."""
+    known = {t.name: t for t in use_case.trainers}
+    unknown = [n for n in trainers if n not in known]
+    if unknown:
+        msg = f"--trainer: {', '.join(unknown)} not a trainer of {use_case.name}"
+        raise ConfigError(f"{msg} ({', '.join(known)})")
+    chosen = [known[n] for n in trainers] or [
+        t for t in use_case.trainers if t.search_space
+    ]
+    if not chosen:
+        raise ConfigError(f"{use_case.name}: no trainer declares a search_space")
+    seed = ws.settings.seed
+    as_of = datetime.now(UTC) + timedelta(seconds=1)
+    lineage = ws.lake.versions(
+        [use_case.labels.table, *(use_case.gold_table(v) for v in use_case.views)]
+    )
+    if use_case.split.by_days:
+        folds = prequential_folds(ws.lake, use_case, as_of=as_of, lineage=lineage)
+    else:
+        folds = split_folds(ws.lake, use_case, as_of=as_of, seed=seed)
+    with tracking(ws.settings.mlflow_uri):
+        experiment = experiment_id(
+            use_case, ws.settings.artifacts_dir.resolve().as_uri()
+        )
+        return [
+            tune_trainer(
+                use_case,
+                trainer,
+                folds,
+                experiment=experiment,
+                seed=seed,
+                trials=trials,
+                seconds=seconds,
+            )
+            for trainer in chosen
+        ]

@@ -82,11 +82,19 @@ def test_broken_models_are_refused_with_the_reason_on_the_run(broken_run) -> Non
         ).read()
     )
     assert gates["invariant_exam_id"]["passed"] is False
-    # neither became champion; both got the challenger alias on registration
+    # neither became champion nor challenger: registered, tagged refused
     assert ws.registry.version_of("cancer", "champion") == by_name["logistic"].version
     moves = [(e.alias, e.to_version) for e in ws.registry.history("cancer")]
-    assert ("champion", constant.version) not in moves
-    assert ("challenger", constant.version) in moves
+    for refused in (constant, reads_id):
+        assert ("champion", refused.version) not in moves
+        assert ("challenger", refused.version) not in moves
+    why = {
+        c.trainer: ws.registry.refused("cancer", c.version) or ""
+        for c in by_name.values()
+    }
+    assert "output_shape" in why["constant"]
+    assert "invariant_exam_id" in why["reads_id"]
+    assert ws.registry.refused("cancer", by_name["logistic"].version) is None
 
 
 def test_a_version_that_failed_its_gates_is_promoted_only_by_force(broken_run) -> None:

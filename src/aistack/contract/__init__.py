@@ -30,6 +30,7 @@ from aistack.contract.drift import DriftSettings
 from aistack.contract.features import AggregationView, Feature, FeatureView, View
 from aistack.contract.model import (
     DirectedMetric,
+    Evaluation,
     Gates,
     Labels,
     Metric,
@@ -48,6 +49,7 @@ from aistack.contract.monitoring import (
 from aistack.contract.ranking import RankingGates, RankingUseCase
 from aistack.contract.serving import Serving
 from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.tuning import Choice, Distribution, FloatRange, IntRange, Tuning
 from aistack.contract.usecase import UseCase
 
 __all__ = [
@@ -59,12 +61,17 @@ __all__ = [
     "AnyUseCase",
     "Batch",
     "BusinessMetric",
+    "Choice",
     "DirectedMetric",
+    "Distribution",
     "DriftSettings",
+    "Evaluation",
     "Feature",
     "FeatureView",
+    "FloatRange",
     "Function",
     "Gates",
+    "IntRange",
     "Labels",
     "Metric",
     "Monitoring",
@@ -80,6 +87,7 @@ __all__ = [
     "Split",
     "Task",
     "Trainer",
+    "Tuning",
     "UseCase",
     "Value",
     "View",

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from aistack.contract.names import _ident
+from aistack.contract.tuning import Choice, Distribution, FloatRange, IntRange
 from aistack.errors import DeclarationError
 
 Metric = Callable[[pd.DataFrame], float]
@@ -160,6 +161,25 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """How the test part is formed and scored, beyond the split.
+
+    `exclude_known_positives` names an entity column (e.g. the card): a test row
+    is dropped when its entity had a positive label on a row from the train
+    start up to `delay_days` before the row's test day, since such an entity is
+    already blocked in production and its rows would never be scored (the fraud
+    handbook's protocol, `get_train_test_set`). It needs a time split by days.
+    Every metric and gate reads the test part formed this way.
+    """
+
+    exclude_known_positives: str | None = None
+
+    def record(self) -> dict[str, object]:
+        """The declaration, as recorded on a training run and in the training key."""
+        return {"exclude_known_positives": self.exclude_known_positives}
+
+
+@dataclass(frozen=True)
 class Trainer:
     """A model to train: `build(seed)` returns an unfitted model.
 
@@ -171,6 +191,9 @@ class Trainer:
     columns it reads (default: every feature). `requirements` are the pip
     packages its model needs at load time beyond aistack's own (logged with the
     model; the package of the model's class is added when installed).
+    `search_space` maps estimator parameters to the ranges `aistack tune`
+    explores; `params` are set on the built estimator (the platform fills them
+    with the last tuned parameters).
     """
 
     name: str
@@ -178,9 +201,25 @@ class Trainer:
     supervised: bool = True
     inputs: tuple[str, ...] = ()
     requirements: tuple[str, ...] = ()
+    search_space: Mapping[str, Distribution] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _ident("trainer", self.name)
+        for name, dist in self.search_space.items():
+            if not isinstance(dist, IntRange | FloatRange | Choice):
+                msg = (
+                    f"trainer {self.name}: search_space[{name!r}] is "
+                    f"{type(dist).__name__}, expected IntRange, FloatRange or Choice"
+                )
+                raise DeclarationError(msg)
+
+    def model(self, seed: int) -> Any:  # noqa: ANN401  (any estimator)
+        """`build(seed)` with `params` set (`set_params`), e.g. tuned ones."""
+        estimator = self.build(seed)
+        if self.params:
+            estimator.set_params(**self.params)
+        return estimator
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,21 @@ import polars as pl
 from pydantic import BaseModel
 
 from aistack.contract.features import AggregationView, View
-from aistack.contract.model import TASKS, Gates, Labels, Metric, Split, Task, Trainer
+from aistack.contract.model import (
+    TASKS,
+    Evaluation,
+    Gates,
+    Labels,
+    Metric,
+    Split,
+    Task,
+    Trainer,
+)
 from aistack.contract.monitoring import Monitoring
 from aistack.contract.names import _ident
 from aistack.contract.serving import Serving
 from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.tuning import Tuning
 from aistack.errors import DeclarationError
 
 
@@ -28,6 +38,8 @@ class UseCase:
     `row_features` (label-table columns used as they are), `request_features`
     (polars expressions over the request columns) and `views`; a use case whose
     rows carry their own features declares no view and no entity.
+    `evaluation` says how the test part is formed beyond the split (see
+    `Evaluation`), `tuning` how `aistack tune` validates (see `Tuning`).
     """
 
     name: str
@@ -46,10 +58,13 @@ class UseCase:
     monitoring: Monitoring = field(default_factory=Monitoring)
     task: Task = "binary"
     row_features: tuple[str, ...] = ()
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    tuning: Tuning = field(default_factory=Tuning)
 
     def __post_init__(self) -> None:  # noqa: PLR0912
         _ident("use case", self.name)
         self._check_task()
+        self._check_evaluation()
         silver = {f"silver.{s.name}" for s in self.silver}
         for view in self.views:
             for table in view.inputs:
@@ -65,7 +80,8 @@ class UseCase:
         if len(set(names)) != len(names):
             raise DeclarationError(f"{self.name}: feature names must be unique")
         gates = self.gates
-        for metric in (gates.primary_metric, *gates.metric_floors):
+        tuned = (self.tuning.metric,) if self.tuning.metric else ()
+        for metric in (gates.primary_metric, *gates.metric_floors, *tuned):
             if metric not in self.metrics:
                 msg = f"{self.name}: gate metric {metric!r} is not a declared metric"
                 raise DeclarationError(msg)
@@ -126,6 +142,23 @@ class UseCase:
                     "columns (the columns a request carries)"
                 )
                 raise DeclarationError(msg)
+
+    def _check_evaluation(self) -> None:
+        entity = self.evaluation.exclude_known_positives
+        if entity is None:
+            return
+        if entity not in self.labels.columns:
+            msg = (
+                f"{self.name}: evaluation excludes known positives of {entity!r}, "
+                "which is not among the label columns"
+            )
+            raise DeclarationError(msg)
+        if not self.split.by_days or self.task != "binary":
+            msg = (
+                f"{self.name}: evaluation exclude_known_positives needs a binary "
+                "task and a time split by days (Split(kind='time') without fractions)"
+            )
+            raise DeclarationError(msg)
 
     def _check_aggregation_view(self, view: AggregationView) -> None:
         labels = self.labels

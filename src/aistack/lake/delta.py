@@ -117,25 +117,41 @@ class Lake:
         inputs: Mapping[str, int | str] | None = None,
         merge_schema: bool = False,
         return_version: bool = True,
+        predicate: str | None = None,
     ) -> int:
         """Commit `data` to `name` in one transaction and return the new version.
 
         `inputs` (table -> version) is stored on the commit: it is the lineage of
         the write and lets a stage see that it already ran on the same inputs.
-        `merge_schema` lets an append add new columns (bronze only).
+        `merge_schema` lets an append add new columns (bronze only). With
+        `predicate` (SQL over the table's columns) an overwrite replaces only the
+        rows it matches, and every row of `data` must match it; the replaced rows
+        stay readable in earlier versions.
         """
         path = self.path(name)
         path.mkdir(parents=True, exist_ok=True)
         metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
-        write_deltalake(
-            str(path),
-            data,
-            mode=mode,
-            schema_mode="overwrite"
-            if mode == "overwrite"
-            else ("merge" if merge_schema else None),
-            commit_properties=CommitProperties(custom_metadata=metadata),
-        )
+        commit = CommitProperties(custom_metadata=metadata)
+        if predicate is not None:
+            if mode != "overwrite":
+                raise ValueError("a predicate only narrows an overwrite")
+            write_deltalake(
+                str(path),
+                data,
+                mode="overwrite",
+                predicate=predicate,
+                commit_properties=commit,
+            )
+        else:
+            write_deltalake(
+                str(path),
+                data,
+                mode=mode,
+                schema_mode="overwrite"
+                if mode == "overwrite"
+                else ("merge" if merge_schema else None),
+                commit_properties=commit,
+            )
         # reading the version reopens the table: skipped on hot paths (-1)
         return self._table(name).version() if return_version else -1
 

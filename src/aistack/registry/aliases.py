@@ -20,6 +20,8 @@ from aistack.errors import RegistryError
 from aistack.lake.delta import Lake
 
 ALIAS_EVENTS = "ops.alias_events"
+REFUSED_TAG = "refused"
+"""Model-version tag of a version that failed its gates (value: which, why)."""
 Alias = Literal["champion", "challenger"]
 _SCHEMA = pa.schema(
     [
@@ -101,6 +103,16 @@ class Registry:
             for name, value in tags.items()
             if name.startswith("gate.") and value.startswith("FAIL")
         )
+
+    def refuse(self, model: str, version: int, *, reason: str) -> None:
+        """Tag `version` as refused (it failed its gates): no alias moves to it."""
+        self.client.set_model_version_tag(model, str(version), REFUSED_TAG, reason)
+
+    def refused(self, model: str, version: int) -> str | None:
+        """Why `version` was refused at registration, None if it was not."""
+        self._check_version(model, version)
+        tags = self.client.get_model_version(model, str(version)).tags
+        return tags.get(REFUSED_TAG)
 
     def _check_version(self, model: str, version: int) -> None:
         try:

@@ -2,7 +2,8 @@
 
 Each prediction row carries the row id, its entity keys and timestamp, the score,
 the model name and version, and the input table versions (JSON). Scoring the same
-range with the same model on the same inputs again writes nothing.
+range with the same model on the same inputs again writes nothing; on new inputs
+it replaces that range's predictions of that model version (history in the log).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aistack.features.gold import point_in_time_join
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.registry.artifacts import load_model
+from aistack.sql import quote
 from aistack.training.recommend import recommendations_frame
 from aistack.training.sets import label_spine, with_request_features
 
@@ -81,7 +83,14 @@ def score_range(
             ),
         }
     )
-    written = lake.write(table, out, mode="append", inputs=inputs)
+    # the period's earlier predictions of this version are replaced, not
+    # duplicated (they stay in the Delta log's earlier versions)
+    ts = quote(labels.timestamp)
+    period = (
+        f"model_version = {int(version)} AND {ts} >= '{start.isoformat()}' "
+        f"AND {ts} < '{end.isoformat()}'"
+    )
+    written = lake.write(table, out, mode="overwrite", predicate=period, inputs=inputs)
     return ScoreResult(table, n, version, written, skipped=False)
 
 

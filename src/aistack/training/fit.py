@@ -90,6 +90,7 @@ def training_key(
         "lineage": lineage,
         "seed": seed,
         "split": use_case.split.record(),
+        "evaluation": use_case.evaluation.record(),
         "task": use_case.task,
         "hyperparameters": hyperparameters(trainer, seed),
         "code": code_fingerprint(trainer),
@@ -102,7 +103,7 @@ _ADDRESS = re.compile(r" at 0x[0-9a-f]+")  # object ids differ between processes
 
 def hyperparameters(trainer: Trainer, seed: int) -> dict[str, str]:
     """The unfitted estimator's parameters (`get_params`), as text."""
-    estimator = trainer.build(seed)
+    estimator = trainer.model(seed)
     get_params = getattr(estimator, "get_params", None)
     params = get_params(deep=True) if callable(get_params) else vars(estimator)
     return {str(k): _ADDRESS.sub("", repr(v)) for k, v in sorted(params.items())}
@@ -184,8 +185,20 @@ def _params(
         "test_rows": len(data.test),
         **data.periods,
         **{f"split.{k}": v for k, v in data.split.items()},
+        **{f"tuned.{k}": v for k, v in trainer.params.items()},
         **dict(list(estimator.items())[:60]),
     }
+
+
+def scoring_model(use_case: UseCase, trainer: Trainer, seed: int) -> ScoringModel:
+    """The unfitted model of `trainer`: its estimator, inputs and defaults."""
+    return ScoringModel(
+        trainer.model(seed),
+        list(trainer.inputs) or use_case.feature_names,
+        use_case.feature_defaults,
+        supervised=trainer.supervised,
+        task=use_case.task,
+    )
 
 
 def champion_metric(
@@ -211,13 +224,7 @@ def train_candidate(
 ) -> Candidate:
     """Fit, evaluate, log and register one model; gate it; make it challenger."""
     labels = use_case.labels
-    model = ScoringModel(
-        trainer.build(seed),
-        list(trainer.inputs) or use_case.feature_names,
-        use_case.feature_defaults,
-        supervised=trainer.supervised,
-        task=use_case.task,
-    )
+    model = scoring_model(use_case, trainer, seed)
     model.fit(data.train[use_case.model_inputs], data.train[labels.label].to_numpy())
     metrics = evaluate(model, data.test, use_case)
     holdout = data.test[use_case.model_inputs]
@@ -315,10 +322,18 @@ def as_challenger(
     metrics: dict[str, float],
     gates: list[GateResult],
 ) -> Candidate:
-    """Record the artifact digest of the version just registered, point
-    `challenger` at it; its candidate."""
+    """The candidate just registered (its artifact digest recorded):
+    `challenger` when it passed every gate.
+
+    A version that failed a gate stays registered (its run holds why) but is
+    tagged `refused` with the failed gates, and no alias moves to it.
+    """
     version = int(info.registered_model_version)
     record_digest(registry, name, version)
+    candidate = Candidate(trainer.name, run.info.run_id, version, metrics, gates)
+    if not candidate.passed:
+        registry.refuse(name, version, reason=describe(gates))
+        return candidate
     registry.move(
         name,
         "challenger",
@@ -326,7 +341,7 @@ def as_challenger(
         actor=actor,
         reason=f"new version from run {run.info.run_id} ({trainer.name})",
     )
-    return Candidate(trainer.name, run.info.run_id, version, metrics, gates)
+    return candidate
 
 
 def best_candidate(use_case: UseCase, candidates: list[Candidate]) -> Candidate | None:

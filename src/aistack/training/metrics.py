@@ -6,9 +6,8 @@ their direction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
@@ -42,31 +41,49 @@ def average_precision(frame: pd.DataFrame) -> float:
     return float(average_precision_score(frame["label"], frame["score"]))
 
 
-def top_k_entity_precision(
-    entity: str, timestamp: str, *, k: int
-) -> Callable[[pd.DataFrame], float]:
-    """Precision of the k highest-scored entities per day, averaged over days.
+@dataclass(frozen=True)
+class DailyEntityPrecision:
+    """Precision of the k highest-scored entities per day, detected ones removed.
 
-    An entity's daily score and label are its maxima that day: the handbook's
-    card precision@k, which matches how an investigator team checks cards.
+    The fraud handbook's card precision@k (`card_precision_top_k`): days in
+    order; each day an entity's score and label are its maxima over that day's
+    rows, entities whose positive was caught in an earlier day's top k are left
+    out (their card is blocked), and precision is positives in the top k / k.
+    The metric is the mean over the days; `per_day` gives each day's value.
     """
 
-    def metric(frame: pd.DataFrame) -> float:
-        day = pd.to_datetime(frame[timestamp]).dt.floor("D")
-        daily = (
-            frame.assign(_day=day)
-            .groupby(["_day", entity], sort=False)[["score", "label"]]
-            .max()
-            .reset_index()
-        )
-        precisions = [
-            group.nlargest(k, "score")["label"].sum() / k
-            for _, group in daily.groupby("_day", sort=True)
-        ]
-        return float(np.mean(precisions)) if precisions else float("nan")
+    entity: str
+    timestamp: str
+    k: int
 
-    metric.__name__ = f"{entity}_precision_at_{k}"
-    return metric
+    def per_day(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One row per day: `day`, `precision`, `positives` (entities), `detected`."""
+        day = pd.to_datetime(frame[self.timestamp]).dt.floor("D")
+        rows = frame.assign(_day=day)[["_day", self.entity, "score", "label"]]
+        detected: set[object] = set()
+        out = []
+        for value, day_rows in rows.groupby("_day", sort=True):
+            left = day_rows[~day_rows[self.entity].isin(detected)]
+            cards = left.groupby(self.entity)[["score", "label"]].max()
+            top = cards.sort_values("score", ascending=False, kind="stable").head(
+                self.k
+            )
+            caught = top.index[top["label"] == 1].tolist()
+            out.append(
+                {
+                    "day": value,
+                    "precision": len(caught) / self.k,
+                    "positives": int((cards["label"] == 1).sum()),
+                    "detected": len(caught),
+                }
+            )
+            detected.update(caught)
+        return pd.DataFrame(out, columns=["day", "precision", "positives", "detected"])
+
+    def __call__(self, frame: pd.DataFrame) -> float:
+        """Mean daily precision at k (NaN without rows)."""
+        days = self.per_day(frame)
+        return float(days["precision"].mean()) if len(days) else float("nan")
 
 
 # Multi-class: `score` holds the predicted class; `proba_<class>` columns (training

@@ -123,8 +123,80 @@ def assign_parts(frame: pd.DataFrame, use_case: UseCase, *, seed: int) -> np.nda
     return parts
 
 
+def drop_known_positives(
+    frame: pd.DataFrame,
+    test: pd.DataFrame,
+    *,
+    entity: str,
+    label: str,
+    timestamp: str,
+    train_start: datetime,
+    test_start: datetime,
+    delay_days: int,
+) -> pd.DataFrame:
+    """`test` without the rows of entities known positive by their test day.
+
+    Test day i starts at `test_start + i days`; an entity is known positive on it
+    when one of its rows in `frame` with `train_start <= timestamp < day -
+    delay_days` is labelled positive. This is the handbook's
+    `get_train_test_set`: the train frauds, then one more day of the delay
+    period per test day.
+    """
+    ts = frame[timestamp]
+    positives = frame[(frame[label] == 1) & (ts >= train_start)]
+    first = positives.groupby(entity)[timestamp].min()
+    offset = (test[timestamp] - test_start) // pd.Timedelta(days=1)
+    day = test_start + pd.to_timedelta(offset, unit="D")
+    cutoff = day - pd.Timedelta(days=delay_days)
+    known = test[entity].map(first)
+    return test[~(known.notna() & (known < cutoff))]
+
+
+def evaluated_rows(
+    use_case: UseCase,
+    frame: pd.DataFrame,
+    test: pd.DataFrame,
+    *,
+    train_start: datetime,
+    test_start: datetime,
+) -> pd.DataFrame:
+    """The rows of `test` the use case's evaluation protocol scores."""
+    entity = use_case.evaluation.exclude_known_positives
+    if entity is None:
+        return test
+    return drop_known_positives(
+        frame,
+        test,
+        entity=entity,
+        label=use_case.labels.label,
+        timestamp=use_case.labels.timestamp,
+        train_start=train_start,
+        test_start=test_start,
+        delay_days=use_case.split.delay_days,
+    )
+
+
 def _digest(ids: pd.Series) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def labelled_frame(
+    lake: Lake,
+    use_case: UseCase,
+    start: datetime,
+    end: datetime,
+    *,
+    as_of: datetime,
+    lineage: dict[str, int],
+) -> pd.DataFrame:
+    """Label rows with start <= timestamp < end and their point-in-time features,
+    in (timestamp, id) order."""
+    labels = use_case.labels
+    spine = label_spine(lake, use_case, start, end, version=lineage[labels.table])
+    joined = point_in_time_join(lake, use_case, spine, as_of=as_of, versions=lineage)
+    frame = with_request_features(joined, use_case)
+    frame = frame.sort_values([labels.timestamp, labels.id], kind="stable")
+    return frame.reset_index(drop=True)
 
 
 def build_training_set(
@@ -154,22 +226,26 @@ def build_training_set(
     periods = split_periods(last[0], use_case)
     if not split.by_days:  # a fraction split reads every labelled row
         periods = {"train_start": datetime.min, "test_end": datetime.max}
-    spine = label_spine(
+    frame = labelled_frame(
         lake,
         use_case,
         periods["train_start"],
         periods["test_end"],
-        version=lineage[labels.table],
+        as_of=as_of,
+        lineage=lineage,
     )
-    joined = point_in_time_join(lake, use_case, spine, as_of=as_of, versions=lineage)
-    frame = with_request_features(joined, use_case)
-    frame = frame.sort_values([labels.timestamp, labels.id], kind="stable")
-    frame = frame.reset_index(drop=True)
     valid = None
     if split.by_days:
         ts = frame[labels.timestamp]
         train = frame[(ts >= periods["train_start"]) & (ts < periods["train_end"])]
         test = frame[(ts >= periods["test_start"]) & (ts < periods["test_end"])]
+        test = evaluated_rows(
+            use_case,
+            frame,
+            test,
+            train_start=periods["train_start"],
+            test_start=periods["test_start"],
+        )
         recorded = {k: v.isoformat() for k, v in periods.items()}
     else:
         parts = assign_parts(frame, use_case, seed=seed)
@@ -189,6 +265,7 @@ def build_training_set(
             raise ContractError(msg)
     record = {
         **split.record(),
+        **use_case.evaluation.record(),
         "seed": split.seed if split.seed is not None else seed,
         "train_rows": len(train),
         "valid_rows": 0 if valid is None else len(valid),

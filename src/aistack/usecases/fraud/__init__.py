@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from aistack.contract import (
     AlertRule,
+    Evaluation,
     Gates,
     Labels,
     Monitoring,
@@ -67,6 +68,8 @@ use_case = UseCase(
         delay=timedelta(days=features.LABEL_DELAY_DAYS),
     ),
     split=Split(train_days=7, delay_days=features.LABEL_DELAY_DAYS, test_days=7),
+    # the handbook's protocol: cards known compromised are out of the test set
+    evaluation=Evaluation(exclude_known_positives="customer_id"),
     trainers=model.trainers,
     metrics=metrics.metrics,
     gates=Gates(

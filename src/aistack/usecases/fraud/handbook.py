@@ -63,3 +63,53 @@ def handbook_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.Dat
         lambda frame: terminal_risk_features(frame, delay_days)
     )
     return terminals.sort_values("TX_DATETIME").reset_index(drop=True)
+
+
+# The handbook's evaluation protocol (its shared functions `get_train_test_set`
+# and `card_precision_top_k`), restated with its loops, as the reference our
+# `drop_known_positives` and `DailyEntityPrecision` are tested against.
+
+
+def handbook_test_set(
+    transactions: pd.DataFrame,
+    train_start: pd.Timestamp,
+    delta_train: int = 7,
+    delta_delay: int = 7,
+    delta_test: int = 7,
+) -> pd.DataFrame:
+    """Test days without cards known compromised: train frauds, then one more
+    delay day per test day (`TX_TIME_DAYS` is the day index of a transaction)."""
+    train = transactions[
+        transactions.TX_DATETIME.ge(train_start)
+        & transactions.TX_DATETIME.lt(train_start + pd.Timedelta(days=delta_train))
+    ]
+    known = set(train[train.TX_FRAUD == 1].CUSTOMER_ID)
+    first_day = train.TX_TIME_DAYS.min()
+    days = []
+    for day in range(delta_test):
+        test_day = transactions[
+            transactions.TX_TIME_DAYS.eq(first_day + delta_train + delta_delay + day)
+        ]
+        delay_day = transactions[
+            transactions.TX_TIME_DAYS.eq(first_day + delta_train + day - 1)
+        ]
+        known |= set(delay_day[delay_day.TX_FRAUD == 1].CUSTOMER_ID)
+        days.append(test_day[~test_day.CUSTOMER_ID.isin(known)])
+    return pd.concat(days).sort_values("TRANSACTION_ID")
+
+
+def handbook_card_precision_top_k(predictions: pd.DataFrame, top_k: int) -> float:
+    """Mean daily card precision@k, cards detected on earlier days removed."""
+    detected: list[int] = []
+    per_day = []
+    for day in sorted(predictions.TX_TIME_DAYS.unique()):
+        rows = predictions[predictions.TX_TIME_DAYS.eq(day)]
+        rows = rows[["predictions", "CUSTOMER_ID", "TX_FRAUD"]]
+        rows = rows[~rows.CUSTOMER_ID.isin(detected)]
+        cards = rows.groupby("CUSTOMER_ID").max()
+        cards = cards.sort_values(by="predictions", ascending=False)
+        top = cards.reset_index(drop=False).head(top_k)
+        caught = list(top[top.TX_FRAUD == 1].CUSTOMER_ID)
+        per_day.append(len(caught) / top_k)
+        detected.extend(caught)
+    return float(sum(per_day) / len(per_day))
