@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 
 from aistack.contract import RolloutGuards
-from aistack.training.profile import psi
+from aistack.training.profile import bin_shares, psi_from_shares, reference_edges
 
 
 @dataclass
@@ -66,9 +67,37 @@ def broken_guards(
     if p99 > guards.max_latency_p99_ms:
         reasons.append(f"latency p99 {p99:.1f} ms > {guards.max_latency_p99_ms} ms")
     if pending.scores and champion.scores:
-        shift = psi(np.asarray(champion.scores), np.asarray(pending.scores))
-        if shift > guards.max_score_psi:
+        shift, p_value = score_shift(
+            np.asarray(champion.scores), np.asarray(pending.scores)
+        )
+        if shift > guards.max_score_psi and p_value < guards.score_shift_alpha:
             reasons.append(
-                f"score PSI vs champion {shift:.3f} > {guards.max_score_psi}"
+                f"score PSI vs champion {shift:.3f} > {guards.max_score_psi} "
+                f"(chi-square p={p_value:.2g} < {guards.score_shift_alpha} over "
+                f"{len(pending.scores)} vs {len(champion.scores)} scores)"
             )
     return reasons
+
+
+def score_shift(
+    champion: np.ndarray, challenger: np.ndarray, *, bins: int = 10
+) -> tuple[float, float]:
+    """PSI of the challenger's scores against the champion's decile bins, and the
+    p-value of a chi-square test that both arms' counts come from one
+    distribution (bins either arm leaves empty are dropped)."""
+    edges = reference_edges(champion, bins)
+    shift = psi_from_shares(bin_shares(champion, edges), bin_shares(challenger, edges))
+    counts = np.stack(
+        [
+            np.bincount(
+                np.searchsorted(edges, a[np.isfinite(a)], side="right"),
+                minlength=len(edges) + 1,
+            )
+            for a in (champion, challenger)
+        ]
+    )
+    counts = counts[:, counts.sum(axis=0) > 0]
+    if counts.shape[1] < 2 or (counts.sum(axis=1) == 0).any():  # noqa: PLR2004
+        return shift, 1.0
+    p_value = float(stats.chi2_contingency(counts, correction=False).pvalue)
+    return shift, p_value

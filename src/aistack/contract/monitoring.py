@@ -40,11 +40,19 @@ class RolloutGuards:
     the champion's in the same interval; `aistack monitor` adds live performance
     (primary metric drop) when labels have arrived. Promotion after
     `promote_after` challenger requests with every guard holding.
+
+    A score shift breaks the guard only when it is both large (PSI above
+    `max_score_psi`) and real: a chi-square test of the two arms' counts over
+    the champion's decile bins rejects "same distribution" at
+    `score_shift_alpha`. PSI alone is biased upward on small windows (a healthy
+    canary of 100 requests reads above 0.25 about 1 time in 10); with the test
+    a healthy canary is rolled back at most `score_shift_alpha` of the time.
     """
 
     max_error_rate: float = 0.01
     max_latency_p99_ms: float = 50.0
     max_score_psi: float = 0.25
+    score_shift_alpha: float = 0.001
     max_performance_drop: float = 0.05
     min_requests: int = 100
     promote_after: int = 1000
