@@ -110,3 +110,17 @@ def test_infinities_are_ignored_and_new_categories_are_drift() -> None:
     ref = pd.DataFrame({"c": RNG.choice(list("abc"), 500)})
     cur = pd.DataFrame({"c": [*RNG.choice(list("abc"), 495), *["new"] * 5]})
     assert detect_drift(ref, cur)[0].drifted
+
+
+def test_a_handful_of_rows_is_not_enough_data_not_drift() -> None:
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(
+        {"x": rng.normal(0, 1, 5000), "c": rng.integers(0, 3, 5000)}
+    )
+    current = pd.DataFrame({"x": rng.normal(5, 1, 7), "c": [7] * 7})  # wildly off
+    verdicts = detect_drift(reference, current)
+    assert [v.test for v in verdicts] == ["not_enough_data"] * 2
+    assert not any(v.drifted for v in verdicts)
+    assert verdicts[0].statistic == 7 and verdicts[0].score_name == "rows"
+    enough = detect_drift(reference, pd.concat([current] * 20, ignore_index=True))
+    assert all(v.drifted for v in enough)  # the same shift, with rows enough to tell

@@ -7,9 +7,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DriftSettings:
-    """Thresholds and sizes of the drift tests (a use case may override them)."""
+    """Thresholds and sizes of the drift tests (a use case may override them).
+
+    Below `min_current_rows` current values a column is reported "not enough
+    data" (never drifted): a handful of rows decides nothing.
+    """
 
     small_sample: int = 1000
+    min_current_rows: int = 100
     ks_pvalue: float = 0.05
     chi2_pvalue: float = 0.05
     wasserstein: float = 0.1

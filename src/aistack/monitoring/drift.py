@@ -31,7 +31,7 @@ from aistack.contract.drift import DriftSettings
 from aistack.training.profile import psi_from_shares
 
 Kind = Literal["numeric", "categorical"]
-Test = Literal["ks", "chi2", "wasserstein", "jensen_shannon"]
+Test = Literal["ks", "chi2", "wasserstein", "jensen_shannon", "not_enough_data"]
 FloatArray = npt.NDArray[np.float64]
 _EPS = 1e-4
 _PROBE_ROWS = 10_000
@@ -51,7 +51,10 @@ class ColumnDrift:
 
     @property
     def score_name(self) -> str:
-        """`p-value` for KS and chi-squared tests, `distance` otherwise."""
+        """`p-value` for KS and chi-squared tests, `rows` when there were too few
+        to test, `distance` otherwise."""
+        if self.test == "not_enough_data":
+            return "rows"
         return "p-value" if self.test in ("ks", "chi2") else "distance"
 
 
@@ -109,6 +112,16 @@ def _test(
     name: str, ref: pd.Series, cur: pd.Series, kind: Kind, s: DriftSettings
 ) -> ColumnDrift:
     ref_values, cur_values = ref.dropna(), cur.dropna()
+    if len(cur_values) < s.min_current_rows:
+        return ColumnDrift(
+            name,
+            kind,
+            "not_enough_data",
+            float(len(cur_values)),
+            float(s.min_current_rows),
+            False,
+            None,
+        )
     test = default_test(kind, len(ref_values), s)
     column_psi = None
     if kind == "numeric":
