@@ -12,10 +12,12 @@ score them. The offline compiler (`view_sql`) and the online evaluator
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from operator import itemgetter
+from typing import NamedTuple
 
 import numpy as np
 
@@ -122,13 +124,13 @@ def view_sql(
 # --- online: the same definition over an entity's events ---------------------
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One event of an entity as the online state keeps it.
 
     `values` follow the view's value columns. Ties on the timestamp are broken
     by the id; `anonymous` events (a request without an id, kept under its
-    request id) sort after every declared id.
+    request id) sort after every declared id. A named tuple: the state builds
+    one per stored event on every read, ~4x faster than a frozen dataclass.
     """
 
     ts_us: int
@@ -140,6 +142,9 @@ class Event:
     def key(self) -> tuple[int, bool, Value]:
         """Sort key: (timestamp, anonymous last, id)."""
         return (self.ts_us, self.anonymous, self.id)
+
+
+event_key = itemgetter(0, 3, 1)  # Event.key, without a Python call per event
 
 
 _LIMIT = 2**62  # composite (entity, time) keys stay inside int64
@@ -269,7 +274,10 @@ def evaluate_many(
     t = np.fromiter((e.ts_us for e in currents), np.int64, n)
     seg = np.fromiter((i for i, _ in requests), np.int64, n)
     pos = np.fromiter(
-        (offsets[i] + bisect_left(segments[i], e.key, key=_key) for i, e in requests),
+        (
+            offsets[i] + bisect_left(segments[i], e.key, key=event_key)
+            for i, e in requests
+        ),
         np.int64,
         n,
     )
@@ -312,8 +320,98 @@ def evaluate_many(
     return out
 
 
-def _key(e: Event) -> tuple[int, bool, Value]:
-    return e.key
+def _apply(function: Function, values: list[float], fill: float | None) -> float | None:
+    n = len(values)
+    result: float | None
+    if function == "count":
+        result = float(n)
+    elif n == 0:
+        result = None
+    elif function in ("sum", "mean"):
+        result = math.fsum(values) / (n if function == "mean" else 1)
+    elif function == "min":
+        result = min(values)
+    elif function == "max":
+        result = max(values)
+    elif function == "last":
+        result = values[-1]
+    elif n < 2:  # noqa: PLR2004  (sample standard deviation)
+        result = None
+    else:
+        mean = math.fsum(values) / n
+        result = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    return fill if result is None else result
+
+
+def evaluate_few(
+    compiled: Sequence[Spec],
+    columns: Mapping[str, int],
+    events: Sequence[Event],
+    currents: Sequence[Event],
+) -> list[list[float | None]]:
+    """Every feature of a few requests of one entity, in plain Python.
+
+    The same windows as `evaluate_many` (binary search over the entity's valid
+    events, then the window's values), without numpy's per-call overhead: the
+    path of single-row requests. Sums are exact (`math.fsum`).
+    """
+    ts = [e.ts_us for e in events]
+    prepared: dict[tuple[str | None, Where | None], tuple[list[int], list[float]]] = {}
+    rows: list[list[float | None]] = []
+    for current in currents:
+        pos = bisect_left(events, current.key, key=event_key)
+        t = current.ts_us
+        row: list[float | None] = []
+        for spec in compiled:
+            found = prepared.get((spec.column, spec.where))
+            if found is None:
+                ci = columns[spec.column] if spec.column is not None else -1
+                found = _valid(events, ci, spec.where, columns)
+                prepared[(spec.column, spec.where)] = found
+            index, values = found
+            hi = t - spec.shift_us
+            # positions among the valid events: (hi - window, hi], before `pos`
+            start = bisect_left(index, bisect_right(ts, hi - spec.window_us, hi=pos))
+            end = bisect_left(index, bisect_right(ts, hi, hi=pos))
+            window = values[start:end]
+            if spec.shift_us == 0:
+                own = _value(current, columns, spec)
+                if own is not None:
+                    window = [*window, own]
+            row.append(_apply(spec.function, window, spec.fill))
+        rows.append(row)
+    return rows
+
+
+def _value(e: Event, columns: Mapping[str, int], spec: Spec) -> float | None:
+    """The event's value for `spec` (1.0 for a row count), None if it is left out."""
+    where = spec.where
+    if where is not None and not where.test(e.values[columns[where.column]]):
+        return None
+    if spec.column is None:
+        return 1.0
+    v = e.values[columns[spec.column]]
+    return None if v is None else float(v)
+
+
+def _valid(
+    events: Sequence[Event], ci: int, where: Where | None, columns: Mapping[str, int]
+) -> tuple[list[int], list[float]]:
+    wi = columns[where.column] if where is not None else -1
+    index: list[int] = []
+    values: list[float] = []
+    for k, e in enumerate(events):
+        if where is not None and not where.test(e.values[wi]):
+            continue
+        if ci < 0:
+            index.append(k)
+            values.append(1.0)
+            continue
+        v = e.values[ci]
+        if v is not None:
+            index.append(k)
+            values.append(float(v))
+    return index, values
 
 
 def evaluate(
@@ -327,5 +425,4 @@ def evaluate(
     Events after `current` in (timestamp, id) order are ignored: a late or
     retried event never sees its future. `current` itself counts once.
     """
-    row = evaluate_many(compiled, columns, [events], [(0, current)])[0]
-    return [None if math.isnan(v) else float(v) for v in row]
+    return evaluate_few(compiled, columns, events, [current])[0]

@@ -19,12 +19,13 @@ import numpy as np
 
 from aistack.contract import AggregationView, Spec, UseCase, Value
 from aistack.errors import ConfigError
-from aistack.features.aggregations import Event, evaluate_many
+from aistack.features.aggregations import Event, evaluate_few, evaluate_many, event_key
 from aistack.features.state import EventState, Watermark
 from aistack.lake.delta import Lake
 from aistack.sql import quote
 
 _US = timedelta(microseconds=1)
+_FEW = 8  # requests up to which windows are evaluated in plain Python
 
 
 def label_index(view: AggregationView, use_case: UseCase) -> int | None:
@@ -119,17 +120,18 @@ def online_features(
         mark = latest[j]
         out.late[i] = mark is not None and e.ts_us < mark - plan.lateness_us
     for j in grown:
-        merged[j].sort(key=_key)
+        merged[j].sort(key=event_key)
     requests = [(segment[keys[i]], e) for i, e in enumerate(current)]
-    out.values = evaluate_many(plan.specs, plan.position, merged, requests)
+    if n <= _FEW:  # numpy's per-call overhead outweighs its speed here
+        for i, (j, e) in enumerate(requests):
+            row = evaluate_few(plan.specs, plan.position, merged[j], [e])[0]
+            out.values[i] = [np.nan if v is None else v for v in row]
+    else:
+        out.values = evaluate_many(plan.specs, plan.position, merged, requests)
     for key, j in segment.items():
         if merged[j]:
             out.prune[key] = merged[j][-1].ts_us - plan.retention_us
     return out
-
-
-def _key(e: Event) -> tuple[int, bool, Value]:
-    return e.key
 
 
 def commit(
@@ -138,9 +140,7 @@ def commit(
     """Write the batch's new events (and prune) once they have been scored."""
     if not found.events and not found.prune:
         return
-    state.write(view.name, found.events, found.prune)
-    if indexed and found.events:
-        state.index(view.name, [(e.id, key, e.ts_us) for key, e in found.events])
+    state.write(view.name, found.events, found.prune, indexed=indexed)
 
 
 @dataclass(frozen=True)
