@@ -145,6 +145,7 @@ class Event(NamedTuple):
 
 
 event_key = itemgetter(0, 3, 1)  # Event.key, without a Python call per event
+_TS, _VALUES = itemgetter(0), itemgetter(2)
 
 
 _LIMIT = 2**62  # composite (entity, time) keys stay inside int64
@@ -176,11 +177,9 @@ def _series(
             values = np.ones(n)
             valid = np.ones(n, dtype=bool)
         else:
-            raw = [e.values[ci] for e in items]
+            raw = list(map(itemgetter(ci), map(_VALUES, items)))
             valid = np.fromiter((v is not None for v in raw), bool, n)
-            values = np.fromiter(
-                (0.0 if v is None else float(v) for v in raw), np.float64, n
-            )
+            values = np.array(raw, dtype=np.float64)  # None -> NaN, zeroed below
         if where is not None:
             valid &= np.fromiter((where.test(e.values[wi]) for e in items), bool, n)
         return valid, np.where(valid, values, 0.0)
@@ -290,7 +289,7 @@ def evaluate_many(
                 one = [(0, requests[k][1]) for k in picked]
                 out[picked] = evaluate_many(compiled, columns, [segments[i]], one)
         return out
-    ts = np.fromiter((e.ts_us for e in events), np.int64, len(events))
+    ts = np.fromiter(map(_TS, events), np.int64, len(events))
     keyed = np.repeat(np.arange(len(segments), dtype=np.int64), sizes) * (span + 1)
     keyed += np.clip(ts - base, 0, span)
     origin = seg * (span + 1) - base

@@ -43,6 +43,7 @@ class ViewFeatures:
     late: list[bool]
     events: list[tuple[str, Event]] = field(default_factory=list)
     prune: dict[str, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # the columns of `values`
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class _Compiled:
     """What a view's evaluation needs, derived once per view (not per request)."""
 
     specs: list[Spec]
+    names: list[str]
     value_columns: list[str]
     position: dict[str, int]
     width: int
@@ -63,6 +65,7 @@ def _compiled(view: AggregationView) -> _Compiled:
     compiled = view.specs
     return _Compiled(
         compiled,
+        [spec.name for spec in compiled],
         columns,
         {c: j for j, c in enumerate(columns)},
         len(compiled),
@@ -108,7 +111,7 @@ def online_features(
     # lateness) is late
     latest = [max((e.ts_us for e in events), default=None) for events in held]
     merged = [list(events) for events in held]
-    out = ViewFeatures(np.empty((n, plan.width)), [False] * n)
+    out = ViewFeatures(np.empty((n, plan.width)), [False] * n, names=plan.names)
     grown: set[int] = set()
     for i, e in enumerate(current):
         j = segment[keys[i]]

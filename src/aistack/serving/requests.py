@@ -135,7 +135,7 @@ def request_features(
                 label_at=label_index(view, use_case),
             )
             out.pending.append((view, found))
-            for j, name in enumerate(view.feature_names):
+            for j, name in enumerate(found.names):
                 values[name] = found.values[:, j]
             for k in range(n):
                 out.ages[k][view.name] = 0.0
