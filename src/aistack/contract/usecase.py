@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import polars as pl
@@ -202,9 +203,10 @@ class UseCase:
         """Delta table name of batch predictions."""
         return f"gold.{self.name}_predictions"
 
-    @property
+    @cached_property
     def request_expressions(self) -> dict[str, pl.Expr]:
-        """Row features (as floats), then request-time feature expressions."""
+        """Row features (as floats), then request-time feature expressions (one
+        mapping per use case: compiled request plans are kept per mapping)."""
         rows = {c: pl.col(c).cast(pl.Float64) for c in self.row_features}
         return {**rows, **self.request_features}
 

@@ -12,9 +12,14 @@ score them. The offline compiler (`view_sql`) and the online evaluator
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from operator import itemgetter
+from typing import NamedTuple
+
+import numpy as np
 
 from aistack.contract.aggregations import (
     Aggregation,
@@ -119,13 +124,13 @@ def view_sql(
 # --- online: the same definition over an entity's events ---------------------
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One event of an entity as the online state keeps it.
 
     `values` follow the view's value columns. Ties on the timestamp are broken
     by the id; `anonymous` events (a request without an id, kept under its
-    request id) sort after every declared id.
+    request id) sort after every declared id. A named tuple: the state builds
+    one per stored event on every read, ~4x faster than a frozen dataclass.
     """
 
     ts_us: int
@@ -139,6 +144,181 @@ class Event:
         return (self.ts_us, self.anonymous, self.id)
 
 
+event_key = itemgetter(0, 3, 1)  # Event.key, without a Python call per event
+_TS, _VALUES = itemgetter(0), itemgetter(2)
+
+
+_LIMIT = 2**62  # composite (entity, time) keys stay inside int64
+
+
+@dataclass
+class _Series:
+    """One (column, filter) over the flattened events: what a window aggregates."""
+
+    valid: np.ndarray  # bool per event: passes the filter, value not NULL
+    values: np.ndarray  # float64 per event (0 where not valid), then one 0
+    count: np.ndarray  # prefix counts of valid events (len + 1)
+    total: np.ndarray  # prefix sums of values, extended precision (len + 1)
+    last: np.ndarray  # prefix: index of the last valid event before i, or -1
+    current_valid: np.ndarray  # per request: the request's own event
+    current: np.ndarray
+
+
+def _series(
+    events: Sequence[Event],
+    currents: Sequence[Event],
+    ci: int,
+    where: Where | None,
+    wi: int,
+) -> _Series:
+    def column(items: Sequence[Event]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(items)
+        if ci < 0:
+            values = np.ones(n)
+            valid = np.ones(n, dtype=bool)
+        else:
+            raw = list(map(itemgetter(ci), map(_VALUES, items)))
+            valid = np.fromiter((v is not None for v in raw), bool, n)
+            values = np.array(raw, dtype=np.float64)  # None -> NaN, zeroed below
+        if where is not None:
+            valid &= np.fromiter((where.test(e.values[wi]) for e in items), bool, n)
+        return valid, np.where(valid, values, 0.0)
+
+    valid, values = column(events)
+    current_valid, current = column(currents)
+    count = np.zeros(len(events) + 1, dtype=np.int64)
+    np.cumsum(valid, out=count[1:])
+    total = np.zeros(len(events) + 1, dtype=np.longdouble)
+    np.cumsum(values, dtype=np.longdouble, out=total[1:])
+    last = np.full(len(events) + 1, -1, dtype=np.int64)
+    last[1:] = np.where(valid, np.arange(len(events)), -1)
+    np.maximum.accumulate(last, out=last)
+    padded = np.append(values, 0.0)
+    return _Series(valid, padded, count, total, last, current_valid, current)
+
+
+def _aggregate(
+    function: Function,
+    series: _Series,
+    start: np.ndarray,
+    end: np.ndarray,
+    own: np.ndarray,
+) -> np.ndarray:
+    """One feature over the windows [start, end) (+ the request's own event)."""
+    count: np.ndarray = series.count[end] - series.count[start] + own
+    if function == "count":
+        return count.astype(np.float64)
+    if function in ("sum", "mean"):
+        total = series.total[end] - series.total[start]
+        total += np.where(own, series.current, 0.0)
+        if function == "mean":
+            total /= np.maximum(count, 1)
+        return np.where(count > 0, total.astype(np.float64), np.nan)
+    if function == "last":
+        before = series.last[end]  # the last valid event before `end`, or -1
+        found = before >= start
+        held = np.where(found, series.values[np.maximum(before, 0)], np.nan)
+        return np.where(own, series.current, held)
+    return _loop(function, series, start, end, own)
+
+
+def _loop(
+    function: Function,
+    series: _Series,
+    start: np.ndarray,
+    end: np.ndarray,
+    own: np.ndarray,
+) -> np.ndarray:
+    """min, max, stddev: one request at a time over its window's values."""
+    out = np.full(len(start), np.nan)
+    for k in range(len(start)):
+        lo, hi = int(start[k]), int(end[k])
+        values = series.values[lo:hi][series.valid[lo:hi]].tolist()
+        if own[k]:
+            values.append(float(series.current[k]))
+        n = len(values)
+        if function == "min" and n:
+            out[k] = min(values)
+        elif function == "max" and n:
+            out[k] = max(values)
+        elif function == "stddev" and n >= 2:  # noqa: PLR2004  (sample)
+            mean = math.fsum(values) / n
+            out[k] = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    return out
+
+
+def evaluate_many(
+    compiled: Sequence[Spec],
+    columns: Mapping[str, int],
+    segments: Sequence[Sequence[Event]],
+    requests: Sequence[tuple[int, Event]],
+) -> np.ndarray:
+    """Every feature (NaN: NULL) of each request (segment index, event), vectorised.
+
+    Each segment holds one entity's events sorted by key; a request sees the
+    events of its segment strictly before it in (timestamp, id) order, plus
+    itself. Windows are index ranges found by binary search on (segment, time);
+    count, sum, mean and last come from prefix arrays (sums in extended
+    precision), min, max and stddev from the window's values.
+    """
+    n = len(requests)
+    out = np.full((n, len(compiled)), np.nan)
+    if n == 0:
+        return out
+    sizes = np.fromiter((len(s) for s in segments), np.int64, len(segments))
+    offsets = np.zeros(len(segments) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    events = [e for s in segments for e in s]
+    currents = [e for _, e in requests]
+    t = np.fromiter((e.ts_us for e in currents), np.int64, n)
+    seg = np.fromiter((i for i, _ in requests), np.int64, n)
+    pos = np.fromiter(
+        (
+            offsets[i] + bisect_left(segments[i], e.key, key=event_key)
+            for i, e in requests
+        ),
+        np.int64,
+        n,
+    )
+    base = int(t.min()) - max(s.shift_us + s.window_us for s in compiled) - 1
+    span = int(t.max()) - base + 1
+    if len(segments) * (span + 1) >= _LIMIT:  # a batch spanning ages: split it
+        for i in range(len(segments)):
+            picked = [k for k in range(n) if requests[k][0] == i]
+            if picked:
+                one = [(0, requests[k][1]) for k in picked]
+                out[picked] = evaluate_many(compiled, columns, [segments[i]], one)
+        return out
+    ts = np.fromiter(map(_TS, events), np.int64, len(events))
+    keyed = np.repeat(np.arange(len(segments), dtype=np.int64), sizes) * (span + 1)
+    keyed += np.clip(ts - base, 0, span)
+    origin = seg * (span + 1) - base
+    cache: dict[tuple[str | None, Where | None], _Series] = {}
+    for j, spec in enumerate(compiled):
+        hi = t - spec.shift_us
+        start = np.minimum(
+            np.searchsorted(keyed, origin + hi - spec.window_us, "right"), pos
+        )
+        end = (
+            pos
+            if spec.shift_us == 0
+            else np.minimum(np.searchsorted(keyed, origin + hi, "right"), pos)
+        )
+        where = spec.where
+        series = cache.get((spec.column, where))
+        if series is None:
+            ci = columns[spec.column] if spec.column is not None else -1
+            wi = columns[where.column] if where is not None else -1
+            series = _series(events, currents, ci, where, wi)
+            cache[(spec.column, where)] = series
+        own = series.current_valid & (spec.shift_us == 0)
+        column = _aggregate(spec.function, series, start, end, own)
+        if spec.fill is not None:
+            column = np.where(np.isnan(column), spec.fill, column)
+        out[:, j] = column
+    return out
+
+
 def _apply(function: Function, values: list[float], fill: float | None) -> float | None:
     n = len(values)
     result: float | None
@@ -146,10 +326,8 @@ def _apply(function: Function, values: list[float], fill: float | None) -> float
         result = float(n)
     elif n == 0:
         result = None
-    elif function == "sum":
-        result = math.fsum(values)
-    elif function == "mean":
-        result = math.fsum(values) / n
+    elif function in ("sum", "mean"):
+        result = math.fsum(values) / (n if function == "mean" else 1)
     elif function == "min":
         result = min(values)
     elif function == "max":
@@ -164,6 +342,77 @@ def _apply(function: Function, values: list[float], fill: float | None) -> float
     return fill if result is None else result
 
 
+def evaluate_few(
+    compiled: Sequence[Spec],
+    columns: Mapping[str, int],
+    events: Sequence[Event],
+    currents: Sequence[Event],
+) -> list[list[float | None]]:
+    """Every feature of a few requests of one entity, in plain Python.
+
+    The same windows as `evaluate_many` (binary search over the entity's valid
+    events, then the window's values), without numpy's per-call overhead: the
+    path of single-row requests. Sums are exact (`math.fsum`).
+    """
+    ts = [e.ts_us for e in events]
+    prepared: dict[tuple[str | None, Where | None], tuple[list[int], list[float]]] = {}
+    rows: list[list[float | None]] = []
+    for current in currents:
+        pos = bisect_left(events, current.key, key=event_key)
+        t = current.ts_us
+        row: list[float | None] = []
+        for spec in compiled:
+            found = prepared.get((spec.column, spec.where))
+            if found is None:
+                ci = columns[spec.column] if spec.column is not None else -1
+                found = _valid(events, ci, spec.where, columns)
+                prepared[(spec.column, spec.where)] = found
+            index, values = found
+            hi = t - spec.shift_us
+            # positions among the valid events: (hi - window, hi], before `pos`
+            start = bisect_left(index, bisect_right(ts, hi - spec.window_us, hi=pos))
+            end = bisect_left(index, bisect_right(ts, hi, hi=pos))
+            window = values[start:end]
+            if spec.shift_us == 0:
+                own = _value(current, columns, spec)
+                if own is not None:
+                    window = [*window, own]
+            row.append(_apply(spec.function, window, spec.fill))
+        rows.append(row)
+    return rows
+
+
+def _value(e: Event, columns: Mapping[str, int], spec: Spec) -> float | None:
+    """The event's value for `spec` (1.0 for a row count), None if it is left out."""
+    where = spec.where
+    if where is not None and not where.test(e.values[columns[where.column]]):
+        return None
+    if spec.column is None:
+        return 1.0
+    v = e.values[columns[spec.column]]
+    return None if v is None else float(v)
+
+
+def _valid(
+    events: Sequence[Event], ci: int, where: Where | None, columns: Mapping[str, int]
+) -> tuple[list[int], list[float]]:
+    wi = columns[where.column] if where is not None else -1
+    index: list[int] = []
+    values: list[float] = []
+    for k, e in enumerate(events):
+        if where is not None and not where.test(e.values[wi]):
+            continue
+        if ci < 0:
+            index.append(k)
+            values.append(1.0)
+            continue
+        v = e.values[ci]
+        if v is not None:
+            index.append(k)
+            values.append(float(v))
+    return index, values
+
+
 def evaluate(
     compiled: Sequence[Spec],
     columns: Mapping[str, int],
@@ -175,32 +424,4 @@ def evaluate(
     Events after `current` in (timestamp, id) order are ignored: a late or
     retried event never sees its future. `current` itself counts once.
     """
-    t, key = current.ts_us, current.key
-    past = [e for e in events if e.key < key]
-    past.append(current)
-    out: list[float | None] = []
-    cache: dict[tuple[int, int, Where | None, str | None], list[float]] = {}
-    for spec in compiled:
-        hi = t - spec.shift_us
-        lo = hi - spec.window_us
-        cache_key = (lo, hi, spec.where, spec.column)
-        values = cache.get(cache_key)
-        if values is None:
-            values = []
-            where = spec.where
-            wi = columns[where.column] if where is not None else -1
-            ci = columns[spec.column] if spec.column is not None else -1
-            for e in past:
-                if e.ts_us <= lo or e.ts_us > hi:
-                    continue
-                if where is not None and not where.test(e.values[wi]):
-                    continue
-                if ci < 0:
-                    values.append(1.0)
-                    continue
-                v = e.values[ci]
-                if v is not None:
-                    values.append(float(v))
-            cache[cache_key] = values
-        out.append(_apply(spec.function, values, spec.fill))
-    return out
+    return evaluate_few(compiled, columns, events, [current])[0]

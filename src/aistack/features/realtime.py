@@ -13,17 +13,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 import numpy as np
 
-from aistack.contract import AggregationView, UseCase, Value
+from aistack.contract import AggregationView, Spec, UseCase, Value
 from aistack.errors import ConfigError
-from aistack.features.aggregations import Event, evaluate
+from aistack.features.aggregations import Event, evaluate_few, evaluate_many, event_key
 from aistack.features.state import EventState, Watermark
 from aistack.lake.delta import Lake
 from aistack.sql import quote
 
 _US = timedelta(microseconds=1)
+_FEW = 8  # requests up to which windows are evaluated in plain Python
 
 
 def label_index(view: AggregationView, use_case: UseCase) -> int | None:
@@ -41,6 +43,35 @@ class ViewFeatures:
     late: list[bool]
     events: list[tuple[str, Event]] = field(default_factory=list)
     prune: dict[str, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # the columns of `values`
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """What a view's evaluation needs, derived once per view (not per request)."""
+
+    specs: list[Spec]
+    names: list[str]
+    value_columns: list[str]
+    position: dict[str, int]
+    width: int
+    lateness_us: int
+    retention_us: int
+
+
+@lru_cache(maxsize=64)
+def _compiled(view: AggregationView) -> _Compiled:
+    columns = view.value_columns
+    compiled = view.specs
+    return _Compiled(
+        compiled,
+        [spec.name for spec in compiled],
+        columns,
+        {c: j for j, c in enumerate(columns)},
+        len(compiled),
+        view.allowed_lateness // _US,
+        view.retention // _US,
+    )
 
 
 def online_features(
@@ -59,49 +90,50 @@ def online_features(
     Requests of one entity in the same batch see each other as a stream would:
     each only the events before it in (timestamp, id) order.
     """
+    plan = _compiled(view)
     n = len(ts_us)
     keys = [str(e) for e in entities]
-    unique = list(dict.fromkeys(keys))
-    held = dict(
-        zip(unique, state.read(view.name, unique, label_index=label_at), strict=True)
-    )
-    value_columns = view.value_columns
+    segment = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    unique = list(segment)
+    held = state.read(view.name, unique, label_index=label_at)
+    given = [columns.get(c) for c in plan.value_columns]
     current = [
         Event(
             ts_us[i],
             ids[i],
-            tuple(None if c not in columns else columns[c][i] for c in value_columns),
+            tuple(None if c is None else c[i] for c in given),
             anonymous[i],
         )
         for i in range(n)
     ]
-    merged: dict[str, list[Event]] = {}
-    stored_ids: dict[str, set[str]] = {}
-    for key in unique:
-        stored_ids[key] = {str(e.id) for e in held[key]}
-        merged[key] = list(held[key])
-    out = ViewFeatures(np.empty((n, len(view.feature_names))), [False] * n)
+    stored_ids = [{str(e.id) for e in events} for events in held]
+    # the entity's latest stored event: a request before it (minus the allowed
+    # lateness) is late
+    latest = [max((e.ts_us for e in events), default=None) for events in held]
+    merged = [list(events) for events in held]
+    out = ViewFeatures(np.empty((n, plan.width)), [False] * n, names=plan.names)
+    grown: set[int] = set()
     for i, e in enumerate(current):
-        if str(e.id) not in stored_ids[keys[i]]:
-            merged[keys[i]].append(e)
-            out.events.append((keys[i], e))
-    for key in unique:
-        merged[key].sort(key=lambda e: e.key)
-    compiled = view.specs
-    position = {c: j for j, c in enumerate(value_columns)}
-    lateness = view.allowed_lateness // _US
-    for i, e in enumerate(current):
-        key = keys[i]
-        row = evaluate(compiled, position, merged[key], e)
-        out.values[i] = [np.nan if v is None else v for v in row]
-        if str(e.id) in stored_ids[key]:
+        j = segment[keys[i]]
+        if str(e.id) in stored_ids[j]:
             continue  # a retry: judged when it first arrived
-        before = [x.ts_us for x in held[key] if str(x.id) != str(e.id)]
-        out.late[i] = bool(before) and e.ts_us < max(before) - lateness
-    retention = view.retention // _US
-    for key in unique:
-        if merged[key]:
-            out.prune[key] = merged[key][-1].ts_us - retention
+        merged[j].append(e)
+        grown.add(j)
+        out.events.append((keys[i], e))
+        mark = latest[j]
+        out.late[i] = mark is not None and e.ts_us < mark - plan.lateness_us
+    for j in grown:
+        merged[j].sort(key=event_key)
+    requests = [(segment[keys[i]], e) for i, e in enumerate(current)]
+    if n <= _FEW:  # numpy's per-call overhead outweighs its speed here
+        for i, (j, e) in enumerate(requests):
+            row = evaluate_few(plan.specs, plan.position, merged[j], [e])[0]
+            out.values[i] = [np.nan if v is None else v for v in row]
+    else:
+        out.values = evaluate_many(plan.specs, plan.position, merged, requests)
+    for key, j in segment.items():
+        if merged[j]:
+            out.prune[key] = merged[j][-1].ts_us - plan.retention_us
     return out
 
 
@@ -111,9 +143,7 @@ def commit(
     """Write the batch's new events (and prune) once they have been scored."""
     if not found.events and not found.prune:
         return
-    state.write(view.name, found.events, found.prune)
-    if indexed and found.events:
-        state.index(view.name, [(e.id, key, e.ts_us) for key, e in found.events])
+    state.write(view.name, found.events, found.prune, indexed=indexed)
 
 
 @dataclass(frozen=True)

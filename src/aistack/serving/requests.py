@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from aistack.contract import AggregationView, UseCase
+from aistack.contract import AggregationView, FeatureView, UseCase
 from aistack.errors import ConfigError
 from aistack.features.online import OnlineStore, to_us
 from aistack.features.realtime import ViewFeatures, commit, label_index, online_features
+from aistack.features.request_time import request_plan
 from aistack.features.state import EventState
 from aistack.serving.inference import Predictor
+
+_PLAN_ROWS = 64  # up to this many rows, request-time features skip polars
 
 
 @dataclass
@@ -103,13 +106,7 @@ def request_features(
     columns: dict[str, Any] = {
         c: [p[c] for p in payloads] for c in request_columns(use_case)
     }
-    frame = pl.DataFrame(columns).with_columns(
-        expr.alias(name) for name, expr in use_case.request_expressions.items()
-    )
-    values: dict[str, np.ndarray] = {
-        name: frame.get_column(name).to_numpy().astype(np.float64)
-        for name in use_case.request_expressions
-    }
+    values = _request_time(use_case, payloads, columns)
     values[labels.id] = np.array(
         [i if i is not None else 0 for i in ids], dtype=np.float64
     )
@@ -142,7 +139,7 @@ def request_features(
                 label_at=label_index(view, use_case),
             )
             out.pending.append((view, found))
-            for j, name in enumerate(view.feature_names):
+            for j, name in enumerate(found.names):
                 values[name] = found.values[:, j]
             for k in range(n):
                 out.ages[k][view.name] = 0.0
@@ -154,8 +151,26 @@ def request_features(
     return out
 
 
+def _request_time(
+    use_case: UseCase, payloads: Sequence[Mapping[str, Any]], columns: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Request-time features: compiled Python for a few rows, else polars (the
+    training path's evaluation; the compiled plan gives up where it could differ)."""
+    if len(payloads) <= _PLAN_ROWS:
+        found = request_plan(use_case.request_expressions).evaluate(payloads)
+        if found is not None:
+            return {k: np.array(v, dtype=np.float64) for k, v in found.items()}
+    frame = pl.DataFrame(columns).with_columns(
+        expr.alias(name) for name, expr in use_case.request_expressions.items()
+    )
+    return {
+        name: frame.get_column(name).to_numpy().astype(np.float64)
+        for name in use_case.request_expressions
+    }
+
+
 def _batch_view(
-    view: Any,  # noqa: ANN401  (a FeatureView)
+    view: FeatureView,
     store: OnlineStore,
     entities: Sequence[object],
     ts_us: Sequence[int],
