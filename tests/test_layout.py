@@ -17,7 +17,7 @@ import aistack
 SRC = Path(aistack.__file__).parent
 TESTS = Path(__file__).parent
 FLOW = ["contract", "lake", "features", "registry", "training", "serving", "monitoring"]
-SHARED = {"errors", "settings", "sql"}
+SHARED = {"errors", "settings", "sql", "htmlpage"}
 ABOVE = {"workspace": "registry"}  # a shared module sits at the stage it needs
 
 

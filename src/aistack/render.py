@@ -60,6 +60,8 @@ def run_summary(
         console.print(candidates_table(use_case, report))
     champion = ws.registry.version_of(use_case.name, "champion")
     console.print(f"champion: [bold]{use_case.name}[/] version [bold]{champion}[/]")
+    if report.evaluation_report is not None:
+        console.print(f"evaluation report: {report.evaluation_report}", soft_wrap=True)
     if report.scoring is not None:
         s = report.scoring
         action = "unchanged" if s.skipped else f"{s.rows:,} rows scored"

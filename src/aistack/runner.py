@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
@@ -47,6 +48,7 @@ from aistack.training.recommend import (
     ranking_key,
     train_recommender,
 )
+from aistack.training.report import write_evaluation_report
 from aistack.training.sets import build_training_set, split_periods
 from aistack.training.tracking import experiment_id, tracking
 from aistack.training.tune import (
@@ -73,6 +75,7 @@ class RunReport:
     champion: Candidate | None = None
     scoring: ScoreResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    evaluation_report: Path | None = None
 
 
 def new_progress(*, enabled: bool = True) -> Progress:
@@ -304,6 +307,19 @@ def _train(
     report.champion = choose_champion(
         use_case, report.candidates, registry=ws.registry, actor=actor
     )
+    path = ws.settings.workspace / "reports" / f"{use_case.name}-evaluation-"
+    report.evaluation_report = write_evaluation_report(
+        path.with_name(f"{path.name}{now:%Y%m%dT%H%M%S}.html"),
+        use_case,
+        report.candidates,
+        report.champion,
+        when=now,
+    )
+    for candidate in report.candidates:  # every trained model's run links to it
+        if not candidate.reused:
+            ws.registry.client.log_artifact(
+                candidate.run_id, str(report.evaluation_report)
+            )
 
 
 def tune(

@@ -48,6 +48,7 @@ class Candidate:
     metrics: dict[str, float]
     gates: list[GateResult] = field(default_factory=list)
     reused: bool = False
+    test_scores: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -226,7 +227,8 @@ def train_candidate(
     labels = use_case.labels
     model = scoring_model(use_case, trainer, seed)
     model.fit(data.train[use_case.model_inputs], data.train[labels.label].to_numpy())
-    metrics = evaluate(model, data.test, use_case)
+    scored = scored_frame(model, data.test, use_case)
+    metrics = {name: float(metric(scored)) for name, metric in use_case.metrics.items()}
     holdout = data.test[use_case.model_inputs]
     gates = check_gates(
         model,
@@ -272,7 +274,7 @@ def train_candidate(
                 pip_requirements=requirements(trainer, model.estimator),
                 registered_model_name=use_case.name,
             )
-    return as_challenger(
+    candidate = as_challenger(
         use_case.name,
         info,
         run,
@@ -282,6 +284,8 @@ def train_candidate(
         metrics=metrics,
         gates=gates,
     )
+    candidate.test_scores = scored
+    return candidate
 
 
 def log_verdict(
