@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from aistack.contract import get_use_case
+from aistack.registry.artifacts import record_digest
 from aistack.training.models import ScoringModel
 from aistack.training.tracking import experiment_id, tracking
 
@@ -68,4 +69,6 @@ def register(ws, kind: str) -> int:
                 pip_requirements=[],
                 registered_model_name="fraud",
             )
-    return int(info.registered_model_version)
+        version = int(info.registered_model_version)
+        record_digest(ws.registry, "fraud", version)  # as registration does
+    return version
