@@ -119,11 +119,10 @@ def test_run_then_inspect(tmp_path: Path) -> None:
     assert rollback.returncode == 0, rollback.stderr
     assert "-> 1" not in rollback.stdout
     # a second run on the same inputs writes no new table version
+    before = aistack("tables", cwd=tmp_path).stdout
     again = aistack("run", "fraud", *SMALL, "--bad-rows", "2", "--quiet", cwd=tmp_path)
     assert again.returncode == 0
-    assert (
-        aistack("tables", cwd=tmp_path).stdout == aistack("tables", cwd=tmp_path).stdout
-    )
+    assert aistack("tables", cwd=tmp_path).stdout == before
     assert "unchanged" in again.stdout
     quarantine = aistack("quarantine", "fraud", "--limit", "3", cwd=tmp_path)
     assert quarantine.returncode == 0, quarantine.stderr

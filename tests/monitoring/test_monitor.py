@@ -58,7 +58,7 @@ def replayed(served_workspace):
     return ws, len(rows)
 
 
-def test_monitor_finds_drift_performance_and_writes_the_report(
+def test_monitor_tests_drift_measures_performance_and_writes_the_report(
     replayed, tmp_path
 ) -> None:
     ws, sent = replayed
@@ -73,7 +73,12 @@ def test_monitor_finds_drift_performance_and_writes_the_report(
     assert "average_precision" in result.training_metrics
     html = (tmp_path / "report.html").read_text()
     assert html.count("<svg") >= 2 and "http://" not in html
-    if result.drift_share > 0.3:  # the declared rule fired and was recorded
+    assert all(d.test != "not_enough_data" for d in result.drift)  # 1,600 rows
+    # the declared rule (drift share > 0.3) fires exactly when its condition holds
+    fired = [a for a in result.alerts if a.signal == "drift_share"]
+    assert bool(fired) == (result.drift_share > 0.3)
+    assert all(a.state == "firing" for a in fired)
+    if fired:  # and recorded where every process reads alert states
         assert ws.lake.exists(alerts_table("fraud"))
 
 
