@@ -73,7 +73,11 @@ def _check_answer(task: str, answer: dict) -> None:
         assert answer["anomaly"] == (answer["score"] >= 0.6)
 
 
-@pytest.mark.parametrize("uc", [wine, diabetes, sensors], ids=lambda u: u.name)
+@pytest.mark.parametrize(
+    "uc",
+    [wine, pytest.param(diabetes, marks=pytest.mark.slow), sensors],
+    ids=lambda u: u.name,
+)
 def test_a_task_runs_end_to_end(uc: UseCase, tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws")
     report = run(uc, ws, uc.params())

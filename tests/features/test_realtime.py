@@ -35,7 +35,9 @@ REPLAY_DAYS = 9  # longer than the 7-day label delay: replayed labels count too
 FIELDS = ("transaction_id", "customer_id", "terminal_id", "tx_amount")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(  # the Redis state's replay with -m slow (same code above the store)
+    params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)]
+)
 def online_url(request, tmp_path):
     if request.param == "sqlite":
         yield None

@@ -114,6 +114,7 @@ def test_consumers_in_one_group_share_the_load(streamed) -> None:
     assert len(log) == pushed.events and log["event_id"].is_unique
 
 
+@pytest.mark.slow  # suite budget; exactly-once (above) stays in the default run
 def test_metrics_and_dead_letters(streamed) -> None:
     ws, _, url, pushed = streamed
     names = stream_names("fraud")
