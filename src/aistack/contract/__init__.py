@@ -47,7 +47,7 @@ from aistack.contract.monitoring import (
 )
 from aistack.contract.ranking import RankingGates, RankingUseCase
 from aistack.contract.serving import Serving
-from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.tables import Batch, PostgresTable, SilverTable
 from aistack.contract.usecase import UseCase
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "Metric",
     "Monitoring",
     "Op",
+    "PostgresTable",
     "RankingGates",
     "RankingUseCase",
     "RolloutGuards",
