@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         default=None,
         description="Redis holding the event streams (default: online_url if Redis).",
     )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="OTLP/HTTP traces endpoint (http://collector:4318/v1/traces); "
+        "none: tracing off.",
+    )
     stream_failpoint: str | None = Field(
         default=None,
         pattern=r"^(after_state|after_commit):[1-9][0-9]*$",
