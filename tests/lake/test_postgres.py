@@ -112,26 +112,28 @@ def test_versions_within_a_build_stale_and_duplicate_rows_are_quarantined() -> N
         "2026-01-02 08:00",
         "2026-01-03 08:00",
         None,
+        "2026-01-01 09:00",
     ]
     raw = pl.DataFrame(
         {
-            "TRANSACTION_ID": ["1", "1", "1", "1", "2"],
-            "TX_DATETIME": ["2026-01-01 07:00"] * 5,
-            "CUSTOMER_ID": ["1"] * 5,
-            "TERMINAL_ID": ["1"] * 5,
-            "TX_AMOUNT": ["1.0", "3.0", "2.0", "3.0", "5.0"],
-            "TX_FRAUD": ["0"] * 5,
+            "TRANSACTION_ID": ["1", "1", "1", "1", "2", "3"],
+            "TX_DATETIME": ["2026-01-01 07:00"] * 6,
+            "CUSTOMER_ID": ["1"] * 6,
+            "TERMINAL_ID": ["1"] * 6,
+            "TX_AMOUNT": ["1.0", "3.0", "2.0", "3.0", "5.0", "6.0"],
+            "TX_FRAUD": ["0"] * 6,
             "updated_at": marks,
-            "_batch_id": ["b"] * 5,
-            "_ingested_at": [NOW] * 5,
+            "_batch_id": ["b"] * 6,
+            "_ingested_at": [NOW] * 6,
         }
     )
     existing = pl.DataFrame(
-        {"transaction_id": [2], "updated_at": [datetime(2026, 1, 5)]},
+        {"transaction_id": [2, 3], "updated_at": [datetime(2026, 1, 5), None]},
         schema={"transaction_id": pl.Int64, "updated_at": pl.Datetime("us")},
     )
     good, bad = validate_rows(raw, spec, existing_keys=existing)
-    assert good.get_column("tx_amount").to_list() == [1.0, 3.0]  # v1, then v3
+    # key 1: v1, then v3; key 3: a version replaces a row that had none
+    assert good.get_column("tx_amount").to_list() == [1.0, 3.0, 6.0]
     assert bad.get_column("_check").to_list() == [
         "stale_version",  # v2 after v3
         "duplicate_key",  # v3 again

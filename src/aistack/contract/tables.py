@@ -63,8 +63,9 @@ class SilverTable:
 
     With `latest_by` (a contract column, e.g. `updated_at`) a repeated key is an
     update: a row strictly newer than the key's current version replaces it
-    (latest wins; every version stays in bronze); a row with the same version
-    (or none) is a duplicate and an older one is stale: both go to quarantine.
+    (latest wins, no version is the oldest; every version stays in bronze); a
+    row with the same version (or none) is a duplicate and an older one is
+    stale: both go to quarantine.
     """
 
     name: str

@@ -240,7 +240,8 @@ def _stale_versions(
 
     In bronze order, a row is accepted when its key is new (first row) or its
     version is after every earlier one of the key (in silver or before it in
-    the build); the others are duplicates (same or no version) or stale (older).
+    the build; no version is the oldest); the others are duplicates (same or no
+    version) or stale (older).
     """
     key, version = list(spec.key), str(spec.latest_by)
     rows = alive.select(_POS, *key, version)
@@ -260,7 +261,10 @@ def _stale_versions(
         (pl.int_range(pl.len()).over(key) == 0).alias("_first"),
         pl.col("_known").fill_null(False),
     )
-    newer = (pl.col(version) > pl.col("_before")).fill_null(False)
+    # a version is newer than none (nulls are oldest), never the other way round
+    newer = pl.col(version).is_not_null() & (
+        pl.col("_before").is_null() | (pl.col(version) > pl.col("_before"))
+    )
     rejected = rows.filter(~((pl.col("_first") & ~pl.col("_known")) | newer))
     if not rejected.height:
         return []
