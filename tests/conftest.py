@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ from aistack.contract import get_use_case
 from aistack.features.online import materialize, open_store
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
+from aistack.registry.aliases import Registry
 from aistack.runner import RunReport, run
 from aistack.settings import load_settings
 from aistack.workspace import Workspace
+from servers import postgres_server
 
 SMALL_FRAUD = {"customers": 400, "terminals": 800, "days": 60, "bad_rows": 2}
 
@@ -47,10 +50,30 @@ def served_copy(fraud_run: tuple[Workspace, RunReport], root: Path) -> Workspace
     """A copy of the small run under `root`, materialized and bootstrapped."""
     source, _ = fraud_run
     shutil.copytree(source.settings.workspace, root)
-    ws = make_workspace(root)
+    return materialized(make_workspace(root))
+
+
+def materialized(ws: Workspace) -> Workspace:
+    """The fraud run's online state (SQLite) built from its silver tables."""
     uc = get_use_case("fraud")
     materialize(ws.lake, open_store(None, ws.settings.workspace, uc.name), uc)
     events = open_event_state(None, ws.settings.workspace, uc.name)
     for view in uc.aggregation_views:
         bootstrap(ws.lake, events, uc, view)
     return ws
+
+
+def other_version(registry: Registry, model: str, than: int | None) -> int:
+    """Some registered version of `model` other than `than`."""
+    return next(
+        int(v.version)
+        for v in registry.client.search_model_versions(f"name = '{model}'")
+        if int(v.version) != than
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """One throwaway PostgreSQL 15 server for the session; tests create databases."""
+    with postgres_server() as url:
+        yield url

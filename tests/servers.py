@@ -1,4 +1,5 @@
-"""Real servers for tests: redis-server and `aistack serve`, on free 127.0.0.1 ports."""
+"""Real servers for tests: redis-server, PostgreSQL 15 and `aistack serve`, on free
+127.0.0.1 ports."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +64,75 @@ def redis_server(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_USER = "postgres"  # initdb refuses root: run the server as this system user
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    """`command` as the unprivileged `postgres` user when running as root."""
+    if os.geteuid() != 0:
+        return command
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        pytest.skip("running as root without runuser: cannot start PostgreSQL")
+    try:
+        subprocess.run(["id", "-u", PG_USER], check=True, capture_output=True)
+    except subprocess.CalledProcessError:
+        pytest.skip(f"running as root and no {PG_USER!r} user to run PostgreSQL as")
+    return [runuser, "-u", PG_USER, "--", *command]
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL 15 (initdb in a temp dir, trust auth on 127.0.0.1,
+    fsync off); yields `postgresql://postgres@127.0.0.1:PORT/postgres`."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(
+            f"PostgreSQL 15 is not installed ({PG_BIN}): apt-get install postgresql"
+        )
+    root = Path(tempfile.mkdtemp(prefix="aistack-pg-"))
+    data = root / "data"
+    if os.geteuid() == 0:  # the server's user must own its folders
+        shutil.chown(root, PG_USER)
+    run = subprocess.run
+    init = [str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "trust"]
+    run(
+        [*_as_postgres_user(init), "--no-sync", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    start = [
+        str(PG_BIN / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        options,
+        "-w",
+        "-l",
+        str(root / "log"),
+        "start",
+    ]
+    run(_as_postgres_user(start), check=True, capture_output=True)
+    try:
+        yield f"postgresql://{PG_USER}@127.0.0.1:{port}/postgres"
+    finally:
+        stop = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
+        run(_as_postgres_user(stop), check=False, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(url: str, name: str) -> str:
+    """A new empty database on the server of `url`; its URL."""
+    import psycopg  # noqa: PLC0415 - only tests that start PostgreSQL need it
+    from psycopg import sql  # noqa: PLC0415
+
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return url.rsplit("/", 1)[0] + f"/{name}"
 
 
 @contextmanager

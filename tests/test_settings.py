@@ -38,3 +38,13 @@ def test_bad_values_name_the_field(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "aistack.toml").write_text("seed = \n")
     with pytest.raises(ConfigError, match=r"aistack\.toml"):
         load_settings()
+
+
+def test_postgresql_uris_use_psycopg_3(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    plain = load_settings(tracking_uri="postgresql://u@127.0.0.1:5432/mlflow")
+    assert plain.mlflow_uri == "postgresql+psycopg://u@127.0.0.1:5432/mlflow"
+    given = "postgresql+psycopg://u@db/mlflow"
+    assert load_settings(tracking_uri=given).mlflow_uri == given
+    with pytest.raises(ConfigError, match=r"tracking_uri: .*postgresql\+psycopg://"):
+        load_settings(tracking_uri="postgresql+psycopg2://u@db/mlflow")

@@ -507,7 +507,8 @@ def stream_command(
         int, typer.Option(min=1, max=100_000, help="Micro-batch size.")
     ] = 500,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus /metrics on 127.0.0.1:PORT.")
+        int | None,
+        typer.Option(help="Serve Prometheus /metrics on PORT (at AISTACK_HOST)."),
     ] = None,
     until_idle: Annotated[
         bool, typer.Option(help="Stop once nothing is pending or undelivered.")
@@ -529,8 +530,8 @@ def stream_command(
     source = RedisStreamSource(stream_url(settings), uc.name, consumer=name)
     worker = Consumer(uc, settings, source, name, batch_size=batch)
     if metrics_port is not None:
-        start_http_server(
-            metrics_port, addr="127.0.0.1", registry=worker.metrics.registry
+        start_http_server(  # AISTACK_HOST=0.0.0.0 in a pod: scraped from outside
+            metrics_port, addr=settings.host, registry=worker.metrics.registry
         )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,7 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from aistack.contract import Batch, RankingUseCase, UseCase
+from aistack.contract import Batch, PostgresTable, RankingUseCase, UseCase
 from aistack.errors import ConfigError
 from aistack.features.gold import GoldResult, build_gold
 from aistack.lake.bronze import IngestResult, ingest
@@ -250,8 +250,8 @@ def _run_ranking(
 
 
 def _ticking(
-    batches: Iterable[Batch], progress: Progress, task: TaskID
-) -> Iterator[Batch]:
+    batches: Iterable[Batch | PostgresTable], progress: Progress, task: TaskID
+) -> Iterator[Batch | PostgresTable]:
     for batch in batches:
         progress.advance(task)
         yield batch

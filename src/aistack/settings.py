@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     )
     tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking/registry URI; default sqlite in the workspace.",
+        description="MLflow tracking/registry URI; default sqlite in the workspace; "
+        "postgresql://… is read as postgresql+psycopg://….",
     )
     seed: int = Field(default=42, ge=0, description="Seed for simulators and models.")
     online_url: str | None = Field(
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
         default=None,
         description="Redis holding the event streams (default: online_url if Redis).",
     )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="OTLP/HTTP traces endpoint (http://collector:4318/v1/traces); "
+        "none: tracing off.",
+    )
     stream_failpoint: str | None = Field(
         default=None,
         pattern=r"^(after_state|after_commit):[1-9][0-9]*$",
@@ -92,6 +99,13 @@ class Settings(BaseSettings):
         schemes = ("sqlite:///", "postgresql", "file:", "http://", "https://")
         if not value.startswith(schemes):
             msg = f"expected a URI starting with one of {', '.join(schemes)}"
+            raise ValueError(msg)
+        if value.startswith("postgresql://"):  # psycopg 3 is the installed driver
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        if value.startswith("postgresql+") and not value.startswith(
+            "postgresql+psycopg://"
+        ):
+            msg = "expected postgresql+psycopg:// (the installed driver, psycopg 3)"
             raise ValueError(msg)
         return value
 

@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
 
-from aistack.errors import ConfigError
+from aistack.errors import ConfigError, RegistryError
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.settings import Settings
@@ -63,14 +65,26 @@ class Workspace:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# one PostgreSQL advisory lock key for MLflow's schema setup (any fixed bigint)
+_SCHEMA_LOCK = 0x414953_4D4C46
+
+
 def create_tracking_db(uri: str) -> None:
-    """Create a new SQLite tracking database atomically (no-op otherwise).
+    """Create the tracking database's schema once, safely under concurrency.
+
+    SQLite: built atomically (below). PostgreSQL: MLflow creates or migrates its
+    tables on first use, and two processes doing so at once collide ("relation
+    alembic_version already exists"); an advisory lock makes them take turns.
+    Other URIs: nothing to do.
 
     MLflow's schema migrations on SQLite are not one transaction: a process
     killed while they run leaves `_alembic_tmp_*` tables that make every later
     open fail. Building the schema in a side file and renaming it into place
     means a killed first run leaves either no database or a complete one.
     """
+    if uri.startswith("postgresql"):
+        _create_postgres_schema(uri)
+        return
     if not uri.startswith("sqlite:///"):
         return
     path = Path(uri.removeprefix("sqlite:///"))
@@ -80,3 +94,21 @@ def create_tracking_db(uri: str) -> None:
     side.unlink(missing_ok=True)
     MlflowClient(tracking_uri=f"sqlite:///{side}").search_experiments()
     os.replace(side, path)
+
+
+def _create_postgres_schema(uri: str) -> None:
+    """MLflow's tables in the PostgreSQL database of `uri`, one process at a time."""
+    url = make_url(uri)
+    libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(libpq, autocommit=True, connect_timeout=10) as con:
+            con.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments()
+            finally:
+                con.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+    except psycopg.Error as exc:
+        where = url.render_as_string(hide_password=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+        msg = f"tracking_uri: cannot use the database at {where}: {first}"
+        raise RegistryError(msg) from exc

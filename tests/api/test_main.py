@@ -15,7 +15,7 @@ import pytest
 from aistack.api.state import prediction_log_table
 from aistack.contract import get_use_case
 from aistack.features.online import materialize, open_store
-from conftest import served_copy
+from conftest import other_version, served_copy
 from servers import aistack_server, redis_binary, redis_server
 
 GOOD = {
@@ -155,11 +155,7 @@ def test_champion_swap_under_load_drops_nothing(served_workspace) -> None:
     ws = served_workspace
     registry = ws.registry
     old = registry.version_of("fraud", "champion")
-    other = next(
-        int(v.version)
-        for v in registry.client.search_model_versions("name = 'fraud'")
-        if int(v.version) != old
-    )
+    other = other_version(registry, "fraud", old)
     seen: list[list[int]] = [[] for _ in range(3)]  # per client, in its own order
     failures: list[str] = []
     stop = threading.Event()

@@ -103,14 +103,11 @@ def test_recovers_after_a_crash_between_commits(tmp_path, monkeypatch) -> None:
     spec = {s.name: s for s in get_use_case("fraud").silver}
     for name in ("customers", "terminals"):
         build_silver(lake, spec[name], processed_at=NOW)
-    real_write = silver_mod._write_new_batches
 
-    def die_on_silver(lake_: Lake, table: str, rows: pl.DataFrame, inputs) -> None:
-        if table == "silver.transactions":
-            raise KeyboardInterrupt("killed")
-        real_write(lake_, table, rows, inputs)
+    def die_on_silver(lake_: Lake, spec_: SilverTable, rows, inputs, **_) -> None:
+        raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(silver_mod, "_write_new_batches", die_on_silver)
+    monkeypatch.setattr(silver_mod, "_write_silver", die_on_silver)
     with pytest.raises(KeyboardInterrupt):
         build_silver(lake, spec["transactions"], processed_at=NOW)
     monkeypatch.undo()

@@ -34,6 +34,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["AISTACK_ALERT_WEBHOOK_URL"] = settings.alert_webhook_url
     if settings.online_url:
         env["AISTACK_ONLINE_URL"] = settings.online_url
+    if settings.otlp_endpoint:
+        env["AISTACK_OTLP_ENDPOINT"] = settings.otlp_endpoint
     if settings.api_tokens:
         env["AISTACK_API_TOKENS"] = json.dumps(
             [t.get_secret_value() for t in settings.api_tokens]

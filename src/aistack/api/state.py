@@ -21,6 +21,7 @@ import numpy as np
 
 from aistack.api.guards import Window, broken_guards
 from aistack.api.metrics import ServerMetrics, observe_many
+from aistack.api.tracing import Tracing
 from aistack.contract import UseCase
 from aistack.features.online import OnlineStore, open_store, versions
 from aistack.features.realtime import LabelResult, apply_labels
@@ -75,6 +76,7 @@ class ServerState:
     events: EventState | None = field(init=False)
     registry: Registry = field(init=False)
     log: PredictionLog = field(init=False)
+    tracing: Tracing = field(init=False)
     _shadow: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="shadow")
     )
@@ -94,6 +96,9 @@ class ServerState:
             else None
         )
         self.registry = Registry(self.lake, self.settings.mlflow_uri)
+        self.tracing = Tracing(
+            self.settings.otlp_endpoint, service=f"aistack-{self.use_case.name}"
+        )
         self.log = PredictionLog(
             self.lake,
             prediction_log_table(self.use_case),
@@ -179,21 +184,27 @@ class ServerState:
         """
         champion, challenger, rollout = self.predictor, self.challenger, self.rollout
         assert champion is not None
-        found = request_features(self.use_case, self.store, self.events, payloads)
+        with self.tracing.span("aistack.features"):
+            found = request_features(self.use_case, self.store, self.events, payloads)
         mask = [False] * len(payloads)
         if rollout is not None and challenger is not None and rollout.mode == "canary":
             key = self.use_case.labels.columns[0]
             mask = [routes_to_challenger(rollout, p[key]) for p in payloads]
-        if any(mask):
-            assert challenger is not None
-            scored = self._canary(found, mask, champion, challenger)
-        else:
-            scored = self._arm(champion, found, None, self.champion_window)
-        commit_features(self.use_case, self.events, found)
-        self._count_late(scored)
-        self.log.append(
-            scored, payloads, route=route, online_versions=self.online_versions_cached
-        )
+        with self.tracing.span("aistack.model"):
+            if any(mask):
+                assert challenger is not None
+                scored = self._canary(found, mask, champion, challenger)
+            else:
+                scored = self._arm(champion, found, None, self.champion_window)
+        with self.tracing.span("aistack.log"):
+            commit_features(self.use_case, self.events, found)
+            self._count_late(scored)
+            self.log.append(
+                scored,
+                payloads,
+                route=route,
+                online_versions=self.online_versions_cached,
+            )
         if rollout is not None and challenger is not None and rollout.mode == "shadow":
             self._shadow.submit(self._shadow_score, challenger, found, payloads, route)
         return scored
@@ -444,4 +455,5 @@ class ServerState:
         self._stop.set()
         self._shadow.shutdown(wait=True)
         self.log.close()
+        self.tracing.shutdown()
         gc.unfreeze()  # let interpreter shutdown release everything cleanly

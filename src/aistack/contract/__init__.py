@@ -48,7 +48,7 @@ from aistack.contract.monitoring import (
 )
 from aistack.contract.ranking import RankingGates, RankingUseCase
 from aistack.contract.serving import Serving
-from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.tables import Batch, PostgresTable, SilverTable
 from aistack.contract.tuning import Choice, Distribution, FloatRange, IntRange, Tuning
 from aistack.contract.usecase import UseCase
 
@@ -76,6 +76,7 @@ __all__ = [
     "Metric",
     "Monitoring",
     "Op",
+    "PostgresTable",
     "RankingGates",
     "RankingUseCase",
     "RolloutGuards",

@@ -28,6 +28,31 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class PostgresTable:
+    """A PostgreSQL table pulled into bronze incrementally by a watermark column.
+
+    Each pull reads the rows whose `watermark` is after the largest one already
+    in bronze (recorded in the batch ids, so it commits with the rows) and lands
+    them as one batch; a pull that finds no new row writes nothing. `table` may
+    be `schema.table`; `url` is a libpq URI (`postgresql://user@host:port/db`).
+    """
+
+    source: str
+    url: str
+    table: str
+    watermark: str = "updated_at"
+
+    def __post_init__(self) -> None:
+        _ident("source", self.source)
+        if not self.url.startswith(("postgresql://", "postgres://")):
+            msg = f"source {self.source}: url must start with postgresql://"
+            raise DeclarationError(msg)
+        if not self.table or not self.watermark:
+            msg = f"source {self.source}: table and watermark column are required"
+            raise DeclarationError(msg)
+
+
+@dataclass(frozen=True)
 class SilverTable:
     """A trusted entity table built from one bronze source under a data contract.
 
@@ -35,6 +60,12 @@ class SilverTable:
     the platform then types each column to the contract's dtype, validates, drops
     duplicate keys and checks references; every rejected row goes to quarantine.
     `references` maps a column to `silver.table.column`.
+
+    With `latest_by` (a contract column, e.g. `updated_at`) a repeated key is an
+    update: a row strictly newer than the key's current version replaces it
+    (latest wins, no version is the oldest; every version stays in bronze); a
+    row with the same version (or none) is a duplicate and an older one is
+    stale: both go to quarantine.
     """
 
     name: str
@@ -43,12 +74,17 @@ class SilverTable:
     contract: type[pa_pl.DataFrameModel]
     key: tuple[str, ...] = ()
     references: Mapping[str, str] = field(default_factory=dict)
+    latest_by: str | None = None
 
     def __post_init__(self) -> None:
         _ident("silver table", self.name)
         _ident("source", self.source)
         columns = set(self.columns)
-        for column in (*self.key, *self.references):
+        if self.latest_by is not None and not self.key:
+            msg = f"silver.{self.name}: latest_by needs a key (which rows are updates)"
+            raise DeclarationError(msg)
+        latest = () if self.latest_by is None else (self.latest_by,)
+        for column in (*self.key, *self.references, *latest):
             if column not in columns:
                 msg = f"silver.{self.name}: column {column!r} is not in the contract"
                 raise DeclarationError(msg)

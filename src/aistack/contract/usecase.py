@@ -24,7 +24,7 @@ from aistack.contract.model import (
 from aistack.contract.monitoring import Monitoring
 from aistack.contract.names import _ident
 from aistack.contract.serving import Serving
-from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.tables import Batch, PostgresTable, SilverTable
 from aistack.contract.tuning import Tuning
 from aistack.errors import DeclarationError
 
@@ -33,8 +33,9 @@ from aistack.errors import DeclarationError
 class UseCase:
     """Everything the platform needs to run one use case end to end.
 
-    `read_sources(params, seed)` yields raw batches; `params` is the pydantic model
-    of the run options it accepts (e.g. `--days 30` on the CLI). `task` decides
+    `read_sources(params, seed)` yields raw batches (or `PostgresTable` pulls);
+    `params` is the pydantic model of the run options it accepts (e.g.
+    `--days 30` on the CLI). `task` decides
     how model output is read, served and gated (see `Task`). Features come from
     `row_features` (label-table columns used as they are), `request_features`
     (polars expressions over the request columns) and `views`; a use case whose
@@ -46,7 +47,7 @@ class UseCase:
     name: str
     description: str
     params: type[BaseModel]
-    read_sources: Callable[[Any, int], Iterable[Batch]]
+    read_sources: Callable[[Any, int], Iterable[Batch | PostgresTable]]
     silver: tuple[SilverTable, ...]
     views: tuple[View, ...]
     labels: Labels

@@ -14,8 +14,9 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from aistack.contract import Batch
+from aistack.contract import Batch, PostgresTable
 from aistack.lake.delta import Lake
+from aistack.lake.postgres import pull
 
 BATCH_ID = "_batch_id"
 SOURCE = "_source"
@@ -52,16 +53,26 @@ def as_bronze_rows(batch: Batch, *, ingested_at: datetime) -> pa.Table:
 
 
 def ingest(
-    lake: Lake, batches: Iterable[Batch], *, ingested_at: datetime
+    lake: Lake, batches: Iterable[Batch | PostgresTable], *, ingested_at: datetime
 ) -> IngestResult:
-    """Append every batch not yet in its bronze table, one commit per table."""
+    """Append every batch not yet in its bronze table, one commit per table.
+
+    A `PostgresTable` is pulled here: its rows after bronze's watermark, as one
+    batch (none when nothing is new).
+    """
     result = IngestResult()
     known: dict[str, set[str]] = {}
     pending: dict[str, list[pa.Table]] = defaultdict(list)
-    for batch in batches:
-        table = bronze_table(batch.source)
+    for item in batches:
+        table = bronze_table(item.source)
         if table not in known:
             known[table] = lake.distinct(table, BATCH_ID)
+        if isinstance(item, PostgresTable):
+            pulled = pull(item, known=known[table])
+            if pulled is None:
+                continue
+            item = pulled  # noqa: PLW2901 - the pull is the batch from here on
+        batch = item
         if batch.id in known[table]:
             result.skipped_batches[table] = result.skipped_batches.get(table, 0) + 1
             continue

@@ -155,6 +155,40 @@ class Lake:
         # reading the version reopens the table: skipped on hot paths (-1)
         return self._table(name).version() if return_version else -1
 
+    def upsert(
+        self,
+        name: str,
+        data: pa.Table,
+        *,
+        key: Iterable[str],
+        newer: str,
+        inputs: Mapping[str, int | str] | None = None,
+    ) -> int:
+        """Merge `data` into `name` in one commit: a row replaces the row of its key
+        only when its `newer` column is after the current one; new keys insert.
+
+        `data` holds one row per key. Re-running the same merge changes nothing.
+        """
+        if not self.exists(name):
+            return self.write(name, data, mode="append", inputs=inputs)
+        on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
+        col = quote(newer)
+        metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
+        (
+            self._table(name)
+            .merge(
+                data,
+                predicate=on,
+                source_alias="s",
+                target_alias="t",
+                commit_properties=CommitProperties(custom_metadata=metadata),
+            )
+            .when_matched_update_all(predicate=f"t.{col} IS NULL OR s.{col} > t.{col}")
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return self._table(name).version()
+
     def last_inputs(self, name: str) -> dict[str, int | str] | None:
         """Inputs recorded on the latest commit of `name`, None if none were."""
         if not self.exists(name):

@@ -4,8 +4,11 @@ For each bronze batch not yet accounted for, rows are split into trusted silver
 rows and quarantined raw rows carrying the column, the failed check and the
 reason. Before anything is written, rows(bronze batch) = rows(silver) +
 rows(quarantine) is checked per batch; the counts are recorded in
-`ops.batch_accounting`. Writes go quarantine, silver, accounting, each skipping
-batches it already holds, so a run killed between two commits completes on re-run.
+`ops.batch_accounting`, with `replaced_rows` (rows of the batch that replaced an
+earlier version of their key, latest-wins tables only), so that rows(silver) =
+sum(silver_rows) - sum(replaced_rows). Writes go quarantine, silver, accounting,
+each skipping batches it already holds (a latest-wins merge changes nothing when
+re-applied), so a run killed between two commits completes on re-run.
 """
 
 from __future__ import annotations
@@ -162,7 +165,9 @@ def validate_rows(
     """Split bronze rows into (silver rows, quarantined raw rows with reasons).
 
     Pure: no I/O. `existing_keys` are keys already in silver (a repeat is a
-    duplicate); `references` maps a column to the values it may take.
+    duplicate), with their `latest_by` version when the spec declares one (a
+    newer version is an update); `references` maps a column to the values it may
+    take.
     """
     n = raw.height
     payload = raw.drop([c for c in METADATA_COLUMNS if c in raw.columns])
@@ -182,7 +187,9 @@ def validate_rows(
         if failed is None
         else indexed.filter(~pl.col(_POS).is_in(failed.implode()))
     )
-    if spec.key:
+    if spec.key and spec.latest_by is not None:
+        failures += _stale_versions(alive, spec, existing_keys)
+    elif spec.key:
         key = list(spec.key)
         repeated = alive.filter(pl.struct(key).is_first_distinct().not_())
         if existing_keys is not None and existing_keys.height:
@@ -221,6 +228,67 @@ def validate_rows(
                 )
             )
     return _split(raw, typed, failures)
+
+
+_CURRENT = "_current_version"
+
+
+def _stale_versions(
+    alive: pl.DataFrame, spec: SilverTable, existing: pl.DataFrame | None
+) -> list[pl.DataFrame]:
+    """Latest-wins mode: rows not strictly newer than their key's current version.
+
+    In bronze order, a row is accepted when its key is new (first row) or its
+    version is after every earlier one of the key (in silver or before it in
+    the build; no version is the oldest); the others are duplicates (same or no
+    version) or stale (older).
+    """
+    key, version = list(spec.key), str(spec.latest_by)
+    rows = alive.select(_POS, *key, version)
+    if existing is not None and existing.height:
+        current = existing.select(
+            *key, pl.col(version).alias(_CURRENT), pl.lit(True).alias("_known")
+        )
+        rows = rows.join(current, on=key, how="left", maintain_order="left")
+    else:
+        rows = rows.with_columns(
+            pl.lit(None, rows.schema[version]).alias(_CURRENT),
+            pl.lit(None, pl.Boolean).alias("_known"),
+        )
+    earlier = pl.col(version).cum_max().shift(1).over(key)
+    rows = rows.sort(_POS).with_columns(
+        pl.max_horizontal(earlier, pl.col(_CURRENT)).alias("_before"),
+        (pl.int_range(pl.len()).over(key) == 0).alias("_first"),
+        pl.col("_known").fill_null(False),
+    )
+    # a version is newer than none (nulls are oldest), never the other way round
+    newer = pl.col(version).is_not_null() & (
+        pl.col("_before").is_null() | (pl.col(version) > pl.col("_before"))
+    )
+    rejected = rows.filter(~((pl.col("_first") & ~pl.col("_known")) | newer))
+    if not rejected.height:
+        return []
+    stale = (pl.col(version) < pl.col("_before")).fill_null(False)
+    found = []
+    for check, rows_of in (("stale_version", stale), ("duplicate_key", ~stale)):
+        picked = rejected.filter(rows_of)
+        if not picked.height:
+            continue
+        reasons = pl.Series(
+            [
+                (
+                    f"stale version of key ({', '.join(map(str, k[:-2]))}): "
+                    f"{version} {k[-2]} is older than the current {k[-1]}"
+                    if check == "stale_version"
+                    else f"duplicate key ({', '.join(map(str, k[:-2]))}) already "
+                    f"seen: {version} {k[-2]} is not after {k[-1]}"
+                )
+                for k in picked.select(*key, version, "_before").rows()
+            ],
+            dtype=pl.String,
+        )
+        found.append(_failures(picked.get_column(_POS), ",".join(key), check, reasons))
+    return found
 
 
 def _split(
@@ -320,6 +388,29 @@ def _write_new_batches(
         lake.write(table, fresh.to_arrow(), mode="append", inputs=inputs)
 
 
+def _write_silver(
+    lake: Lake,
+    spec: SilverTable,
+    rows: pl.DataFrame,
+    inputs: dict[str, int | str],
+    *,
+    updates: bool,
+) -> None:
+    """Append the new batches' rows; with `updates` (some rows replace an earlier
+    version of their key) merge each key's last version instead."""
+    if not updates or spec.latest_by is None:
+        _write_new_batches(lake, silver_table(spec), rows, inputs)
+    else:
+        winners = rows.unique(spec.key, keep="last", maintain_order=True)
+        lake.upsert(
+            silver_table(spec),
+            winners.to_arrow(),
+            key=spec.key,
+            newer=spec.latest_by,
+            inputs=inputs,
+        )
+
+
 def build_silver(
     lake: Lake, spec: SilverTable, *, processed_at: datetime
 ) -> SilverResult:
@@ -339,9 +430,10 @@ def build_silver(
         quote(c) for c in lake.dataset(bronze).schema.names if c != SOURCE
     )
     existing = None
+    latest = () if spec.latest_by is None else (spec.latest_by,)
     if spec.key and lake.exists(target):
         keys = lake.dataset(target).to_table(
-            columns=[*spec.key], filter=~pc.field(BATCH_ID).isin(pending)
+            columns=[*spec.key, *latest], filter=~pc.field(BATCH_ID).isin(pending)
         )
         existing = _frame(keys)
     references = _reference_values(lake, spec, result)
@@ -363,22 +455,33 @@ def build_silver(
                 raw,
                 good,
                 bad=bad,
+                replacing=_replacing(good, spec, existing),
                 table=target,
                 bronze_version=bronze_version,
                 processed_at=processed_at,
             )
         )
         if spec.key:  # later chunks see this chunk's keys as already taken
-            taken = good.select(spec.key)
+            taken = good.select(*spec.key, *latest)
             existing = taken if existing is None else pl.concat([existing, taken])
+            if latest:  # an update replaces its key's version
+                existing = existing.unique(spec.key, keep="last", maintain_order=True)
         goods.append(good)
         bads.append(bad)
     good = pl.concat(goods, rechunk=False)
     bad = pl.concat(bads, how="diagonal_relaxed")
     inputs: dict[str, int | str] = {bronze: bronze_version}
     _write_new_batches(lake, quarantine, bad, inputs)
-    _write_new_batches(lake, target, good, inputs)
-    lake.write(ACCOUNTING, pl.concat(counts).to_arrow(), mode="append", inputs=inputs)
+    accounted = pl.concat(counts)
+    updates = spec.latest_by is not None and accounted["replaced_rows"].sum() > 0
+    _write_silver(lake, spec, good, inputs, updates=updates)
+    lake.write(
+        ACCOUNTING,
+        accounted.to_arrow(),
+        mode="append",
+        inputs=inputs,
+        merge_schema=True,  # replaced_rows came after the first tables
+    )
     result.batches = len(pending)
     result.bronze_rows, result.silver_rows, result.quarantined_rows = (
         good.height + bad.height,
@@ -391,11 +494,27 @@ def build_silver(
     return result
 
 
+def _replacing(
+    good: pl.DataFrame, spec: SilverTable, existing: pl.DataFrame | None
+) -> pl.DataFrame:
+    """Latest-wins mode: the accepted rows that replace their key's earlier
+    version (in silver, or accepted before them in the build)."""
+    if spec.latest_by is None or not good.height:
+        return good.clear().select(BATCH_ID)
+    key = list(spec.key)
+    seen = pl.struct(key).is_first_distinct().not_()
+    if existing is not None and existing.height:
+        known = existing.select(pl.struct(key)).to_series().implode()
+        seen = seen | pl.struct(key).is_in(known)
+    return good.filter(seen).select(BATCH_ID)
+
+
 def _account(
     raw: pl.DataFrame,
     good: pl.DataFrame,
     *,
     bad: pl.DataFrame,
+    replacing: pl.DataFrame,
     table: str,
     bronze_version: int,
     processed_at: datetime,
@@ -409,6 +528,7 @@ def _account(
         per_batch(raw, "bronze_rows")
         .join(per_batch(good, "silver_rows"), on=BATCH_ID, how="left")
         .join(per_batch(bad, "quarantined_rows"), on=BATCH_ID, how="left")
+        .join(per_batch(replacing, "replaced_rows"), on=BATCH_ID, how="left")
         .fill_null(0)
         .sort(BATCH_ID)
     )
@@ -430,6 +550,7 @@ def _account(
         "bronze_rows",
         "silver_rows",
         "quarantined_rows",
+        "replaced_rows",
         pl.lit(bronze_version, pl.Int64).alias("bronze_version"),
         pl.lit(processed_at).cast(pl.Datetime("us", "UTC")).alias("processed_at"),
     )

@@ -132,7 +132,13 @@ async def _score(
             status.HTTP_503_SERVICE_UNAVAILABLE, "no champion model yet"
         )
     try:  # off the event loop: /health answers while a big batch is scored
-        return await run_in_threadpool(state.score, payloads, route)
+        with state.tracing.span("aistack.predict", {"aistack.route": route}) as span:
+            scored = await run_in_threadpool(state.score, payloads, route)
+            if span is not None:
+                ids = [s.request_id for s in scored]
+                span.set_attribute("aistack.request_id", ids[0] if ids else "")
+                span.set_attribute("aistack.request_ids", ids)
+        return scored
     except LogUnavailableError as exc:  # not logged: not acknowledged
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "prediction log unavailable"

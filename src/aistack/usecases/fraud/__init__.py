@@ -51,6 +51,7 @@ use_case = UseCase(
             transforms.lower_case_columns,
             contract.Transaction,
             key=("transaction_id",),
+            latest_by="updated_at",
             references={
                 "customer_id": "silver.customers.customer_id",
                 "terminal_id": "silver.terminals.terminal_id",

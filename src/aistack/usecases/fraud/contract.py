@@ -41,6 +41,10 @@ class Transaction(pa.DataFrameModel):
     tx_fraud_scenario: Optional[pl.Int64] = pa.Field(  # noqa: UP045
         isin=[0, 1, 2, 3], nullable=True
     )
+    # the row's version in a source that updates rows (PostgreSQL): latest wins
+    updated_at: Optional[Annotated[pl.Datetime, "us", None]] = pa.Field(  # noqa: UP045
+        nullable=True
+    )
 
 
 ID_MAX = 2**63 - 1  # ids are stored as BIGINT / Int64

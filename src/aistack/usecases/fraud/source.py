@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pandas as pd
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aistack.contract import Batch
+from aistack.contract import Batch, PostgresTable
 from aistack.errors import ConfigError
 from aistack.usecases.fraud.simulator import (
     inject_bad_rows,
@@ -21,6 +22,7 @@ from aistack.usecases.fraud.simulator import (
     transactions_as_strings,
 )
 
+PG_SCHEMES = ("postgresql://", "postgres://")
 READERS = {".csv": "csv", ".parquet": "parquet", ".pkl": "pickle", ".pickle": "pickle"}
 REFERENCE_SOURCES = ("customers", "terminals")
 
@@ -35,9 +37,11 @@ class FraudParams(BaseModel):
     days: int = Field(183, ge=1, le=3660, description="simulated days")
     start_date: date = Field(date(2018, 4, 1), description="first simulated day")
     bad_rows: int = Field(0, ge=0, description="bad rows of each kind to inject")
-    source: Path | None = Field(
+    source: Path | str | None = Field(
         None,
-        description="folder of daily CSV/Parquet files instead of the simulator",
+        description="folder of daily CSV/Parquet files, or a PostgreSQL table "
+        "(postgresql://user@host:port/db?table=transactions[&watermark=updated_at]) "
+        "pulled incrementally, instead of the simulator",
     )
     allow_pickle: bool = Field(
         False,
@@ -45,12 +49,33 @@ class FraudParams(BaseModel):
         "only for files you trust)",
     )
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _folder_or_url(cls, value: object) -> object:
+        if isinstance(value, str) and not value.startswith(PG_SCHEMES):
+            return Path(value)
+        return value
+
     @field_validator("source")
     @classmethod
-    def _is_folder(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_dir():
+    def _is_folder(cls, value: Path | str | None) -> Path | str | None:
+        if isinstance(value, str):
+            postgres_table(value)  # checks the URL names a table
+        elif value is not None and not value.is_dir():
             raise ValueError(f"{value} is not a folder")
         return value
+
+
+def postgres_table(url: str) -> PostgresTable:
+    """The transactions table named by a `postgresql://...?table=NAME` source."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    table = query.pop("table", "")
+    if not table:
+        raise ValueError("a postgresql:// source needs ?table=NAME")
+    watermark = query.pop("watermark", "updated_at")
+    rest = parts._replace(query=urlencode(query)).geturl()
+    return PostgresTable("transactions", rest, table, watermark=watermark)
 
 
 def _read_file(path: Path) -> pa.Table:
@@ -82,8 +107,14 @@ def folder_batches(folder: Path, *, allow_pickle: bool = False) -> Iterator[Batc
         yield Batch(source=source, id=path.name, data=_read_file(path))
 
 
-def read_sources(params: FraudParams, seed: int) -> Iterator[Batch]:
-    """Profiles first (silver checks transactions against them), then daily batches."""
+def read_sources(params: FraudParams, seed: int) -> Iterator[Batch | PostgresTable]:
+    """Profiles first (silver checks transactions against them), then daily batches.
+
+    A PostgreSQL source is one pull of the transactions table's new rows.
+    """
+    if isinstance(params.source, str):
+        yield postgres_table(params.source)
+        return
     if params.source is not None:
         yield from folder_batches(params.source, allow_pickle=params.allow_pickle)
         return

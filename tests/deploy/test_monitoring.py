@@ -1,0 +1,136 @@
+"""Prometheus rules and the Grafana dashboard, against a real Prometheus that
+scrapes a running `aistack serve`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from servers import aistack_server, free_port
+
+DEPLOY = Path(__file__).parents[2] / "deploy" / "monitoring"
+RULES = DEPLOY / "alerts.yml"
+DASHBOARD = DEPLOY / "grafana-dashboard.json"
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+    return found
+
+
+def test_alert_rules_pass_promtool() -> None:
+    checked = subprocess.run(
+        [binary("promtool"), "check", "rules", str(RULES)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 8 rules found" in checked.stdout
+
+
+@contextmanager
+def prometheus(tmp: Path, target: str, rules: Path) -> Iterator[str]:
+    """Prometheus scraping `target` (job aistack-api) and evaluating `rules`,
+    both every second; yields its URL once ready."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {"job_name": "aistack-api", "static_configs": [{"targets": [target]}]}
+        ],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary("prometheus"),
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "ready", proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait(condition, what: str, proc=None, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited: {proc.stderr.read().decode()}")
+        assert time.monotonic() < deadline, f"not {what} after {seconds} s"
+        time.sleep(0.5)
+
+
+def firing(url: str) -> set[str]:
+    alerts = httpx.get(f"{url}/api/v1/alerts").json()["data"]["alerts"]
+    return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+
+
+def test_prometheus_scrapes_serve_and_an_alert_fires_on_errors(tmp_path) -> None:
+    # the same expressions without their hold times (`for`), so a failing
+    # evaluation fires at once instead of minutes later
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    instant = tmp_path / "alerts.yml"
+    instant.write_text(yaml.safe_dump(rules))
+    # an empty workspace: no champion, so every scoring request is a 503
+    with aistack_server(tmp_path / "ws") as (base, _):
+        target = base.removeprefix("http://")
+        with prometheus(tmp_path, target, instant) as prom:
+
+            def up() -> bool:
+                query = {"query": 'up{job="aistack-api"}'}
+                result = httpx.get(f"{prom}/api/v1/query", params=query).json()
+                values = result["data"]["result"]
+                return bool(values) and values[0]["value"][1] == "1"
+
+            wait(up, "scraping aistack serve")
+            wait(lambda: "AIStackNoModel" in firing(prom), "firing AIStackNoModel")
+            assert "AIStackHighErrorRate" not in firing(prom)
+            row = {
+                "customer_id": 1,
+                "terminal_id": 2,
+                "tx_amount": 1.0,
+                "tx_datetime": "2018-05-01T00:00:00",
+            }
+
+            def errors_fire() -> bool:
+                for _ in range(5):
+                    answer = httpx.post(f"{base}/v1/fraud/predict", json=row)
+                    assert answer.status_code == 503
+                return "AIStackHighErrorRate" in firing(prom)
+
+            wait(errors_fire, "firing AIStackHighErrorRate")
+            for panel in json.loads(DASHBOARD.read_text())["panels"]:
+                for target_ in panel["targets"]:
+                    query = {"query": target_["expr"]}
+                    answer = httpx.get(f"{prom}/api/v1/query", params=query).json()
+                    assert answer["status"] == "success", (panel["title"], answer)
