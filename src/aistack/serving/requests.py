@@ -28,10 +28,9 @@ from aistack.features.realtime import ViewFeatures, commit, label_index, online_
 from aistack.features.request_time import request_plan
 from aistack.features.state import EventState
 from aistack.serving.inference import Predictor
-from aistack.training.explain import explain as contributions_of
+from aistack.training.explain import explanations
 
 _PLAN_ROWS = 64  # up to this many rows, request-time features skip polars
-_TOP = 5  # contributions listed per explained answer
 
 
 @dataclass
@@ -44,7 +43,8 @@ class Scored:
     for the other tasks). `features` are the values served (None: unknown,
     filled with the declared default for the model); `late` names the views
     whose values exclude events after this one (see the module docstring);
-    `explanation` is set only when asked (see `explanations`).
+    `explanation` is set only when asked (see
+    `aistack.training.explain.explanations`).
     """
 
     request_id: str
@@ -233,7 +233,9 @@ def predict(
     decides = use_case.task in ("binary", "anomaly")
     proba = predictor.probabilities(matrix) if picked else None
     explained = (
-        explanations(predictor, matrix) if explain and picked else [None] * len(picked)
+        explanations(predictor.model, matrix)
+        if explain and picked
+        else [None] * len(picked)
     )
     names = use_case.feature_names
     if timings is not None:
@@ -261,40 +263,6 @@ def predict(
                 probabilities=_class_probabilities(proba, k),
                 explanation=explained[k],
             )
-        )
-    return out
-
-
-def explanations(
-    predictor: Predictor, matrix: np.ndarray
-) -> list[dict[str, Any] | None]:
-    """Per row: base value, margin, the top contributions by size, and `rest`.
-
-    Margin space: log-odds (binary), the prediction (regression); per row
-    `base_value + sum(contributions) + rest == margin`, `rest` summing the
-    contributions not listed. `value` is what the model read (defaults filled).
-    """
-    base, contributions = contributions_of(predictor.model, matrix)
-    names = predictor.features
-    out: list[dict[str, Any] | None] = []
-    for k, row in enumerate(contributions):
-        top = np.argsort(-np.abs(row), kind="stable")[:_TOP]
-        margin = float(base[k] + row.sum())
-        listed = [
-            {
-                "feature": names[j],
-                "value": None if np.isnan(matrix[k, j]) else float(matrix[k, j]),
-                "contribution": float(row[j]),
-            }
-            for j in top
-        ]
-        out.append(
-            {
-                "base_value": float(base[k]),
-                "margin": margin,
-                "contributions": listed,
-                "rest": float(row.sum() - row[top].sum()),
-            }
         )
     return out
 

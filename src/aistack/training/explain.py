@@ -29,6 +29,7 @@ Matrix = npt.NDArray[np.float64]
 _TASKS = ("binary", "regression")
 _PER_COLUMN = (StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler, SimpleImputer)
 _LINEAR = (LogisticRegression, LinearRegression, Ridge)
+_TOP = 5  # contributions listed per explained row
 _TREES = ("XGBClassifier", "XGBRegressor", "LGBMClassifier", "LGBMRegressor")
 
 
@@ -109,3 +110,34 @@ def _linear_contributions(
     coef = np.asarray(final.coef_, dtype=np.float64).reshape(-1)
     intercept = float(np.asarray(final.intercept_, dtype=np.float64).reshape(-1)[0])
     return np.full(len(inputs), intercept), inputs * coef
+
+
+def explanations(model: ScoringModel, matrix: Matrix) -> list[dict[str, Any] | None]:
+    """Per row: base value, margin, the top contributions by size, and `rest`.
+
+    Margin space as `explain`; per row `base_value + sum(contributions) + rest ==
+    margin`, `rest` summing the contributions not listed. `value` is what the
+    model read (declared defaults filled; None for a missing value).
+    """
+    base, contributions = explain(model, matrix)
+    names = list(model.features)
+    out: list[dict[str, Any] | None] = []
+    for k, row in enumerate(contributions):
+        top = np.argsort(-np.abs(row), kind="stable")[:_TOP]
+        listed = [
+            {
+                "feature": names[j],
+                "value": None if np.isnan(matrix[k, j]) else float(matrix[k, j]),
+                "contribution": float(row[j]),
+            }
+            for j in top
+        ]
+        out.append(
+            {
+                "base_value": float(base[k]),
+                "margin": float(base[k] + row.sum()),
+                "contributions": listed,
+                "rest": float(row.sum() - row[top].sum()),
+            }
+        )
+    return out
