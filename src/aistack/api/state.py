@@ -176,8 +176,11 @@ class ServerState:
 
     # --- requests -----------------------------------------------------------
 
-    def score(self, payloads: list[dict[str, Any]], route: str) -> list[Scored]:
-        """Answer payloads: champion, or the canary arm for sticky entities.
+    def score(
+        self, payloads: list[dict[str, Any]], route: str, *, explain: bool = False
+    ) -> list[Scored]:
+        """Answer payloads: champion, or the canary arm for sticky entities
+        (with each answer's explanation when `explain`).
 
         Features are computed once for the batch; the events join the online
         state after they are scored, whichever arm answered.
@@ -193,9 +196,13 @@ class ServerState:
         with self.tracing.span("aistack.model"):
             if any(mask):
                 assert challenger is not None
-                scored = self._canary(found, mask, champion, challenger)
+                scored = self._canary(
+                    found, mask, champion, challenger, explain=explain
+                )
             else:
-                scored = self._arm(champion, found, None, self.champion_window)
+                scored = self._arm(
+                    champion, found, None, self.champion_window, explain=explain
+                )
         with self.tracing.span("aistack.log"):
             commit_features(self.use_case, self.events, found)
             self._count_late(scored)
@@ -233,10 +240,14 @@ class ServerState:
         found: RequestFeatures,
         rows: list[int] | None,
         window: Window,
+        *,
+        explain: bool = False,
     ) -> list[Scored]:
         timings = LookupTimings()
         start = time.perf_counter()
-        scored = predict(self.use_case, predictor, found, rows, timings=timings)
+        scored = predict(
+            self.use_case, predictor, found, rows, timings=timings, explain=explain
+        )
         window.record(
             len(scored),
             time.perf_counter() - start + found.lookup_seconds,
@@ -251,12 +262,16 @@ class ServerState:
         mask: list[bool],
         champion: Predictor,
         challenger: Predictor,
+        *,
+        explain: bool = False,
     ) -> list[Scored]:
         picked = [i for i, m in enumerate(mask) if m]
         rest = [i for i, m in enumerate(mask) if not m]
         start = time.perf_counter()
         try:
-            answered = predict(self.use_case, challenger, found, picked)
+            answered = predict(
+                self.use_case, challenger, found, picked, explain=explain
+            )
             self.challenger_window.record(
                 len(picked), time.perf_counter() - start, [s.score for s in answered]
             )
@@ -266,8 +281,14 @@ class ServerState:
             self.challenger_window.record(
                 len(picked), time.perf_counter() - start, [], errors=len(picked)
             )
-            answered = self._arm(champion, found, picked, self.champion_window)
-        others = self._arm(champion, found, rest, self.champion_window) if rest else []
+            answered = self._arm(
+                champion, found, picked, self.champion_window, explain=explain
+            )
+        others = (
+            self._arm(champion, found, rest, self.champion_window, explain=explain)
+            if rest
+            else []
+        )
         by_id = iter(answered), iter(others)
         return [next(by_id[0]) if m else next(by_id[1]) for m in mask]
 

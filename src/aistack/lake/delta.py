@@ -123,7 +123,8 @@ class Lake:
 
         `inputs` (table -> version) is stored on the commit: it is the lineage of
         the write and lets a stage see that it already ran on the same inputs.
-        `merge_schema` lets an append add new columns (bronze only). With
+        `merge_schema` lets an append (bronze only) or a predicate overwrite
+        add new columns (absent ones are then null). With
         `predicate` (SQL over the table's columns) an overwrite replaces only the
         rows it matches, and every row of `data` must match it; the replaced rows
         stay readable in earlier versions.
@@ -140,6 +141,7 @@ class Lake:
                 data,
                 mode="overwrite",
                 predicate=predicate,
+                schema_mode="merge" if merge_schema else None,
                 commit_properties=commit,
             )
         else:

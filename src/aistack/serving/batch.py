@@ -1,7 +1,9 @@
 """Batch scoring: the champion scores a date range into the predictions table.
 
 Each prediction row carries the row id, its entity keys and timestamp, the score,
-the model name and version, and the input table versions (JSON). Scoring the same
+the model name and version, and the input table versions (JSON); with
+`explain`, also each score's explanation (JSON, see
+`aistack.training.explain.explanations`). Scoring the same
 range with the same model on the same inputs again writes nothing; on new inputs
 it replaces that range's predictions of that model version (history in the log).
 """
@@ -21,6 +23,7 @@ from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.registry.artifacts import load_model
 from aistack.sql import quote
+from aistack.training.explain import check_explainable, explanations
 from aistack.training.recommend import recommendations_frame
 from aistack.training.sets import label_spine, with_request_features
 
@@ -43,8 +46,10 @@ def score_range(
     *,
     start: datetime,
     end: datetime,
+    explain: bool = False,
 ) -> ScoreResult:
-    """Score rows with start <= timestamp < end with the current champion."""
+    """Score rows with start <= timestamp < end with the current champion (and
+    write each score's explanation, JSON, when `explain`)."""
     version = registry.version_of(use_case.name, "champion")
     if version is None:
         raise RegistryError(f"model {use_case.name!r} has no champion to score with")
@@ -57,6 +62,7 @@ def score_range(
         **lineage,
         "model": f"{use_case.name}/{version}",
         "range": f"{start.isoformat()}/{end.isoformat()}",
+        **({"explain": "true"} if explain else {}),
     }
     if lake.last_inputs(table) == inputs:
         return ScoreResult(table, 0, version, lake.version(table), skipped=True)
@@ -66,11 +72,18 @@ def score_range(
     )
     frame = with_request_features(joined, use_case)
     model = load_model(registry, use_case.name, version)
+    if explain:  # checked before any scoring: SchemaError for no explanations
+        check_explainable(model)
     scores = model.predict(frame[use_case.model_inputs]) if len(frame) else []
     keys = dict.fromkeys(
         [labels.id, labels.timestamp, *(v.entity for v in use_case.views)]
     )
     n = len(frame)
+    explained = {}
+    if explain:
+        rows = explanations(model, model.input_matrix(frame)) if n else []
+        texts = [json.dumps(e) for e in rows]
+        explained["explanation"] = pa.array(texts, pa.string())
     out = pa.table(
         {
             **{k: pa.array(frame[k].to_numpy()) for k in keys},
@@ -81,6 +94,7 @@ def score_range(
             "scored_at": pa.array(
                 [datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC")
             ),
+            **explained,
         }
     )
     # the period's earlier predictions of this version are replaced, not
@@ -90,7 +104,9 @@ def score_range(
         f"model_version = {int(version)} AND {ts} >= '{start.isoformat()}' "
         f"AND {ts} < '{end.isoformat()}'"
     )
-    written = lake.write(table, out, mode="overwrite", predicate=period, inputs=inputs)
+    written = lake.write(  # merge: explained and plain runs share the table
+        table, out, mode="overwrite", predicate=period, inputs=inputs, merge_schema=True
+    )
     return ScoreResult(table, n, version, written, skipped=False)
 
 

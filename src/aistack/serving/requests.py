@@ -28,6 +28,7 @@ from aistack.features.realtime import ViewFeatures, commit, label_index, online_
 from aistack.features.request_time import request_plan
 from aistack.features.state import EventState
 from aistack.serving.inference import Predictor
+from aistack.training.explain import explanations
 
 _PLAN_ROWS = 64  # up to this many rows, request-time features skip polars
 
@@ -41,7 +42,9 @@ class Scored:
     `decision` is the score at or above the threshold (binary, anomaly; False
     for the other tasks). `features` are the values served (None: unknown,
     filled with the declared default for the model); `late` names the views
-    whose values exclude events after this one (see the module docstring).
+    whose values exclude events after this one (see the module docstring);
+    `explanation` is set only when asked (see
+    `aistack.training.explain.explanations`).
     """
 
     request_id: str
@@ -57,6 +60,7 @@ class Scored:
     event_time: datetime | None = None
     late: list[str] = field(default_factory=list)
     probabilities: dict[str, float] | None = None
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -211,8 +215,10 @@ def predict(
     rows: Sequence[int] | None = None,
     *,
     timings: LookupTimings | None = None,
+    explain: bool = False,
 ) -> list[Scored]:
-    """Score `rows` (default: all) of `found` with `predictor`."""
+    """Score `rows` (default: all) of `found` with `predictor` (and explain each
+    score when `explain`; SchemaError for a model without explanations)."""
     picked = list(range(len(found.request_ids))) if rows is None else list(rows)
     defaults = use_case.feature_defaults
     columns = []
@@ -226,6 +232,11 @@ def predict(
     threshold = use_case.serving.threshold if use_case.serving else 0.5
     decides = use_case.task in ("binary", "anomaly")
     proba = predictor.probabilities(matrix) if picked else None
+    explained = (
+        explanations(predictor.model, matrix)
+        if explain and picked
+        else [None] * len(picked)
+    )
     names = use_case.feature_names
     if timings is not None:
         timings.matrix = matrix
@@ -250,6 +261,7 @@ def predict(
                 event_time=found.times[i],
                 late=found.late[i],
                 probabilities=_class_probabilities(proba, k),
+                explanation=explained[k],
             )
         )
     return out

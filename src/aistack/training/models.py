@@ -57,6 +57,11 @@ class ScoringModel(BaseEstimator):  # type: ignore[misc]
         defaults = {k: v for k, v in self.defaults.items() if k in self.features}
         return frame[self.features].astype("float64").fillna(defaults)
 
+    def input_matrix(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """The float matrix the estimator reads: `features` of `frame`, defaults
+        filled (what `predict_matrix` takes)."""
+        return self._matrix(frame).to_numpy()
+
     def fit(self, frame: pd.DataFrame, y: npt.ArrayLike | None = None) -> Self:
         """Fit on the feature columns of `frame` (labels only when supervised)."""
         matrix = self._matrix(frame)

@@ -7,15 +7,50 @@ signatures, whose body types are built from the use case at run time.
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.concurrency import run_in_threadpool
 
 from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.api.state import ServerState
 from aistack.contract import UseCase
-from aistack.errors import LogUnavailableError, StoreUnavailableError
+from aistack.errors import LogUnavailableError, SchemaError, StoreUnavailableError
 from aistack.serving.requests import Scored
+from aistack.training.explain import check_explainable
+
+EXPLAIN = Query(
+    False,
+    description="Add each answer's explanation: its top feature contributions.",
+)
+
+
+class Contribution(BaseModel):
+    """One feature's additive share of the margin."""
+
+    feature: str
+    value: float | None = Field(description="The value the model read.")
+    contribution: float
+
+
+class Explanation(BaseModel):
+    """base_value + sum(contributions) + rest == margin."""
+
+    base_value: float = Field(description="The model's base value (margin space).")
+    margin: float = Field(
+        description="Log-odds of the score (binary), the value (regression)."
+    )
+    contributions: list[Contribution] = Field(
+        description="The top 5 feature contributions by absolute size."
+    )
+    rest: float = Field(description="Sum of the contributions not listed.")
 
 
 class Answer(BaseModel):
@@ -37,6 +72,9 @@ class Answer(BaseModel):
             "than the entity's latest event by more than the allowed lateness, or "
             "than a batch view's last materialization."
         ),
+    )
+    explanation: Explanation | None = Field(
+        None, description="Only with ?explain=true (binary and regression models)."
     )
 
 
@@ -89,8 +127,8 @@ def task_fields(task: str, s: Scored) -> dict[str, Any]:
 
 
 def answer_body(task: str, s: Scored) -> dict[str, Any]:
-    """One answer as JSON-ready data."""
-    return {
+    """One answer as JSON-ready data (`explanation` only when one was made)."""
+    body = {
         "request_id": s.request_id,
         **task_fields(task, s),
         "model_name": s.model_name,
@@ -99,6 +137,9 @@ def answer_body(task: str, s: Scored) -> dict[str, Any]:
         "unknown_entities": s.unknown_entities,
         "late": s.late,
     }
+    if s.explanation is not None:
+        body["explanation"] = s.explanation
+    return body
 
 
 class LabelItem(BaseModel):
@@ -125,15 +166,24 @@ class LabelAnswer(BaseModel):
 
 
 async def _score(
-    state: ServerState, payloads: list[dict[str, Any]], route: str
+    state: ServerState, payloads: list[dict[str, Any]], route: str, *, explain: bool
 ) -> list[Scored]:
-    if state.predictor is None:
+    predictor = state.predictor
+    if predictor is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "no champion model yet"
         )
+    if explain:
+        try:  # before scoring: nothing is logged for a refused request
+            check_explainable(predictor.model)
+        except SchemaError as exc:
+            detail = f"model {predictor.name} version {predictor.version}: {exc}"
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail) from exc
     try:  # off the event loop: /health answers while a big batch is scored
         with state.tracing.span("aistack.predict", {"aistack.route": route}) as span:
-            scored = await run_in_threadpool(state.score, payloads, route)
+            scored = await run_in_threadpool(
+                lambda: state.score(payloads, route, explain=explain)
+            )
             if span is not None:
                 ids = [s.request_id for s in scored]
                 span.set_attribute("aistack.request_id", ids[0] if ids else "")
@@ -175,19 +225,30 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         responses={**UNAUTHORIZED, **UNAVAILABLE},
     )
 
-    @router.post("/predict", response_model=answer_model)
-    async def predict(payload: request_model, request: Request) -> Answer:  # type: ignore[valid-type]
-        """Score one request."""
+    @router.post(
+        "/predict", response_model=answer_model, response_model_exclude_unset=True
+    )
+    async def predict(
+        payload: request_model,  # type: ignore[valid-type]
+        request: Request,
+        explain: bool = EXPLAIN,
+    ) -> Answer:
+        """Score one request (explained with ?explain=true)."""
         state: ServerState = request.app.state.server
-        scored = await _score(state, [payload.model_dump()], "predict")  # type: ignore[attr-defined]
+        rows = [payload.model_dump()]  # type: ignore[attr-defined]
+        scored = await _score(state, rows, "predict", explain=explain)
         return answer_model.model_validate(answer_body(task, scored[0]))
 
     @router.post("/predict/batch", response_model=batch_answer)
-    async def predict_batch(payload: batch_model, request: Request) -> Response:  # type: ignore[valid-type]
-        """Score up to `max_batch_rows` requests at once."""
+    async def predict_batch(
+        payload: batch_model,  # type: ignore[valid-type]
+        request: Request,
+        explain: bool = EXPLAIN,
+    ) -> Response:
+        """Score up to `max_batch_rows` requests at once (?explain=true: explained)."""
         state: ServerState = request.app.state.server
         rows = [r.model_dump() for r in payload.rows]  # type: ignore[attr-defined]
-        scored = await _score(state, rows, "predict_batch")
+        scored = await _score(state, rows, "predict_batch", explain=explain)
         first = scored[0]
         body = {  # serialised directly: 1,000 pydantic answers cost ~16 ms
             "model_name": first.model_name,
