@@ -171,7 +171,7 @@ def aistack_server(
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180  # spawned workers re-import: slow on busy cores
     while True:
         if proc.poll() is not None:
             raise RuntimeError(
@@ -184,7 +184,7 @@ def aistack_server(
             pass
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("server did not start in 90 s")
+            raise RuntimeError("server did not start in 180 s")
         time.sleep(0.2)
     try:
         yield base, proc

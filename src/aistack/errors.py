@@ -49,3 +49,7 @@ class LogUnavailableError(StoreUnavailableError):
 
 class CorruptTableError(AIStackError):
     """A Delta table's log cannot be read."""
+
+
+class CrashLoopError(AIStackError):
+    """Serving workers kept dying: restarted too often, so the server stopped."""

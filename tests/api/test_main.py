@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import polars as pl
+import psutil
 import pytest
 
+from aistack.api.server import port_claim
 from aistack.api.state import prediction_log_table
 from aistack.contract import get_use_case
+from aistack.errors import ConfigError
 from aistack.features.online import materialize, open_store
 from conftest import other_version, served_copy
 from servers import aistack_server, redis_binary, redis_server
@@ -336,3 +343,76 @@ def test_health_answers_while_a_big_batch_is_scored(served_workspace) -> None:
         thread.join()
         assert answers == [200]
         assert healthy_during >= 5  # the event loop was free while the batch scored
+
+
+def test_a_second_serve_on_a_port_in_use_is_refused(served_workspace) -> None:
+    workspace = served_workspace.settings.workspace
+    # the first with SO_REUSEPORT workers, which a second would silently share
+    with aistack_server(workspace, args=("--workers", "2")) as (base, proc):
+        port = base.rsplit(":", 1)[1]
+        command = ["serve", "fraud", "--port", port, "-w", str(workspace)]
+        second = subprocess.run(
+            [sys.executable, "-m", "aistack", *command],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 2
+        assert f"port {port} on 127.0.0.1 is in use by pid {proc.pid}" in second.stderr
+        assert "Traceback" not in second.stderr + second.stdout
+        assert httpx.get(f"{base}/health").status_code == 200
+
+
+def _workers(parent: psutil.Process) -> set[int]:
+    """The pids of a serve's live worker processes (not multiprocessing's tracker)."""
+    pids = set()
+    for child in parent.children():
+        try:
+            if "--multiprocessing-fork" in child.cmdline():
+                pids.add(child.pid)
+        except psutil.Error:  # a killed worker not yet reaped (zombie)
+            pass
+    return pids
+
+
+def test_a_killed_worker_is_restarted(served_workspace) -> None:
+    workspace = served_workspace.settings.workspace
+    with aistack_server(workspace, args=("--workers", "2")) as (base, proc):
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120  # both listening, not only the first
+        while len(before := _workers(parent)) < 2 or not all(
+            psutil.Process(pid).net_connections() for pid in before
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):  # its socket closes at exit
+            while psutil.Process(victim).status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.01)
+        deadline = time.monotonic() + 20
+        while (now := _workers(parent)) == before - {victim} or len(now) < 2:
+            assert time.monotonic() < deadline, f"no new worker: {now}"
+            assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+            time.sleep(0.1)
+        assert victim not in now and len(now - before) == 1
+        (new,) = now - before
+        deadline = time.monotonic() + 120  # a spawned worker re-imports: slow when busy
+        while not psutil.Process(new).net_connections():
+            assert time.monotonic() < deadline, "the new worker never listened"
+            assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+            time.sleep(0.2)
+        for _ in range(20):  # both workers listen: fresh connections reach both
+            assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+        assert proc.poll() is None
+
+
+def test_a_port_held_by_another_program_is_refused_naming_it() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"in use by pid {os.getpid()} "):  # noqa: SIM117
+            with port_claim("127.0.0.1", port):
+                pass

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
 import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 
+import psutil
 import uvicorn
+from prometheus_client import multiprocess
 
 from aistack.api.main import USE_CASE_ENV
-from aistack.errors import ConfigError
+from aistack.errors import ConfigError, CrashLoopError
 from aistack.settings import Settings
 
 
@@ -69,6 +81,74 @@ def _worker(host: str, port: int, http: str) -> None:
     uvicorn.Server(_config(http)).run(sockets=[sock])
 
 
+logger = logging.getLogger(__name__)
+
+MAX_RESTARTS = 5
+"""Worker restarts allowed in RESTART_WINDOW seconds before the server gives up."""
+RESTART_WINDOW = 60.0
+
+
+def _listener(port: int) -> str | None:
+    """The pid and command line of the process listening on `port`, if visible."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid is None:
+                return None
+            try:
+                command = " ".join(psutil.Process(conn.pid).cmdline())
+            except psutil.Error:
+                return f"pid {conn.pid}"
+            return f"pid {conn.pid} ({command})"
+    return None
+
+
+def _in_use(host: str, port: int, holder: str) -> str:
+    return f"port {port} on {host} is in use by {holder}; choose another --port"
+
+
+@contextmanager
+def port_claim(host: str, port: int) -> Iterator[None]:
+    """Hold host:port for this server; refuse at once if anything else holds it.
+
+    Workers bind with SO_REUSEPORT, which would let a second server share the
+    port silently. A lock file keyed by host:port (an advisory `flock`, released
+    even on SIGKILL) refuses a second `aistack serve` naming the first; a plain
+    bind without SO_REUSEPORT refuses any other listener.
+    """
+    path = Path(tempfile.gettempdir()) / f"aistack-serve-{host}-{port}.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another aistack serve"
+            raise ConfigError(_in_use(host, port, holder)) from None
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise ConfigError(f"cannot bind {host}:{port}: {exc}") from None
+                holder = _listener(port) or "another process"
+                raise ConfigError(_in_use(host, port, holder)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} (aistack serve)")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -84,34 +164,92 @@ def check_exposure(settings: Settings) -> None:
 
 
 def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> None:
-    """Serve until SIGINT/SIGTERM; shutdown flushes the prediction log."""
-    check_exposure(settings)
-    os.environ.update(settings_env(settings))
-    os.environ[USE_CASE_ENV] = use_case
-    http = "aistack.api.nodelay:NoDelayHttpToolsProtocol" if nodelay else "httptools"
-    if workers == 1:
-        config = _config(http)
-        config.host, config.port = settings.host, settings.port
-        uvicorn.Server(config).run()
-        return
-    # metrics from every worker, merged on /metrics
-    os.environ.setdefault(
-        "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="aistack-prom-")
-    )
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker, args=(settings.host, settings.port, http))
-        for _ in range(workers)
-    ]
-    for process in processes:
-        process.start()
+    """Serve until SIGINT/SIGTERM; shutdown flushes the prediction log.
 
-    def forward(signum: int, frame: object) -> None:
+    Refuses a port already in use; with several workers, restarts any that dies
+    (at most MAX_RESTARTS in RESTART_WINDOW seconds, then stops and raises).
+    """
+    check_exposure(settings)
+    with port_claim(settings.host, settings.port):
+        os.environ.update(settings_env(settings))
+        os.environ[USE_CASE_ENV] = use_case
+        http = (
+            "aistack.api.nodelay:NoDelayHttpToolsProtocol" if nodelay else "httptools"
+        )
+        if workers == 1:
+            config = _config(http)
+            config.host, config.port = settings.host, settings.port
+            uvicorn.Server(config).run()
+            return
+        # metrics from every worker, merged on /metrics
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="aistack-prom-")
+        )
+        _supervise(settings.host, settings.port, http, workers)
+
+
+def _supervise(host: str, port: int, http: str, workers: int) -> None:
+    """Run `workers` processes; restart one that dies until told to stop."""
+    context = multiprocessing.get_context("spawn")
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_worker, args=(host, port, http))
+        process.start()
+        return process
+
+    processes = [start() for _ in range(workers)]
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for process in processes:  # each worker shuts down gracefully (log flush)
             if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
+                os.kill(process.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches workers
-    for process in processes:
-        process.join()
+    # SIGINT too: a terminal's Ctrl-C also reaches the workers, and a second
+    # SIGINT would make uvicorn skip its graceful shutdown, so workers get SIGTERM
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    restarts: deque[float] = deque()
+    while True:
+        if stopping:
+            stop(signal.SIGTERM, None)  # again: one may have started after the signal
+            for process in processes:
+                process.join()
+            return
+        multiprocessing.connection.wait([p.sentinel for p in processes], timeout=1.0)
+        for i, process in enumerate(processes):
+            if process.is_alive() or stopping:
+                continue
+            process.join()
+            multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+            now = time.monotonic()
+            while restarts and now - restarts[0] > RESTART_WINDOW:
+                restarts.popleft()
+            if len(restarts) >= MAX_RESTARTS:
+                stop(signal.SIGTERM, None)
+                for other in processes:
+                    other.join()
+                msg = (
+                    f"serving workers on {host}:{port} died {len(restarts) + 1} "
+                    f"times in {RESTART_WINDOW:.0f} s (last: pid {process.pid}, "
+                    f"exit code {process.exitcode}); stopped the server"
+                )
+                raise CrashLoopError(msg)
+            delay = 0.5 * 2 ** len(restarts)  # 0.5, 1, 2, 4, 8 s
+            logger.warning(
+                "serving worker pid %s exited with code %s; restarting it in %.1f s "
+                "(%d restarts in the last %.0f s)",
+                process.pid,
+                process.exitcode,
+                delay,
+                len(restarts) + 1,
+                RESTART_WINDOW,
+            )
+            restarts.append(now)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not stopping:
+                time.sleep(0.1)
+            if not stopping:
+                processes[i] = start()
