@@ -376,6 +376,7 @@ def _workers(parent: psutil.Process) -> set[int]:
     return pids
 
 
+@pytest.mark.slow  # two worker starts and a restart: suite budget
 def test_a_killed_worker_is_restarted(served_workspace) -> None:
     workspace = served_workspace.settings.workspace
     with aistack_server(workspace, args=("--workers", "2")) as (base, proc):
