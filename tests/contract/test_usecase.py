@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -92,13 +93,11 @@ def test_bad_declarations_say_what_is_wrong() -> None:
     with pytest.raises(
         DeclarationError, match="gate metric 'f1' is not a declared metric"
     ):
-        UseCase(**{**good.__dict__, "gates": Gates(primary_metric="f1")})
+        dataclasses.replace(good, gates=Gates(primary_metric="f1"))
     with pytest.raises(
         DeclarationError, match="gate column 'nope' is not a model input"
     ):
-        UseCase(
-            **{
-                **good.__dict__,
-                "gates": Gates(primary_metric="roc_auc", irrelevant_columns=("nope",)),
-            }
+        dataclasses.replace(
+            good,
+            gates=Gates(primary_metric="roc_auc", irrelevant_columns=("nope",)),
         )
