@@ -77,6 +77,7 @@ BAD = [
     ),
     ({**GOOD, "tx_datetime": "yesterday"}, ["body", "tx_datetime"]),
     ({**GOOD, "tx_datetime": 1_527_681_600}, ["body", "tx_datetime"]),  # no epochs
+    ({**GOOD, "tx_datetime": "0001-01-01T00:10:05+10:01"}, ["body", "tx_datetime"]),
     ({**GOOD, "customer_id": 2**64}, ["body", "customer_id"]),  # above BIGINT
     ({**GOOD, "transaction_id": 2**63}, ["body", "transaction_id"]),
     ({k: v for k, v in GOOD.items() if k != "customer_id"}, ["body", "customer_id"]),

@@ -79,5 +79,10 @@ class TransactionRequest(BaseModel):
     def _naive_utc(cls, value: datetime) -> datetime:
         """Features are computed on naive UTC times, as in the simulator and silver."""
         if value.tzinfo is not None:
-            return value.astimezone(UTC).replace(tzinfo=None)
+            try:
+                return value.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError as exc:  # e.g. 0001-01-01T00:00+10:00
+                raise ValueError(
+                    "date-time out of range once converted to UTC"
+                ) from exc
         return value
