@@ -109,8 +109,8 @@ def test_run_then_inspect(tmp_path: Path) -> None:
     assert "gold.fraud_terminal_risk@0" in lineage.stdout
     models = aistack("models", "fraud", cwd=tmp_path)
     assert "champion" in models.stdout
-    promote = aistack(
-        "promote", "fraud", "1", "--reason", "try the forest", cwd=tmp_path
+    promote = aistack(  # version 1 (the forest) failed its gates: --force
+        "promote", "fraud", "1", "--force", "--reason", "try the forest", cwd=tmp_path
     )
     assert promote.returncode == 0, promote.stderr
     history = aistack("models", "fraud", "--history", cwd=tmp_path)
