@@ -67,19 +67,19 @@ class RankingModel(BaseEstimator):  # type: ignore[misc]
         self.items = items
         self.seen = seen
 
-    def _rows(self) -> dict[Any, int]:
-        cached: dict[Any, int] | None = getattr(self, "_row_of", None)
-        if cached is None:
-            cached = {
-                u.item() if hasattr(u, "item") else u: i
-                for i, u in enumerate(self.users)
+    def _positions(self, axis: str) -> dict[Any, int]:
+        """External id -> index along `users` or `items`, built once per model."""
+        cache: dict[str, dict[Any, int]] = self.__dict__.setdefault("_index_of", {})
+        if axis not in cache:
+            cache[axis] = {
+                v.item() if hasattr(v, "item") else v: i
+                for i, v in enumerate(getattr(self, axis))
             }
-            self._row_of = cached
-        return cached
+        return cache[axis]
 
     def user_row(self, user: object) -> int | None:
         """The matrix row of a known user, None for a cold-start user."""
-        return self._rows().get(user)
+        return self._positions("users").get(user)
 
     def top_k_rows(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indices and scores of known users (seen items excluded)."""
@@ -93,9 +93,7 @@ class RankingModel(BaseEstimator):  # type: ignore[misc]
         self, item_ids: list[object], k: int
     ) -> tuple[np.ndarray, np.ndarray, list[object]]:
         """Top-k for an anonymous session of items (unknown ids are returned)."""
-        index = {
-            i.item() if hasattr(i, "item") else i: c for c, i in enumerate(self.items)
-        }
+        index = self._positions("items")  # not rebuilt per request
         known = [index[i] for i in item_ids if i in index]
         unknown = [i for i in item_ids if i not in index]
         scores = np.array(
