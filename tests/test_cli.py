@@ -212,3 +212,28 @@ def test_a_second_run_on_a_busy_workspace_is_refused(tmp_path: Path) -> None:
     assert "is busy: pid" in second.stderr and "the test's" in second.stderr
     assert "Traceback" not in second.stderr
     assert not (tmp_path / ".aistack" / "tables" / "bronze").exists()  # nothing ran
+
+
+def test_help_loads_no_heavy_library(tmp_path: Path) -> None:
+    """`aistack --help` and every command's --help answer without MLflow, the
+    model libraries or the server: commands import those when they run."""
+    probe = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from aistack.cli import app\n"
+        "runner = CliRunner()\n"
+        "for args in ([], ['run'], ['serve', '--help'], ['monitor', '--help']):\n"
+        "    result = runner.invoke(app, [*args, '--help'] if not args else args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "heavy = {'mlflow', 'xgboost', 'lightgbm', 'sklearn', 'fastapi', 'duckdb'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

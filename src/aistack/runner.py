@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel
 from rich.progress import (
@@ -29,6 +28,7 @@ from rich.progress import (
 from aistack.contract import Batch, PostgresTable, RankingUseCase, UseCase
 from aistack.errors import ConfigError
 from aistack.features.gold import GoldResult, build_gold
+from aistack.flow import STAGES, Stage
 from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
 from aistack.serving.batch import ScoreResult, score_range, score_recommendations
@@ -59,9 +59,6 @@ from aistack.training.tune import (
     with_tuned,
 )
 from aistack.workspace import Workspace
-
-Stage = Literal["ingest", "silver", "gold", "train", "score"]
-STAGES: tuple[Stage, ...] = ("ingest", "silver", "gold", "train", "score")
 
 
 @dataclass

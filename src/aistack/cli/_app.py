@@ -1,0 +1,73 @@
+"""The typer app, its shared options, and the entry point.
+
+Command modules import their heavy parts (MLflow, the models, the server) inside
+each command, so `aistack --help` answers without loading them. Bad input or
+configuration prints one line naming the field and the reason and exits with
+code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from aistack.errors import AIStackError
+from aistack.settings import load_settings
+
+if TYPE_CHECKING:
+    from aistack.workspace import Workspace
+
+app = typer.Typer(
+    name="aistack",
+    help="AI Stack: raw data to a served, monitored model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# A pipe or CI log gets a wide, stable layout; a terminal keeps its own width.
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace folder (AISTACK_WORKSPACE)."),
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow URI (AISTACK_TRACKING_URI)."),
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (AISTACK_SEED).")]
+UseCaseArg = Annotated[str, typer.Argument(help="Registered use case.")]
+OnlineUrlOpt = Annotated[
+    str | None, typer.Option(help="Online store URL (AISTACK_ONLINE_URL).")
+]
+
+
+def open_workspace(
+    workspace: Path | None, tracking_uri: str | None, seed: int | None
+) -> Workspace:
+    """The workspace the shared options name (settings from flags, env, file)."""
+    from aistack.workspace import Workspace
+
+    return Workspace(
+        load_settings(workspace=workspace, tracking_uri=tracking_uri, seed=seed)
+    )
+
+
+def main() -> None:
+    """Entry point: run the app, turning AI Stack errors into one line and exit 2."""
+    # MLflow's own chatter (pickle advice, pip resolution) is not the user's concern
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="mlflow")
+    try:
+        app(standalone_mode=True)
+    except AIStackError as exc:
+        Console(stderr=True).print(
+            f"[red]error:[/] {exc}", highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
