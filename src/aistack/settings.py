@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(
         default=5.0, gt=0, description="Prediction log flush interval (seconds)."
     )
+    shadow_queue: int = Field(
+        default=1000,
+        ge=1,
+        description="Requests waiting for shadow scoring before more shadow work is "
+        "dropped (counted in aistack_shadow_dropped_total); the champion's answers "
+        "and their log rows are never held back by it.",
+    )
     eval_seconds: float = Field(
         default=5.0,
         gt=0,

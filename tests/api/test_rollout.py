@@ -140,3 +140,39 @@ def test_healthy_canary_is_promoted(served_workspace) -> None:
     assert ws.registry.version_of("fraud", "champion") == version
     assert after["model_version"] == version
     assert version in versions
+
+
+def test_a_shadow_backlog_is_dropped_and_counted_never_the_champions_rows(
+    served_workspace,
+) -> None:
+    """A shadow challenger slower than the traffic: its queue stays bounded, the
+    excess is dropped and counted, and every champion answer reaches the log."""
+    ws = served_workspace
+    version = register(ws, "slow")  # 60 ms per call: far slower than the traffic
+    env = {**FAST, "AISTACK_SHADOW_QUEUE": "2", "AISTACK_EVAL_SECONDS": "600"}
+    answered: list[str] = []
+    with aistack_server(ws.settings.workspace, env=env) as (base, _):
+        start_rollout(
+            ws.registry, "fraud", mode="shadow", share=100, version=version, actor="t"
+        )
+        time.sleep(1.5)  # a registry poll (every 0.3 s) loads the challenger
+        with httpx.Client(base_url=base, timeout=30) as c:
+            for i in range(300):
+                r = c.post("/v1/fraud/predict", json=payload(i))
+                assert r.status_code == 200, r.text
+                answered.append(r.json()["request_id"])
+            metrics = c.get("/metrics").text
+        dropped_line = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith("aistack_shadow_dropped_total")
+        )
+        stopped = time.monotonic()
+    assert time.monotonic() - stopped < 20  # no backlog drained at shutdown
+    assert float(dropped_line.split()[-1]) > 0, dropped_line
+    log = ws.lake.read("ops.fraud_prediction_log").to_pylist()
+    ours = set(answered)
+    champion_rows = {r["request_id"] for r in log if r["route"] == "predict"} & ours
+    shadow_rows = [r for r in log if r["route"] == "predict_shadow"]
+    assert champion_rows == ours  # not one acknowledged answer lost
+    assert 0 < len(shadow_rows) < len(ours)  # shadow scored some, dropped the rest

@@ -95,6 +95,11 @@ class ServerMetrics:
             "Labels attached to events in the online aggregation state",
             registry=r,
         )
+        self.shadow_dropped = Counter(
+            "aistack_shadow_dropped",
+            "Requests not scored by the shadow challenger: queue full or shutting down",
+            registry=r,
+        )
         self.swaps = Counter(
             "aistack_model_swaps", "Champion changes picked up", registry=r
         )

@@ -80,6 +80,8 @@ class ServerState:
     _shadow: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="shadow")
     )
+    _shadow_pending: int = 0
+    _shadow_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -213,8 +215,27 @@ class ServerState:
                 online_versions=self.online_versions_cached,
             )
         if rollout is not None and challenger is not None and rollout.mode == "shadow":
-            self._shadow.submit(self._shadow_score, challenger, found, payloads, route)
+            self._submit_shadow(challenger, found, payloads, route)
         return scored
+
+    def _submit_shadow(
+        self,
+        challenger: Predictor,
+        found: RequestFeatures,
+        payloads: list[dict[str, Any]],
+        route: str,
+    ) -> None:
+        """Queue shadow scoring, or drop it (counted) when the queue is full: the
+        shadow arm may lose work under load, the champion's log rows may not."""
+        with self._shadow_lock:
+            if (
+                self._shadow_pending >= self.settings.shadow_queue
+                or self._stop.is_set()
+            ):
+                self.metrics.shadow_dropped.inc(len(payloads))
+                return
+            self._shadow_pending += 1
+        self._shadow.submit(self._shadow_score, challenger, found, payloads, route)
 
     def label(self, labels: list[tuple[Any, float]]) -> LabelResult:
         """Attach late-arriving labels to the events in the online state."""
@@ -293,6 +314,19 @@ class ServerState:
         return [next(by_id[0]) if m else next(by_id[1]) for m in mask]
 
     def _shadow_score(
+        self,
+        challenger: Predictor,
+        found: RequestFeatures,
+        payloads: list[dict[str, Any]],
+        route: str,
+    ) -> None:
+        try:
+            self._shadow_scored(challenger, found, payloads, route)
+        finally:
+            with self._shadow_lock:
+                self._shadow_pending -= 1
+
+    def _shadow_scored(
         self,
         challenger: Predictor,
         found: RequestFeatures,
@@ -474,7 +508,12 @@ class ServerState:
     def stop(self) -> None:
         """Stop background work and flush every buffered prediction."""
         self._stop.set()
-        self._shadow.shutdown(wait=True)
+        # Shadow work still queued is dropped (counted), not drained: a backlog
+        # must not outlast the grace period and cost the champion's log rows.
+        self._shadow.shutdown(wait=True, cancel_futures=True)
+        with self._shadow_lock:
+            self.metrics.shadow_dropped.inc(self._shadow_pending)
+            self._shadow_pending = 0
         self.log.close()
         self.tracing.shutdown()
         gc.unfreeze()  # let interpreter shutdown release everything cleanly
