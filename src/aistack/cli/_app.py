@@ -9,6 +9,7 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -61,7 +62,10 @@ def open_workspace(
 
 def main() -> None:
     """Entry point: run the app, turning AI Stack errors into one line and exit 2."""
-    # MLflow's own chatter (pickle advice, pip resolution) is not the user's concern
+    # MLflow's own chatter (pickle advice, pip resolution) is not the user's concern.
+    # MLflow sets its loggers' level when it is imported (lazily, by a command),
+    # from this variable; the user's own setting wins.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="mlflow")
     try:
