@@ -12,6 +12,7 @@ import pytest
 
 from aistack.lake.delta import Lake
 from conftest import make_workspace
+from lake.test_silver import assert_accounted, late_customer_lake
 
 SMALL = ["--customers", "300", "--terminals", "600", "--days", "45"]
 
@@ -237,3 +238,14 @@ def test_help_loads_no_heavy_library(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_quarantine_retry_releases_late_references(tmp_path: Path) -> None:
+    lake, expected = late_customer_lake(tmp_path / ".aistack" / "tables")
+    silver_before = lake.rows("silver.transactions")
+    done = aistack("quarantine", "fraud", "--retry", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "quarantine retry" in done.stdout
+    assert f"{expected:,}" in done.stdout
+    assert lake.rows("silver.transactions") == silver_before + expected
+    assert_accounted(lake)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from aistack.contract import Batch, SilverTable, get_use_case
@@ -209,3 +211,105 @@ def test_a_hostile_column_name_is_data_not_sql(tmp_path) -> None:
     tx = results["transactions"]
     assert tx.bronze_rows == tx.silver_rows + tx.quarantined_rows > 0
     assert hostile not in lake.read("silver.transactions").column_names
+
+
+def assert_accounted(lake: Lake, table: str = "silver.transactions") -> None:
+    """Per batch: bronze = silver + quarantine, and the accounting table agrees."""
+    name = table.split(".", 1)[1]
+
+    def per_batch(t: str) -> dict[str, int]:
+        frame = pl.from_arrow(lake.read(t, columns=["_batch_id"]))
+        return dict(frame.group_by("_batch_id").len().iter_rows())
+
+    bronze, silver = per_batch(f"bronze.{name}"), per_batch(table)
+    held = per_batch(f"quarantine.{name}")
+    accounting = pl.from_arrow(lake.read(ACCOUNTING)).filter(pl.col("table") == table)
+    assert accounting.get_column("_batch_id").is_unique().all()
+    for row in accounting.iter_rows(named=True):
+        batch = row["_batch_id"]
+        s, q = silver.get(batch, 0), held.get(batch, 0)
+        assert bronze[batch] == s + q == row["bronze_rows"], batch
+        assert (s, q) == (row["silver_rows"], row["quarantined_rows"]), batch
+
+
+LATE_CUSTOMERS = {2, 5, 11, 17}
+
+
+def late_customer_lake(tmp_path) -> tuple[Lake, int]:
+    """Transactions of three customers that arrive a batch after them, plus
+    rows that are bad for other reasons; returns the lake and those customers'
+    transaction count."""
+    sim = simulate(n_customers=30, n_terminals=60, n_days=6, seed=5)
+    txs = inject_bad_rows(sim.transactions, n_per_kind=1, seed=5)
+    ids = pa.array(sorted(LATE_CUSTOMERS))
+    early = sim.customers.filter(pc.invert(pc.is_in(sim.customers["CUSTOMER_ID"], ids)))
+    lake = Lake(tmp_path)
+    ingest(
+        lake,
+        [
+            Batch("customers", "c", early),
+            Batch("terminals", "t", sim.terminals),
+            *(Batch("transactions", day, rows) for day, rows in split_by_day(txs)),
+        ],
+        ingested_at=NOW,
+    )
+    build_all(lake)
+    late = sim.customers.filter(pc.is_in(sim.customers["CUSTOMER_ID"], ids))
+    ingest(lake, [Batch("customers", "c-late", late)], ingested_at=NOW)
+    build_all(lake)
+    clean = sim.transactions.filter(pc.is_in(sim.transactions["CUSTOMER_ID"], ids))
+    return lake, clean.num_rows
+
+
+def transactions_spec() -> SilverTable:
+    return {s.name: s for s in get_use_case("fraud").silver}["transactions"]
+
+
+def test_retry_releases_rows_whose_reference_arrived_late(tmp_path) -> None:
+    lake, expected = late_customer_lake(tmp_path)
+    held_before = lake.rows("quarantine.transactions")
+    silver_before = lake.rows("silver.transactions")
+    result = silver_mod.retry_quarantine(lake, transactions_spec(), processed_at=NOW)
+    assert result.released_rows == expected > 0
+    assert lake.rows("silver.transactions") == silver_before + expected
+    assert lake.rows("quarantine.transactions") == held_before - expected
+    assert result.still_quarantined == held_before - expected
+    released = pl.from_arrow(lake.read("silver.transactions"))
+    assert released.get_column("transaction_id").is_unique().all()
+    assert LATE_CUSTOMERS & set(released.get_column("customer_id").to_list())
+    held = pl.from_arrow(lake.read("quarantine.transactions"))
+    still = held.filter(pl.col("_check") == "foreign_key")["CUSTOMER_ID"].to_list()
+    assert not LATE_CUSTOMERS & {int(c) for c in still if c is not None}
+    assert held.height > 0  # rows bad for other reasons are still held
+    assert_accounted(lake)
+    # again: nothing left to release, nothing written
+    names = ["silver.transactions", "quarantine.transactions", ACCOUNTING]
+    versions = {n: lake.version(n) for n in names}
+    again = silver_mod.retry_quarantine(lake, transactions_spec(), processed_at=NOW)
+    assert again.released_rows == 0
+    assert {n: lake.version(n) for n in names} == versions
+
+
+def test_a_retry_killed_between_commits_completes_on_rerun(
+    tmp_path, monkeypatch
+) -> None:
+    """Silver got the released rows, then the process died before quarantine let
+    them go: the next retry appends nothing twice and settles the accounting."""
+    lake, expected = late_customer_lake(tmp_path)
+    silver_before = lake.rows("silver.transactions")
+    real = Lake.merge_matched
+
+    def die_on_delete(self, name, data, **kw):
+        if kw["action"] == "delete":
+            raise KeyboardInterrupt("killed")
+        return real(self, name, data, **kw)
+
+    monkeypatch.setattr(Lake, "merge_matched", die_on_delete)
+    with pytest.raises(KeyboardInterrupt):
+        silver_mod.retry_quarantine(lake, transactions_spec(), processed_at=NOW)
+    monkeypatch.undo()
+    assert lake.rows("silver.transactions") == silver_before + expected
+    result = silver_mod.retry_quarantine(lake, transactions_spec(), processed_at=NOW)
+    assert result.released_rows == expected
+    assert lake.rows("silver.transactions") == silver_before + expected
+    assert_accounted(lake)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -23,6 +23,7 @@ from aistack.flow import STAGES, Stage
 
 if TYPE_CHECKING:
     from aistack.contract import AnyUseCase
+    from aistack.workspace import Workspace
 
 
 def parse_params(use_case: AnyUseCase, args: list[str]) -> BaseModel:
@@ -227,6 +228,14 @@ def quarantine_command(
     use_case: UseCaseArg,
     *,
     limit: Annotated[int, typer.Option(min=1, help="Rows shown per table.")] = 20,
+    retry: Annotated[
+        bool,
+        typer.Option(
+            "--retry",
+            help="First move rows held only for a reference that has since arrived "
+            "(e.g. a late customer) to silver, keeping the row accounting.",
+        ),
+    ] = False,
     workspace: WorkspaceOpt = None,
     tracking_uri: TrackingOpt = None,
     seed: SeedOpt = None,
@@ -237,6 +246,8 @@ def quarantine_command(
 
     uc = get_any_use_case(use_case)
     ws = open_workspace(workspace, tracking_uri, seed)
+    if retry:
+        _retry(ws, uc)
     for spec in uc.silver:
         name = quarantine_table(spec)
         if not ws.lake.exists(name):
@@ -264,6 +275,22 @@ def quarantine_command(
                 row["_reason"] or "",
             )
         console.print(table)
+
+
+def _retry(ws: Workspace, uc: AnyUseCase) -> None:
+    from aistack.lake.silver import retry_quarantine
+
+    table = Table(title=f"{uc.name}: quarantine retry (late references)")
+    for column in ("silver table", "released to silver", "still quarantined"):
+        table.add_column(column)
+    with ws.exclusive(f"aistack quarantine {uc.name} --retry"):
+        for spec in uc.silver:
+            if spec.references:
+                done = retry_quarantine(ws.lake, spec, processed_at=datetime.now(UTC))
+                table.add_row(
+                    done.table, f"{done.released_rows:,}", f"{done.still_quarantined:,}"
+                )
+    console.print(table)
 
 
 @app.command("tables")

@@ -191,6 +191,34 @@ class Lake:
         )
         return self._table(name).version()
 
+    def merge_matched(
+        self,
+        name: str,
+        data: pa.Table,
+        *,
+        key: Iterable[str],
+        action: Literal["update", "delete"],
+        inputs: Mapping[str, int | str] | None = None,
+    ) -> int:
+        """In one commit, update (to `data`'s values) or delete the rows of `name`
+        whose `key` matches a row of `data`; other rows are untouched. Re-applying
+        the same merge changes nothing."""
+        on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
+        metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
+        merger = self._table(name).merge(
+            data,
+            predicate=on,
+            source_alias="s",
+            target_alias="t",
+            commit_properties=CommitProperties(custom_metadata=metadata),
+        )
+        if action == "update":
+            merger = merger.when_matched_update_all()
+        else:
+            merger = merger.when_matched_delete()
+        merger.execute()
+        return self._table(name).version()
+
     def last_inputs(self, name: str) -> dict[str, int | str] | None:
         """Inputs recorded on the latest commit of `name`, None if none were."""
         if not self.exists(name):

@@ -494,6 +494,138 @@ def build_silver(
     return result
 
 
+@dataclass
+class RetryResult:
+    """What `retry_quarantine` moved: rows released to silver, rows still held."""
+
+    table: str
+    released_rows: int = 0
+    still_quarantined: int = 0
+    by_batch: dict[str, int] = field(default_factory=dict)
+
+
+_REASON_COLUMNS = ("_column", "_check", "_reason")
+
+
+def retry_quarantine(
+    lake: Lake, spec: SilverTable, *, processed_at: datetime
+) -> RetryResult:
+    """Re-validate rows quarantined only for a reference that was missing (a
+    customer that arrived after its transactions) and move those that now pass to
+    silver, keeping bronze = silver + quarantine per batch.
+
+    Three commits, each safe to repeat: silver gets the released rows (a row a
+    killed retry already appended, same key and batch, is not appended again),
+    quarantine loses them, and the batches' accounting is recomputed from the
+    quarantine table itself. Rows with any other failure stay where they are.
+    """
+    target, quarantine = silver_table(spec), quarantine_table(spec)
+    result = RetryResult(table=target)
+    if not spec.references or not lake.exists(quarantine):
+        return result
+    if not spec.key:
+        msg = f"{target}: --retry needs a table with a key (this one declares none)"
+        raise ContractError(msg)
+    held = _frame(lake.read(quarantine))
+    late = held.filter(pl.col("_check") == "foreign_key").drop(_REASON_COLUMNS)
+    result.still_quarantined = held.height
+    if late.height:
+        silver_keys = (
+            _frame(lake.read(target, columns=[*spec.key, BATCH_ID]))
+            if lake.exists(target)
+            else None
+        )
+        released = _release(lake, spec, late, silver_keys, processed_at=processed_at)
+        if released.height:
+            lake.merge_matched(
+                quarantine,
+                released.to_arrow(),
+                key=(BATCH_ID, ROW),
+                action="delete",
+                inputs={target: lake.version(target) or 0},
+            )
+        result.released_rows = released.height
+        result.still_quarantined -= released.height
+        result.by_batch = dict(
+            released.group_by(BATCH_ID).len().sort(BATCH_ID).iter_rows()
+        )
+    _recount(lake, target, quarantine, processed_at=processed_at)
+    return result
+
+
+def _release(
+    lake: Lake,
+    spec: SilverTable,
+    late: pl.DataFrame,
+    silver_keys: pl.DataFrame | None,
+    *,
+    processed_at: datetime,
+) -> pl.DataFrame:
+    """Append the late rows that now validate to silver; their (batch, row)."""
+    key = list(spec.key)
+    retry, again = late, late.clear().select(BATCH_ID, ROW)
+    if silver_keys is not None and silver_keys.height:
+        payload = late.drop([c for c in METADATA_COLUMNS if c in late.columns])
+        typed, _ = _type_columns(spec.transform(payload), spec, late.height)
+        keyed = typed.select(key).with_columns(
+            late.get_column(BATCH_ID), late.get_column(ROW)
+        )
+        # keys are unique in silver: the same key from the same batch there means
+        # a retry killed before its quarantine delete already appended this row;
+        # the same key from another batch is another version: the row stays held
+        again = keyed.join(silver_keys, on=[*key, BATCH_ID], how="semi")
+        known = keyed.join(silver_keys.select(key), on=key, how="semi")
+        retry = late.join(known.select(BATCH_ID, ROW), on=[BATCH_ID, ROW], how="anti")
+        again = again.select(BATCH_ID, ROW)
+    references = _reference_values(lake, spec, SilverResult(table=silver_table(spec)))
+    good, bad = validate_rows(retry, spec, references=references)
+    if good.height:
+        lake.write(
+            silver_table(spec),
+            good.to_arrow(),
+            mode="append",
+            inputs={quarantine_table(spec): lake.version(quarantine_table(spec)) or 0},
+        )
+    passed = retry.select(BATCH_ID, ROW).join(
+        bad.select(BATCH_ID, ROW), on=[BATCH_ID, ROW], how="anti"
+    )
+    return pl.concat([again, passed])
+
+
+def _recount(
+    lake: Lake, target: str, quarantine: str, *, processed_at: datetime
+) -> None:
+    """Set each batch's quarantined_rows to what quarantine holds and silver_rows
+    to bronze_rows minus that (the invariant), where they differ."""
+    if not lake.exists(ACCOUNTING):
+        return
+    accounting = _frame(lake.read(ACCOUNTING)).filter(pl.col("table") == target)
+    held = (
+        _frame(lake.read(quarantine, columns=[BATCH_ID]))
+        .group_by(BATCH_ID)
+        .agg(pl.len().cast(pl.Int64).alias("_held"))
+    )
+    fixed = (
+        accounting.join(held, on=BATCH_ID, how="left")
+        .with_columns(pl.col("_held").fill_null(0))
+        .filter(pl.col("_held") != pl.col("quarantined_rows"))
+        .with_columns(
+            pl.col("_held").alias("quarantined_rows"),
+            (pl.col("bronze_rows") - pl.col("_held")).alias("silver_rows"),
+            pl.lit(processed_at).cast(pl.Datetime("us", "UTC")).alias("processed_at"),
+        )
+        .drop("_held")
+    )
+    if fixed.height:
+        lake.merge_matched(
+            ACCOUNTING,
+            fixed.to_arrow(),
+            key=("table", BATCH_ID),
+            action="update",
+            inputs={quarantine: lake.version(quarantine) or 0},
+        )
+
+
 def _replacing(
     good: pl.DataFrame, spec: SilverTable, existing: pl.DataFrame | None
 ) -> pl.DataFrame:
