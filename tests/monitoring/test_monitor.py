@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from aistack.contract import get_use_case
 from aistack.monitoring.alerts import alerts_table
-from aistack.monitoring.monitor import run_monitor
+from aistack.monitoring.monitor import prediction_frame, run_monitor
 from aistack.registry.rollout import start_rollout
 from broken_models import register
 from servers import aistack_server
@@ -80,6 +80,10 @@ def test_monitor_tests_drift_measures_performance_and_writes_the_report(
     assert all(a.state == "firing" for a in fired)
     if fired:  # and recorded where every process reads alert states
         assert ws.lake.exists(alerts_table("fraud"))
+    # a window reads only its rows (filtered while scanning the log)
+    now = datetime.now(UTC)
+    assert len(prediction_frame(ws, uc, since=now - timedelta(hours=1))) == sent
+    assert prediction_frame(ws, uc, since=now + timedelta(minutes=1)).empty
 
 
 def test_cli_monitor_and_abtest(replayed, tmp_path) -> None:

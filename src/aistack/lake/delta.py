@@ -99,9 +99,13 @@ class Lake:
         *,
         version: int | None = None,
         columns: list[str] | None = None,
+        where: pc.Expression | None = None,
     ) -> pa.Table:
-        """Read `name` (optionally at `version`) into memory."""
-        return self.dataset(name, version=version).to_table(columns=columns)
+        """Read `name` (optionally at `version`) into memory; `where` filters while
+        scanning (files and row groups whose statistics exclude it are skipped)."""
+        return self.dataset(name, version=version).to_table(
+            columns=columns, filter=where
+        )
 
     def rows(self, name: str, *, version: int | None = None) -> int:
         """Row count from the Delta log's file statistics (no data scan)."""

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aistack.contract import AggregationView, FeatureView, UseCase
 from aistack.errors import ConfigError
@@ -72,10 +73,9 @@ def check_consistency(
     if not lake.exists(table):
         raise ConfigError(f"{table} does not exist: serve or stream some events first")
     names = use_case.feature_names
-    log = lake.read(table).to_pandas()
+    window = None if since is None else pc.field("logged_at") >= pa.scalar(since)
+    log = lake.read(table, where=window).to_pandas()  # only the window
     log = log[~log["route"].str.endswith("_shadow")]
-    if since is not None:
-        log = log[log["logged_at"] >= since]
     missing = [f for f in names if FEATURE_PREFIX + f not in log.columns]
     if missing:
         msg = f"{table} has no logged values of {', '.join(missing)} (older server?)"

@@ -18,6 +18,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from aistack.contract import UseCase
 from aistack.contract.model import gain
@@ -67,10 +69,9 @@ def prediction_frame(
     table = f"ops.{use_case.name}_prediction_log"
     if not ws.lake.exists(table):
         return pd.DataFrame()
-    log = pl.from_arrow(ws.lake.read(table))
+    window = None if since is None else pc.field("logged_at") >= pa.scalar(since)
+    log = pl.from_arrow(ws.lake.read(table, where=window))  # only the window
     assert isinstance(log, pl.DataFrame)
-    if since is not None:
-        log = log.filter(pl.col("logged_at") >= since)
     if log.height == 0:
         return pd.DataFrame()
     payload = log.get_column("payload").str.json_decode().struct.unnest()
