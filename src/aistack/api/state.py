@@ -435,6 +435,7 @@ class ServerState:
                 status="rolled_back",
                 reason=why,
                 actor=_ACTOR,
+                judged=rollout,
             )
             log.warning(why)
         elif self._judged >= guards.promote_after:
@@ -448,6 +449,7 @@ class ServerState:
                 status="promoted",
                 reason=why,
                 actor=_ACTOR,
+                judged=rollout,
             )
             self.challenger, self.rollout = None, None
             log.info(why)

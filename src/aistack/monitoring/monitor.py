@@ -187,7 +187,12 @@ def _rollout_guard(
             f"(drop {drop:.4f} > {use_case.monitoring.guards.max_performance_drop})"
         )
         end_rollout(
-            ws.registry, use_case.name, status="rolled_back", reason=why, actor=_ACTOR
+            ws.registry,
+            use_case.name,
+            status="rolled_back",
+            reason=why,
+            actor=_ACTOR,
+            judged=rollout,
         )
         return why
     return None

@@ -7,14 +7,20 @@ a given date" has an answer.
 
 from __future__ import annotations
 
+import fcntl
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
 
 from aistack.errors import RegistryError
 from aistack.lake.delta import Lake
@@ -54,7 +60,38 @@ class Registry:
 
     def __init__(self, lake: Lake, tracking_uri: str) -> None:
         self.lake = lake
+        self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @contextmanager
+    def decision(self, model: str) -> Iterator[None]:
+        """Hold the model's decision lock: one rollout decision at a time.
+
+        MLflow tags have no compare-and-set, so deciders (every server worker's
+        evaluator, `aistack monitor`, the CLI) take turns and re-read the state
+        inside the lock. With a PostgreSQL registry the lock is a PostgreSQL
+        advisory lock (it holds across hosts); otherwise an `flock` beside the
+        workspace's tables (it holds across processes of one host).
+        """
+        key = zlib.crc32(f"aistack-decision:{model}".encode())
+        if self.uri.startswith("postgresql"):
+            libpq = make_url(self.uri).set(drivername="postgresql")
+            dsn = libpq.render_as_string(hide_password=False)
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as con:
+                con.execute("SELECT pg_advisory_lock(%s)", (key,))
+                try:
+                    yield
+                finally:
+                    con.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            return
+        folder = self.lake.root.parent / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / f"decision-{key:08x}.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def version_of(self, model: str, alias: str) -> int | None:
         """Version the alias points to, None when unset or the model is unknown.

@@ -18,7 +18,7 @@ from aistack.errors import ConfigError, RegistryError
 from aistack.registry.aliases import Registry
 
 Mode = Literal["shadow", "canary"]
-Status = Literal["active", "rolled_back", "promoted", "stopped"]
+Status = Literal["starting", "active", "rolled_back", "promoted", "stopped"]
 _PREFIX = "rollout."
 STICKY_BUCKETS = 10_000
 
@@ -95,29 +95,62 @@ def start_rollout(
         registry.move(
             model, "challenger", chosen, actor=actor, reason=f"{mode} rollout"
         )
-    rollout = Rollout(mode, chosen, share if mode == "canary" else 100.0, "active")
-    _set(
-        registry,
-        model,
-        {
-            "mode": mode,
-            "version": str(chosen),
-            "share": str(rollout.share),
-            "status": "active",
-            "reason": f"started by {actor}",
-            "started_at": datetime.now(UTC).isoformat(),
-        },
+    started = datetime.now(UTC).isoformat()
+    rollout = Rollout(
+        mode, chosen, share if mode == "canary" else 100.0, "active", "", started
     )
+    with registry.decision(model):
+        _set(
+            registry,
+            model,
+            {
+                "status": "starting",  # never read as active while tags change
+                "mode": mode,
+                "version": str(chosen),
+                "share": str(rollout.share),
+                "reason": f"started by {actor}",
+                "started_at": started,
+            },
+        )
+        _set(registry, model, {"status": "active"})
     return rollout
 
 
 def end_rollout(
-    registry: Registry, model: str, *, status: Status, reason: str, actor: str
+    registry: Registry,
+    model: str,
+    *,
+    status: Status,
+    reason: str,
+    actor: str,
+    judged: Rollout | None = None,
 ) -> Rollout | None:
-    """Stop routing to the challenger and record why; promote it when `promoted`."""
-    current = read_rollout(registry, model)
-    if current is None or not current.active:
-        return current
+    """Stop routing to the challenger and record why; promote it when `promoted`.
+
+    Decided once: under the model's decision lock the rollout is read again, and
+    nothing happens unless it is still active (and, with `judged`, still the
+    rollout the caller judged): of two workers deciding at once, one acts and
+    the other finds the decision made.
+    """
+    with registry.decision(model):
+        current = read_rollout(registry, model)
+        if current is None or not current.active:
+            return current
+        if judged is not None and current.started_at != judged.started_at:
+            return current  # a newer rollout started after this one was judged
+        _decide(registry, model, current, status=status, reason=reason, actor=actor)
+    return read_rollout(registry, model)
+
+
+def _decide(
+    registry: Registry,
+    model: str,
+    current: Rollout,
+    *,
+    status: Status,
+    reason: str,
+    actor: str,
+) -> None:
     _set(registry, model, {"status": status, "reason": reason})
     registry.client.set_model_version_tag(
         model, str(current.version), "rollout_result", f"{status}: {reason}"
@@ -126,4 +159,3 @@ def end_rollout(
         registry.move(model, "champion", current.version, actor=actor, reason=reason)
     if registry.version_of(model, "challenger") == current.version:
         registry.move(model, "challenger", None, actor=actor, reason=reason)
-    return read_rollout(registry, model)
