@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -17,6 +18,7 @@ from aistack.contract import UseCase
 from aistack.monitoring.monitor import run_monitor
 from aistack.runner import run
 from aistack.training.tracking import tracking
+from aistack.workspace import Workspace
 from conftest import make_workspace
 from servers import aistack_server
 from task_usecases import diabetes, sensors, wine
@@ -42,7 +44,11 @@ def _rows(uc: UseCase, n: int) -> list[dict]:
     return [
         {
             "row_id": i,  # rows of the table: their labels are known
-            "observed_at": f"2024-03-01T00:{i % 60:02d}:00",
+            **(
+                {"observed_at": f"2024-03-01T00:{i % 60:02d}:00"}
+                if uc.labels.timestamp
+                else {}
+            ),
             **{f: float(x[i, j]) for j, f in enumerate(features)},
         }
         for i in range(n)
@@ -150,3 +156,18 @@ def test_a_task_runs_end_to_end(uc: UseCase, tmp_path: Path) -> None:
     assert result.current_rows == 61
     assert not result.performance.empty  # labels joined: live metrics per day
     assert (tmp_path / "report.html").stat().st_size > 0
+    if uc.labels.timestamp is None:
+        _check_no_clock(ws, uc, result.performance)
+
+
+def _check_no_clock(ws: Workspace, uc: UseCase, performance: pd.DataFrame) -> None:
+    """No timestamp anywhere (no fake one either); windows use the scoring time."""
+    for table in ("silver.rows", uc.predictions_table):
+        names = set(ws.lake.read(table).schema.names)
+        clocks = {n for n in names if "time" in n or n.endswith("_at")}
+        assert clocks <= {"scored_at", "_processed_at", "_ingested_at"}, table
+    log = ws.lake.read(f"ops.{uc.name}_prediction_log").to_pandas()
+    assert log["event_time"].isna().all()
+    # live metrics are per day the rows were scored
+    days = [d.date() for d in performance["day"]]
+    assert days == sorted(set(log["logged_at"].dt.date))

@@ -99,8 +99,10 @@ def _timed(report: RunReport, stage: str) -> Iterator[None]:
 
 def default_score_range(ws: Workspace, use_case: UseCase) -> tuple[datetime, datetime]:
     """What batch scoring covers by default: the latest time split's test days
-    (every labelled row for a fraction split)."""
+    (every labelled row for a fraction split or rows without a clock)."""
     labels = use_case.labels
+    if labels.timestamp is None:  # no clock: every row, whatever its range
+        return datetime.min, datetime.max
     con = ws.lake.connect(ws.lake.versions([labels.table]))
     last = con.execute(
         f"SELECT max({quote(labels.timestamp)}) FROM {labels.table}"

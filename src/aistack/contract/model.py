@@ -57,18 +57,27 @@ class Labels:
 
     `columns` are the request columns of a row (entity keys and raw fields that
     request-time features read); `id` identifies a row and is never a feature.
+    `timestamp` is the row's event time; rows without a clock (independent
+    measurements) leave it out: they cannot be split by time nor joined to
+    feature views, and monitoring places them in time by when they were scored.
+    `delay` is how long after the event its label becomes known.
     """
 
     table: str
     id: str
-    timestamp: str
     label: str
     columns: tuple[str, ...]
-    delay: timedelta
+    timestamp: str | None = None
+    delay: timedelta = timedelta(0)
 
     def __post_init__(self) -> None:
         if not self.table.startswith("silver."):
             raise DeclarationError(f"labels: table {self.table!r} is not silver")
+
+    @property
+    def order(self) -> list[str]:
+        """Columns that order rows deterministically: (timestamp, id), or id alone."""
+        return [self.timestamp, self.id] if self.timestamp else [self.id]
 
 
 Task = Literal["binary", "multiclass", "regression", "anomaly", "ranking"]

@@ -78,7 +78,7 @@ class RequestFeatures:
 
     request_ids: list[str]
     event_ids: list[Any]
-    times: list[datetime]
+    times: list[datetime | None]
     values: dict[str, np.ndarray]
     ages: list[dict[str, float | None]]
     unknown: list[list[str]]
@@ -88,9 +88,10 @@ class RequestFeatures:
 
 
 def request_columns(use_case: UseCase) -> list[str]:
-    """Payload columns the features read: timestamp and label columns."""
+    """Payload columns the features read: timestamp (if any) and label columns."""
     labels = use_case.labels
-    return list(dict.fromkeys([labels.timestamp, *labels.columns]))
+    clock = [labels.timestamp] if labels.timestamp else []
+    return list(dict.fromkeys([*clock, *labels.columns]))
 
 
 def request_features(
@@ -114,8 +115,9 @@ def request_features(
     values[labels.id] = np.array(
         [i if i is not None else 0 for i in ids], dtype=np.float64
     )
-    times = list(columns[labels.timestamp])
-    ts_us = [to_us(t) for t in times]
+    # rows without a clock have no event time (monitoring uses logged_at)
+    times = list(columns[labels.timestamp]) if labels.timestamp else [None] * n
+    ts_us = [to_us(t) for t in times if t is not None]  # views need a clock
     out = RequestFeatures(
         request_ids,
         [i if i is not None else r for i, r in zip(ids, request_ids, strict=True)],

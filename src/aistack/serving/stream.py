@@ -487,6 +487,9 @@ def replay(
     once the stream's time passes its event time + the label delay (labels of
     events from `start - delay` on, so none is known before the replay)."""
     labels = use_case.labels
+    if labels.timestamp is None:
+        msg = f"{use_case.name}: rows without labels.timestamp have no order to replay"
+        raise ConfigError(msg)
     version = lake.version(labels.table)
     if version is None:
         raise ConfigError(f"{labels.table} does not exist yet: run the pipeline first")
