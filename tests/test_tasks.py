@@ -73,6 +73,8 @@ def _check_answer(task: str, answer: dict) -> None:
         assert isinstance(answer["value"], float)
         assert "score" not in answer and "decision" not in answer
         assert 0 < answer["value"] < 400
+        low, high = answer["interval"]  # ridge declares a 90 % interval
+        assert low < answer["value"] < high
     else:
         assert task == "anomaly"
         assert set(answer) >= {"score", "anomaly"} and "decision" not in answer
@@ -105,6 +107,8 @@ def test_a_task_runs_end_to_end(uc: UseCase, tmp_path: Path) -> None:
         gates = {g.name for g in report.champion.gates}
         assert "score_range" not in gates  # values are not probabilities
         assert "monotonic_bmi" in gates
+        # the 90 % interval, calibrated on validation rows, on the 89 test rows
+        assert 0.8 <= report.champion.metrics["interval_coverage"] <= 1.0
     if uc is sensors:
         assert report.champion.metrics["roc_auc"] > 0.9
     assert report.scoring is not None and report.scoring.rows == rows
@@ -119,7 +123,7 @@ def test_a_task_runs_end_to_end(uc: UseCase, tmp_path: Path) -> None:
             ).read_text()
         )
         assert split["kind"] == uc.split.kind
-        assert split["test_rows"] + split["train_rows"] == rows
+        assert split["test_rows"] + split["valid_rows"] + split["train_rows"] == rows
         assert run_.data.params["task"] == uc.task
         requirements = (
             Path(

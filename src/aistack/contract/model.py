@@ -202,7 +202,10 @@ class Trainer:
     model; the package of the model's class is added when installed).
     `search_space` maps estimator parameters to the ranges `aistack tune`
     explores; `params` are set on the built estimator (the platform fills them
-    with the last tuned parameters).
+    with the last tuned parameters). `interval` (regression) is the coverage of
+    a residual-quantile interval around each value, calibrated on the split's
+    validation part (split conformal); a model with its own
+    `predict_interval(X)` (rows x [low, high]) is served with that instead.
     """
 
     name: str
@@ -212,9 +215,16 @@ class Trainer:
     requirements: tuple[str, ...] = ()
     search_space: Mapping[str, Distribution] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    interval: float | None = None
 
     def __post_init__(self) -> None:
         _ident("trainer", self.name)
+        if self.interval is not None and not 0 < self.interval < 1:
+            msg = (
+                f"trainer {self.name}: interval is a coverage in (0, 1), "
+                f"got {self.interval}"
+            )
+            raise DeclarationError(msg)
         for name, dist in self.search_space.items():
             if not isinstance(dist, IntRange | FloatRange | Choice):
                 msg = (

@@ -138,6 +138,19 @@ class UseCase:
                 "multiclass model's class is not"
             )
             raise DeclarationError(msg)
+        for trainer in self.trainers:
+            if trainer.interval is None:
+                continue
+            if self.task != "regression":
+                msg = f"{self.name}: trainer {trainer.name}: interval needs regression"
+                raise DeclarationError(msg)
+            if self.split.by_days or len(self.split.parts) != 3:  # noqa: PLR2004
+                msg = (
+                    f"{self.name}: trainer {trainer.name}: interval is calibrated "
+                    "on the validation part; declare Split fractions (train, "
+                    "validation, test)"
+                )
+                raise DeclarationError(msg)
         for column in self.row_features:
             _ident("row feature", column)
             if column not in self.labels.columns:

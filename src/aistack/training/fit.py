@@ -75,6 +75,22 @@ def evaluate(model: Scorer, frame: pd.DataFrame, use_case: UseCase) -> dict[str,
     return {name: float(metric(scored)) for name, metric in use_case.metrics.items()}
 
 
+def interval_metrics(
+    model: ScoringModel, frame: pd.DataFrame, use_case: UseCase
+) -> dict[str, float]:
+    """Share of `frame`'s values inside their interval and its mean width (none
+    for a model without intervals)."""
+    bounds = model.predict_interval(frame[use_case.model_inputs])
+    if bounds is None or not len(frame):
+        return {}
+    y = frame[use_case.labels.label].to_numpy(dtype=np.float64)
+    inside = (bounds[:, 0] <= y) & (y <= bounds[:, 1])
+    return {
+        "interval_coverage": float(inside.mean()),
+        "interval_mean_width": float(np.mean(bounds[:, 1] - bounds[:, 0])),
+    }
+
+
 def training_key(
     use_case: UseCase, trainer: Trainer, lineage: dict[str, int], seed: int
 ) -> str:
@@ -94,6 +110,7 @@ def training_key(
         "evaluation": use_case.evaluation.record(),
         "task": use_case.task,
         "hyperparameters": hyperparameters(trainer, seed),
+        "interval": trainer.interval,
         "code": code_fingerprint(trainer),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
@@ -187,6 +204,7 @@ def _params(
         **data.periods,
         **{f"split.{k}": v for k, v in data.split.items()},
         **{f"tuned.{k}": v for k, v in trainer.params.items()},
+        **({"interval.coverage": trainer.interval} if trainer.interval else {}),
         **dict(list(estimator.items())[:60]),
     }
 
@@ -227,6 +245,13 @@ def train_candidate(
     labels = use_case.labels
     model = scoring_model(use_case, trainer, seed)
     model.fit(data.train[use_case.model_inputs], data.train[labels.label].to_numpy())
+    if trainer.interval is not None:
+        assert data.valid is not None  # a validation part (UseCase checks)
+        model.calibrate_interval(
+            data.valid[use_case.model_inputs],
+            data.valid[labels.label].to_numpy(),
+            coverage=trainer.interval,
+        )
     scored = scored_frame(model, data.test, use_case)
     metrics = {name: float(metric(scored)) for name, metric in use_case.metrics.items()}
     holdout = data.test[use_case.model_inputs]
@@ -242,6 +267,7 @@ def train_candidate(
     )
     with mlflow.start_run(experiment_id=experiment, run_name=trainer.name) as run:
         mlflow.log_params(_params(use_case, trainer, model, data))
+        metrics |= interval_metrics(model, data.test, use_case)  # not gated
         mlflow.log_metrics({k: v for k, v in metrics.items() if not np.isnan(v)})
         log_verdict(
             use_case.name,
