@@ -635,11 +635,22 @@ def monitor_command(
     tracking_uri: TrackingOpt = None,
     seed: SeedOpt = None,
 ) -> None:
-    """Drift and live performance of the champion: HTML report, alerts, summary."""
-    uc = get_use_case(use_case, action="aistack monitor")
+    """Drift and live performance of the champion: HTML report, alerts, summary
+    (a ranking use case: catalogue coverage and popularity drift per day)."""
+    uc = get_any_use_case(use_case)
     ws = _workspace(workspace, tracking_uri, seed)
     path = report or ws.settings.workspace / "reports" / f"{uc.name}-monitor.html"
     window = timedelta(hours=hours) if hours is not None else None
+    if isinstance(uc, RankingUseCase):
+        from aistack.monitoring.recommendations import (  # noqa: PLC0415
+            monitor_recommendations,
+        )
+
+        since = datetime.now(UTC) - window if window is not None else None
+        served = monitor_recommendations(ws, uc, report_path=path, since=since)
+        console.print(served.daily.to_string(index=False))
+        console.print(f"report: {served.report}", soft_wrap=True)
+        return
     result = run_monitor(ws, uc, window=window, report_path=path)
     console.print(monitor_table(result))
     for event in result.alerts:
