@@ -189,6 +189,28 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Resampling:
+    """Rebalance the classes of the training rows (binary task), as the fraud
+    handbook's imbalance chapter does; validation and test rows are never
+    resampled.
+
+    `undersample`: keep every positive and a seeded random `ratio` x as many
+    negatives (all of them when there are fewer). `oversample`: keep every row
+    and draw positives with replacement until there are negatives / `ratio`.
+    """
+
+    kind: Literal["undersample", "oversample"]
+    ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("undersample", "oversample"):
+            msg = f"resampling: unknown kind {self.kind!r} (undersample, oversample)"
+            raise DeclarationError(msg)
+        if not self.ratio > 0:
+            raise DeclarationError(f"resampling: ratio must be > 0, got {self.ratio}")
+
+
+@dataclass(frozen=True)
 class Trainer:
     """A model to train: `build(seed)` returns an unfitted model.
 
@@ -206,6 +228,7 @@ class Trainer:
     a residual-quantile interval around each value, calibrated on the split's
     validation part (split conformal); a model with its own
     `predict_interval(X)` (rows x [low, high]) is served with that instead.
+    `resampling` (binary) rebalances the training rows only (see `Resampling`).
     """
 
     name: str
@@ -216,6 +239,7 @@ class Trainer:
     search_space: Mapping[str, Distribution] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     interval: float | None = None
+    resampling: Resampling | None = None
 
     def __post_init__(self) -> None:
         _ident("trainer", self.name)

@@ -139,6 +139,9 @@ class UseCase:
             )
             raise DeclarationError(msg)
         for trainer in self.trainers:
+            if trainer.resampling is not None and self.task != "binary":
+                msg = f"{self.name}: trainer {trainer.name}: resampling needs binary"
+                raise DeclarationError(msg)
             if trainer.interval is None:
                 continue
             if self.task != "regression":

@@ -19,7 +19,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
-from aistack.contract import UseCase
+from aistack.contract import Resampling, UseCase
 from aistack.errors import ContractError
 from aistack.features.gold import point_in_time_join
 from aistack.lake.delta import Lake
@@ -287,3 +287,23 @@ def build_training_set(
         "test_ids_sha256": _digest(test[labels.id]),
     }
     return TrainingSet(frame, train, test, recorded, lineage, valid, record)
+
+
+def resampled(
+    train: pd.DataFrame, resampling: Resampling, *, label: str, seed: int
+) -> pd.DataFrame:
+    """`train` rebalanced as declared (positives: label 1), in its own row order.
+
+    Only ever called on a training part: validation and test rows keep the
+    class balance the model will meet.
+    """
+    rng = np.random.default_rng(seed)
+    positive = np.flatnonzero(train[label].to_numpy() == 1)
+    negative = np.flatnonzero(train[label].to_numpy() != 1)
+    if resampling.kind == "undersample":
+        keep = min(len(negative), round(resampling.ratio * len(positive)))
+        rows = np.sort(np.concatenate([positive, rng.choice(negative, keep, False)]))
+        return train.iloc[rows]
+    wanted = round(len(negative) / resampling.ratio)
+    extra = rng.choice(positive, max(wanted - len(positive), 0), replace=True)
+    return train.iloc[np.concatenate([np.arange(len(train)), np.sort(extra)])]
