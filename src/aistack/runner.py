@@ -56,6 +56,7 @@ from aistack.training.tune import (
     prequential_folds,
     split_folds,
     tune_trainer,
+    tuning_history,
     with_tuned,
 )
 from aistack.workspace import Workspace
@@ -316,6 +317,11 @@ def _train(
         report.candidates,
         report.champion,
         when=now,
+        tuning={
+            t.name: h
+            for t in use_case.trainers
+            if (h := tuning_history(experiment, t.name)) is not None
+        },
     )
     for candidate in report.candidates:  # every trained model's run links to it
         if not candidate.reused:

@@ -165,6 +165,7 @@ def tune_trainer(
             n_startup_trials=use_case.tuning.startup_trials
         ),
     )
+
     def objective(trial: optuna.Trial) -> float:
         params = {p: suggest(trial, p, d) for p, d in trainer.search_space.items()}
         candidate = dataclasses.replace(trainer, params={**trainer.params, **params})
@@ -239,6 +240,27 @@ def last_tuned(experiment: str, trainer: str) -> tuple[str, dict[str, Any]] | No
         if raw is not None:
             return found.info.run_id, dict(json.loads(raw))
     return None
+
+
+@dataclass(frozen=True)
+class TuningHistory:
+    """A tuning run as the evaluation report shows it: every trial's state,
+    objective and parameters, and the parameters chosen."""
+
+    run_id: str
+    metric: str
+    trials: list[dict[str, Any]]
+    best_params: dict[str, Any]
+
+
+def tuning_history(experiment: str, trainer: str) -> TuningHistory | None:
+    """The history of `trainer`'s last tuning run (None: never tuned)."""
+    found = last_tuned(experiment, trainer)
+    if found is None:
+        return None
+    run_id, best = found
+    logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/tuning.json")
+    return TuningHistory(run_id, logged["metric"], logged["trials"], best)
 
 
 def with_tuned(experiment: str, trainer: Trainer) -> Trainer:
