@@ -25,7 +25,14 @@ EVENTS = 20
 STREAM = (sys.executable, "-m", "aistack", "stream")
 
 
-@pytest.mark.parametrize("uc", [wine, diabetes, sensors], ids=lambda u: u.name)
+SLOW = pytest.mark.slow  # suite budget: regression (value + interval) stays default
+
+
+@pytest.mark.parametrize(
+    "uc",
+    [pytest.param(wine, marks=SLOW), diabetes, pytest.param(sensors, marks=SLOW)],
+    ids=lambda u: u.name,
+)
 def test_stream_publishes_the_tasks_answer(uc: UseCase, tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws")
     assert run(uc, ws, uc.params()).champion is not None
