@@ -4,6 +4,8 @@ served top-K over HTTP (exactly the batch ranking, rated items left out)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,6 +120,9 @@ def test_served_top_k_is_the_batch_ranking_and_unknown_users_are_cold(
         assert ws.registry.version_of(uc.name, "champion") == body["model_version"]
 
 
+MONITOR = (sys.executable, "-m", "aistack", "monitor")
+
+
 @pytest.mark.slow  # two servers: about 70 s on a loaded 2-core machine
 def test_served_recommendations_are_logged_and_monitored(trained, tmp_path) -> None:
     uc, ws, _ = trained
@@ -161,6 +166,16 @@ def test_served_recommendations_are_logged_and_monitored(trained, tmp_path) -> N
     assert cold.drifted_days  # towards the blockbusters
     assert cold.daily["mean_popularity"].min() > cold.reference_mean_popularity
     assert "popularity PSI" in (tmp_path / "cold.html").read_text()
+    report = tmp_path / "cli.html"
+    args = ["--hours", "1", "-w", str(ws.settings.workspace), "--report", str(report)]
+    cli = subprocess.run(
+        [*MONITOR, uc.name, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "popularity_psi" in cli.stdout and report.is_file()
 
 
 def test_canary_routes_sticky_users_and_the_ab_test_finds_the_better_arm(
