@@ -1,7 +1,8 @@
 """Test-only use cases of other tasks: multi-class, regression, anomaly scoring.
 
 Each is a plain table of rows that carry their own features: no entity, no
-feature view (`row_features`), split by rows rather than by days. They are
+feature view (`row_features`), split by rows rather than by days. The sensors
+rows have no clock at all (no timestamp column anywhere). They are
 registered as plugins (entry points) by the tests that serve them, as a user's
 package would be.
 """
@@ -65,8 +66,10 @@ def _table_use_case(
     gates: Gates,
     split: Split,
     label_dtype: type = pl.Int64,
+    clock: bool = True,
 ) -> UseCase:
-    """A use case over one table of rows: id, time, features, label."""
+    """A use case over one table of rows: id, (time,) features, label."""
+    times = {"observed_at": pl.Datetime} if clock else {}
 
     def batches(params: Rows, seed: int) -> Iterator[Batch]:
         x, y = data(seed)
@@ -74,7 +77,11 @@ def _table_use_case(
         table = pa.table(
             {
                 "row_id": np.arange(n),
-                "observed_at": [START + timedelta(minutes=i) for i in range(n)],
+                **(
+                    {"observed_at": [START + timedelta(minutes=i) for i in range(n)]}
+                    if clock
+                    else {}
+                ),
                 **{f: x[:n, j] for j, f in enumerate(features)},
                 label: y[:n],
             }
@@ -88,7 +95,7 @@ def _table_use_case(
         {
             "__annotations__": {
                 "row_id": pl.Int64,
-                "observed_at": pl.Datetime,
+                **times,
                 **dict.fromkeys(features, pl.Float64),
                 label: label_dtype,
             },
@@ -99,7 +106,7 @@ def _table_use_case(
     request = create_model(  # type: ignore[call-overload]
         f"{name.title()}Request",
         row_id=(int | None, None),
-        observed_at=(datetime, ...),
+        **({"observed_at": (datetime, ...)} if clock else {}),
         **{f: (float, Field(allow_inf_nan=False)) for f in features},
     )
     return UseCase(
@@ -114,10 +121,9 @@ def _table_use_case(
         labels=Labels(
             table="silver.rows",
             id="row_id",
-            timestamp="observed_at",
+            timestamp="observed_at" if clock else None,
             label=label,
             columns=tuple(features),
-            delay=timedelta(0),
         ),
         split=split,
         trainers=trainers,
@@ -178,7 +184,7 @@ diabetes = _table_use_case(
     "progression",
     _diabetes,
     trainers=(
-        Trainer("ridge", lambda seed: Ridge(alpha=0.1)),
+        Trainer("ridge", lambda seed: Ridge(alpha=0.1), interval=0.9),
         Trainer("mean", lambda seed: Ridge(alpha=1e9)),  # ~ the mean: worse
     ),
     metrics={"rmse": rmse, "mae": mae, "r2": r2},
@@ -187,7 +193,7 @@ diabetes = _table_use_case(
         metric_floors={"rmse": 65.0},
         monotonic={"bmi": "increasing"},
     ),
-    split=Split(kind="random", fractions=(0.8, 0.2), seed=3),
+    split=Split(kind="random", fractions=(0.6, 0.2, 0.2), seed=3),
     label_dtype=pl.Float64,
 )
 
@@ -221,4 +227,5 @@ sensors = _table_use_case(
     metrics={"roc_auc": roc_auc, "average_precision": average_precision},
     gates=Gates(primary_metric="average_precision", metric_floors={"roc_auc": 0.8}),
     split=Split(kind="random", fractions=(0.6, 0.4)),
+    clock=False,
 )

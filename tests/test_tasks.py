@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -17,6 +18,7 @@ from aistack.contract import UseCase
 from aistack.monitoring.monitor import run_monitor
 from aistack.runner import run
 from aistack.training.tracking import tracking
+from aistack.workspace import Workspace
 from conftest import make_workspace
 from servers import aistack_server
 from task_usecases import diabetes, sensors, wine
@@ -42,7 +44,11 @@ def _rows(uc: UseCase, n: int) -> list[dict]:
     return [
         {
             "row_id": i,  # rows of the table: their labels are known
-            "observed_at": f"2024-03-01T00:{i % 60:02d}:00",
+            **(
+                {"observed_at": f"2024-03-01T00:{i % 60:02d}:00"}
+                if uc.labels.timestamp
+                else {}
+            ),
             **{f: float(x[i, j]) for j, f in enumerate(features)},
         }
         for i in range(n)
@@ -67,6 +73,8 @@ def _check_answer(task: str, answer: dict) -> None:
         assert isinstance(answer["value"], float)
         assert "score" not in answer and "decision" not in answer
         assert 0 < answer["value"] < 400
+        low, high = answer["interval"]  # ridge declares a 90 % interval
+        assert low < answer["value"] < high
     else:
         assert task == "anomaly"
         assert set(answer) >= {"score", "anomaly"} and "decision" not in answer
@@ -99,6 +107,8 @@ def test_a_task_runs_end_to_end(uc: UseCase, tmp_path: Path) -> None:
         gates = {g.name for g in report.champion.gates}
         assert "score_range" not in gates  # values are not probabilities
         assert "monotonic_bmi" in gates
+        # the 90 % interval, calibrated on validation rows, on the 89 test rows
+        assert 0.8 <= report.champion.metrics["interval_coverage"] <= 1.0
     if uc is sensors:
         assert report.champion.metrics["roc_auc"] > 0.9
     assert report.scoring is not None and report.scoring.rows == rows
@@ -113,7 +123,7 @@ def test_a_task_runs_end_to_end(uc: UseCase, tmp_path: Path) -> None:
             ).read_text()
         )
         assert split["kind"] == uc.split.kind
-        assert split["test_rows"] + split["train_rows"] == rows
+        assert split["test_rows"] + split["valid_rows"] + split["train_rows"] == rows
         assert run_.data.params["task"] == uc.task
         requirements = (
             Path(
@@ -150,3 +160,18 @@ def test_a_task_runs_end_to_end(uc: UseCase, tmp_path: Path) -> None:
     assert result.current_rows == 61
     assert not result.performance.empty  # labels joined: live metrics per day
     assert (tmp_path / "report.html").stat().st_size > 0
+    if uc.labels.timestamp is None:
+        _check_no_clock(ws, uc, result.performance)
+
+
+def _check_no_clock(ws: Workspace, uc: UseCase, performance: pd.DataFrame) -> None:
+    """No timestamp anywhere (no fake one either); windows use the scoring time."""
+    for table in ("silver.rows", uc.predictions_table):
+        names = set(ws.lake.read(table).schema.names)
+        clocks = {n for n in names if "time" in n or n.endswith("_at")}
+        assert clocks <= {"scored_at", "_processed_at", "_ingested_at"}, table
+    log = ws.lake.read(f"ops.{uc.name}_prediction_log").to_pandas()
+    assert log["event_time"].isna().all()
+    # live metrics are per day the rows were scored
+    days = [d.date() for d in performance["day"]]
+    assert days == sorted(set(log["logged_at"].dt.date))

@@ -56,6 +56,7 @@ from aistack.training.tune import (
     prequential_folds,
     split_folds,
     tune_trainer,
+    tuning_history,
     with_tuned,
 )
 from aistack.workspace import Workspace
@@ -96,8 +97,10 @@ def _timed(report: RunReport, stage: str) -> Iterator[None]:
 
 def default_score_range(ws: Workspace, use_case: UseCase) -> tuple[datetime, datetime]:
     """What batch scoring covers by default: the latest time split's test days
-    (every labelled row for a fraction split)."""
+    (every labelled row for a fraction split or rows without a clock)."""
     labels = use_case.labels
+    if labels.timestamp is None:  # no clock: every row, whatever its range
+        return datetime.min, datetime.max
     con = ws.lake.connect(ws.lake.versions([labels.table]))
     last = con.execute(
         f"SELECT max({quote(labels.timestamp)}) FROM {labels.table}"
@@ -311,6 +314,11 @@ def _train(
         report.candidates,
         report.champion,
         when=now,
+        tuning={
+            t.name: h
+            for t in use_case.trainers
+            if (h := tuning_history(experiment, t.name)) is not None
+        },
     )
     for candidate in report.candidates:  # every trained model's run links to it
         if not candidate.reused:

@@ -13,6 +13,7 @@ from aistack.contract import (
     FeatureView,
     Gates,
     RankingUseCase,
+    Split,
     UseCase,
     discover,
     get_any_use_case,
@@ -20,6 +21,7 @@ from aistack.contract import (
 )
 from aistack.errors import DeclarationError, UseCaseNotFoundError
 from cancer_usecase import cancer_use_case
+from task_usecases import sensors
 
 REGISTERED = sorted(discover())
 
@@ -101,3 +103,15 @@ def test_bad_declarations_say_what_is_wrong() -> None:
             good,
             gates=Gates(primary_metric="roc_auc", irrelevant_columns=("nope",)),
         )
+
+
+def test_rows_without_a_clock_cannot_be_split_or_joined_by_time() -> None:
+    good = cancer_use_case()
+    clockless = dataclasses.replace(good.labels, timestamp=None)
+    with pytest.raises(DeclarationError, match="split kind 'time' needs labels"):
+        dataclasses.replace(good, labels=clockless)
+    view = good.views[0].name
+    with pytest.raises(DeclarationError, match=f"view {view} joins features as of"):
+        dataclasses.replace(good, labels=clockless, split=Split(kind="random"))
+    assert sensors.labels.timestamp is None  # declared without any clock
+    assert sensors.labels.order == ["row_id"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import shutil
 from datetime import datetime
 
 import mlflow
@@ -24,6 +25,7 @@ from aistack.training.tracking import tracking
 from aistack.training.tune import TUNING_TAG, prequential_folds, split_folds
 from cancer_usecase import cancer_use_case
 from conftest import make_workspace
+from monitoring.test_report import chromium
 
 C = "logisticregression__C"
 
@@ -89,7 +91,9 @@ def test_non_time_split_tunes_on_a_cut_of_the_train_part(landed) -> None:
     assert not seen & set(test.test["exam_id"])
 
 
-def test_tune_logs_nested_trials_is_deterministic_and_feeds_run(landed) -> None:
+def test_tune_logs_nested_trials_is_deterministic_and_feeds_run(
+    landed, tmp_path
+) -> None:
     uc, ws = landed
     (first,) = tune(uc, ws, trainers=["logistic"], trials=6)
     assert first.trials == 6 and first.metric == "roc_auc"
@@ -114,3 +118,29 @@ def test_tune_logs_nested_trials_is_deterministic_and_feeds_run(landed) -> None:
     tuned = next(r for r in results if r.trainer == "logistic").best_params[C]
     assert float(params[f"tuned.{C}"]) == pytest.approx(tuned)
     assert float(params[f"est.{C}"]) == pytest.approx(tuned)
+    _check_tuning_in_report(report.evaluation_report, results, tmp_path)
+
+
+def _check_tuning_in_report(path, results, tmp_path) -> None:
+    """The run's evaluation report shows each trainer's last tuning: its run,
+    every trial (state, objective, parameters), the choice and a plot; the
+    browser parses it."""
+    assert path is not None
+    text = path.read_text()
+    section = text[text.index("<h2>Tuning history</h2>") :]
+    for result in results:
+        assert f"<h3>{result.trainer}</h3>" in section
+        assert result.run_id in section
+        assert f"{result.trainer}: roc_auc per trial" in section
+        for trial in result.history:
+            value = "—" if trial["value"] is None else f"{trial['value']:.3f}"
+            row = (
+                f'<td class="num">{trial["number"]}</td><td>{trial["state"]}</td>'
+                f'<td class="num">{value}</td>'
+            )
+            assert row in section
+    assert section.count("<svg") == len(results)
+    if shutil.which("chromium") is None:
+        pytest.skip("headless browser check needs Debian's `chromium` on PATH")
+    dom = chromium(tmp_path, "--dump-dom", path.resolve().as_uri()).stdout
+    assert "Tuning history" in dom and "best so far" in dom

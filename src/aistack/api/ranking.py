@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi import status as http
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +45,7 @@ from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.registry.artifacts import load_model
 from aistack.registry.rollout import Rollout, read_rollout, routes_to_challenger
+from aistack.serving.log import PredictionLog
 from aistack.settings import Settings
 from aistack.training.recommend import RankingModel
 from aistack.training.tracking import tracking
@@ -49,6 +53,20 @@ from aistack.training.tracking import tracking
 log = logging.getLogger("aistack.api.ranking")
 MAX_K = 100
 ID_MAX = 2**63 - 1
+RECOMMENDATION_LOG_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("logged_at", pa.timestamp("us", tz="UTC")),
+        ("route", pa.string()),
+        ("user_id", pa.int64()),
+        ("items", pa.string()),
+        ("cold_start", pa.bool_()),
+        ("model_name", pa.string()),
+        ("model_version", pa.int64()),
+        ("arm", pa.string()),
+    ]
+)
+"""One row per served answer; `items` is the JSON list of item ids, best first."""
 
 
 class RankedItem(BaseModel):
@@ -160,7 +178,15 @@ class RankingState:
         self.use_case = use_case
         self.settings = settings
         self.metrics = _Metrics()
-        self.registry = Registry(Lake(settings.tables_dir), settings.mlflow_uri)
+        lake = Lake(settings.tables_dir)
+        self.registry = Registry(lake, settings.mlflow_uri)
+        self.log = PredictionLog(
+            lake,
+            use_case.log_table,
+            flush_seconds=settings.log_flush_seconds,
+            wal_dir=settings.workspace / "wal" / use_case.log_table,
+            schema=RECOMMENDATION_LOG_SCHEMA,
+        )
         self.loaded: Loaded | None = None
         self.canary: tuple[Rollout, Loaded] | None = None
         self._stop = threading.Event()
@@ -187,8 +213,36 @@ class RankingState:
             current = self.canary[1] if self.canary else None
             self.canary = (rollout, self._load(rollout.version, current))
 
+    def record(
+        self,
+        route: str,
+        items: list[dict[str, Any]],
+        *,
+        user_id: int | None,
+        cold_start: bool,
+        version: int,
+        arm: str,
+    ) -> None:
+        """Log one served answer (its item ids, best first)."""
+        self.log.append_records(
+            [
+                {
+                    "request_id": uuid.uuid4().hex,
+                    "logged_at": datetime.now(UTC),
+                    "route": route,
+                    "user_id": user_id,
+                    "items": orjson.dumps([i["item_id"] for i in items]).decode(),
+                    "cold_start": cold_start,
+                    "model_name": self.use_case.name,
+                    "model_version": version,
+                    "arm": arm,
+                }
+            ]
+        )
+
     def start(self) -> None:
-        """Load now, then poll the registry in the background."""
+        """Start the log, load now, then poll the registry in the background."""
+        self.log.start()
         try:
             self.refresh()
         except Exception:
@@ -204,10 +258,11 @@ class RankingState:
                 log.exception("registry poll failed")
 
     def stop(self) -> None:
-        """Stop polling."""
+        """Stop polling; flush the log."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.log.close()
 
 
 def _items(
@@ -282,6 +337,14 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
             items = loaded.cold_answer[:k]
         else:
             items = loaded.answers[row][:k]
+        state.record(
+            "user",
+            items,
+            user_id=user_id,
+            cold_start=row is None,
+            version=loaded.version,
+            arm=arm,
+        )
         body = {  # precomputed answers, serialised directly (no revalidation)
             "user_id": user_id,
             "items": items,
@@ -295,12 +358,21 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
     @router.post("/session/items", response_model=SessionRecommendations)
     async def for_session(payload: Session, request: Request) -> SessionRecommendations:
         """Top-k items for an anonymous session of recently seen items."""
-        _, loaded = served(request)
+        state, loaded = served(request)
         top, scores, unknown = loaded.model.top_k_session(
             list(payload.items), payload.k
         )
+        items = _items(loaded.model, top, scores)
+        state.record(
+            "session",
+            items,
+            user_id=None,
+            cold_start=not payload.items,
+            version=loaded.version,
+            arm="champion",
+        )
         return SessionRecommendations(
-            items=[RankedItem(**i) for i in _items(loaded.model, top, scores)],
+            items=[RankedItem(**i) for i in items],
             unknown_items=[int(i) for i in unknown],  # type: ignore[call-overload]
             model_name=use_case.name,
             model_version=loaded.version,

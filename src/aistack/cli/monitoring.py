@@ -35,15 +35,24 @@ def monitor_command(
     tracking_uri: TrackingOpt = None,
     seed: SeedOpt = None,
 ) -> None:
-    """Drift and live performance of the champion: HTML report, alerts, summary."""
-    from aistack.cli.render import monitor_table
-    from aistack.contract import get_use_case
+    """Drift and live performance of the champion: HTML report, alerts, summary
+    (a ranking use case: catalogue coverage and popularity drift per day)."""
+    from aistack.cli.render import frame_table, monitor_table
+    from aistack.contract import RankingUseCase, get_any_use_case
     from aistack.monitoring.monitor import run_monitor
 
-    uc = get_use_case(use_case, action="aistack monitor")
+    uc = get_any_use_case(use_case)
     ws = open_workspace(workspace, tracking_uri, seed)
     path = report or ws.settings.workspace / "reports" / f"{uc.name}-monitor.html"
     window = timedelta(hours=hours) if hours is not None else None
+    if isinstance(uc, RankingUseCase):
+        from aistack.monitoring.recommendations import monitor_recommendations
+
+        since = datetime.now(UTC) - window if window is not None else None
+        served = monitor_recommendations(ws, uc, report_path=path, since=since)
+        console.print(frame_table(served.daily, title=f"{uc.name}: served per day"))
+        console.print(f"report: {served.report}", soft_wrap=True)
+        return
     result = run_monitor(ws, uc, window=window, report_path=path)
     console.print(monitor_table(result))
     for event in result.alerts:

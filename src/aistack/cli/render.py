@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -182,4 +183,15 @@ def candidates_table(use_case: UseCase | RankingUseCase, report: RunReport) -> T
             *(f"{c.metrics.get(m, float('nan')):.4f}" for m in metrics),
             gates,
         )
+    return table
+
+
+def frame_table(frame: pd.DataFrame, *, title: str) -> Table:
+    """A data frame as a table: numbers right-aligned, floats to 4 digits."""
+    table = Table(title=title)
+    for column in frame.columns:
+        numeric = pd.api.types.is_numeric_dtype(frame[column])
+        table.add_column(str(column), justify="right" if numeric else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     return table

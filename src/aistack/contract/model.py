@@ -57,18 +57,27 @@ class Labels:
 
     `columns` are the request columns of a row (entity keys and raw fields that
     request-time features read); `id` identifies a row and is never a feature.
+    `timestamp` is the row's event time; rows without a clock (independent
+    measurements) leave it out: they cannot be split by time nor joined to
+    feature views, and monitoring places them in time by when they were scored.
+    `delay` is how long after the event its label becomes known.
     """
 
     table: str
     id: str
-    timestamp: str
     label: str
     columns: tuple[str, ...]
-    delay: timedelta
+    timestamp: str | None = None
+    delay: timedelta = timedelta(0)
 
     def __post_init__(self) -> None:
         if not self.table.startswith("silver."):
             raise DeclarationError(f"labels: table {self.table!r} is not silver")
+
+    @property
+    def order(self) -> list[str]:
+        """Columns that order rows deterministically: (timestamp, id), or id alone."""
+        return [self.timestamp, self.id] if self.timestamp else [self.id]
 
 
 Task = Literal["binary", "multiclass", "regression", "anomaly", "ranking"]
@@ -180,6 +189,28 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Resampling:
+    """Rebalance the classes of the training rows (binary task), as the fraud
+    handbook's imbalance chapter does; validation and test rows are never
+    resampled.
+
+    `undersample`: keep every positive and a seeded random `ratio` x as many
+    negatives (all of them when there are fewer). `oversample`: keep every row
+    and draw positives with replacement until there are negatives / `ratio`.
+    """
+
+    kind: Literal["undersample", "oversample"]
+    ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("undersample", "oversample"):
+            msg = f"resampling: unknown kind {self.kind!r} (undersample, oversample)"
+            raise DeclarationError(msg)
+        if not self.ratio > 0:
+            raise DeclarationError(f"resampling: ratio must be > 0, got {self.ratio}")
+
+
+@dataclass(frozen=True)
 class Trainer:
     """A model to train: `build(seed)` returns an unfitted model.
 
@@ -193,7 +224,11 @@ class Trainer:
     model; the package of the model's class is added when installed).
     `search_space` maps estimator parameters to the ranges `aistack tune`
     explores; `params` are set on the built estimator (the platform fills them
-    with the last tuned parameters).
+    with the last tuned parameters). `interval` (regression) is the coverage of
+    a residual-quantile interval around each value, calibrated on the split's
+    validation part (split conformal); a model with its own
+    `predict_interval(X)` (rows x [low, high]) is served with that instead.
+    `resampling` (binary) rebalances the training rows only (see `Resampling`).
     """
 
     name: str
@@ -203,9 +238,17 @@ class Trainer:
     requirements: tuple[str, ...] = ()
     search_space: Mapping[str, Distribution] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    interval: float | None = None
+    resampling: Resampling | None = None
 
     def __post_init__(self) -> None:
         _ident("trainer", self.name)
+        if self.interval is not None and not 0 < self.interval < 1:
+            msg = (
+                f"trainer {self.name}: interval is a coverage in (0, 1), "
+                f"got {self.interval}"
+            )
+            raise DeclarationError(msg)
         for name, dist in self.search_space.items():
             if not isinstance(dist, IntRange | FloatRange | Choice):
                 msg = (

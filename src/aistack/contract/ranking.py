@@ -118,4 +118,9 @@ class RankingUseCase:
     @property
     def recommendations_table(self) -> str:
         """Delta table of batch recommendations (top-K per known user)."""
-        return f"gold.{self.name}_recommendations"
+        return f"gold.{self.name}_top_k"
+
+    @property
+    def log_table(self) -> str:
+        """Delta table of served recommendations (one row per answer)."""
+        return f"ops.{self.name}_recommendation_log"

@@ -66,6 +66,7 @@ class UseCase:
     def __post_init__(self) -> None:  # noqa: PLR0912
         _ident("use case", self.name)
         self._check_task()
+        self._check_clock()
         self._check_evaluation()
         silver = {f"silver.{s.name}" for s in self.silver}
         for view in self.views:
@@ -101,7 +102,8 @@ class UseCase:
                     raise DeclarationError(msg)
         if self.serving is not None:
             fields = set(self.serving.request.model_fields)
-            needed = {*self.labels.columns, self.labels.timestamp}
+            clock = (self.labels.timestamp,) if self.labels.timestamp else ()
+            needed = {*self.labels.columns, *clock}
             if not needed <= fields:
                 missing = ", ".join(sorted(needed - fields))
                 msg = f"{self.name}: serving request lacks label columns {missing}"
@@ -136,6 +138,22 @@ class UseCase:
                 "multiclass model's class is not"
             )
             raise DeclarationError(msg)
+        for trainer in self.trainers:
+            if trainer.resampling is not None and self.task != "binary":
+                msg = f"{self.name}: trainer {trainer.name}: resampling needs binary"
+                raise DeclarationError(msg)
+            if trainer.interval is None:
+                continue
+            if self.task != "regression":
+                msg = f"{self.name}: trainer {trainer.name}: interval needs regression"
+                raise DeclarationError(msg)
+            if self.split.by_days or len(self.split.parts) != 3:  # noqa: PLR2004
+                msg = (
+                    f"{self.name}: trainer {trainer.name}: interval is calibrated "
+                    "on the validation part; declare Split fractions (train, "
+                    "validation, test)"
+                )
+                raise DeclarationError(msg)
         for column in self.row_features:
             _ident("row feature", column)
             if column not in self.labels.columns:
@@ -144,6 +162,23 @@ class UseCase:
                     "columns (the columns a request carries)"
                 )
                 raise DeclarationError(msg)
+
+    def _check_clock(self) -> None:
+        """Rows without a timestamp cannot be split by time nor aggregated."""
+        if self.labels.timestamp is not None:
+            return
+        if self.split.kind == "time":
+            msg = (
+                f"{self.name}: split kind 'time' needs labels.timestamp; rows "
+                "without a clock split 'random', 'stratified' or 'group'"
+            )
+            raise DeclarationError(msg)
+        if self.views:
+            msg = (
+                f"{self.name}: view {self.views[0].name} joins features as of each "
+                "row's time and needs labels.timestamp"
+            )
+            raise DeclarationError(msg)
 
     def _check_evaluation(self) -> None:
         entity = self.evaluation.exclude_known_positives

@@ -203,6 +203,7 @@ def point_in_time_join(
         f"CREATE TEMP VIEW spine AS SELECT *, row_number() OVER () AS {SPINE_ROW} "
         "FROM spine_in"
     )
+    assert labels.timestamp is not None  # views need a clock (UseCase checks)
     ts = _q(labels.timestamp)
     ctes, joins, selects = [], [], ["s.*"]
     for i, (table, view) in enumerate(gold.items()):

@@ -123,18 +123,22 @@ def _offline(lake: Lake, use_case: UseCase, event_ids: list[str]) -> pd.DataFram
         return pd.DataFrame(columns=["_event_key", *use_case.feature_names])
     con = lake.connect({labels.table: version})
     con.register("logged", pa.table({"_event_key": pa.array(event_ids, pa.string())}))
-    ident, ts = quote(labels.id), quote(labels.timestamp)
+    ident = quote(labels.id)
     columns = ", ".join(
-        quote(c) for c in dict.fromkeys([labels.id, labels.timestamp, *labels.columns])
+        quote(c) for c in dict.fromkeys([*labels.order, *labels.columns])
     )
+    order = ", ".join(quote(c) for c in labels.order)
     spine = con.sql(
         f"SELECT {columns}, CAST({ident} AS VARCHAR) AS _event_key FROM "
         f"{labels.table} s JOIN logged l ON CAST(s.{ident} AS VARCHAR) = l._event_key "
-        f"ORDER BY {ts}, {ident}"
+        f"ORDER BY {order}"
     ).to_arrow_table()
     if spine.num_rows == 0:
         return pd.DataFrame(columns=["_event_key", *use_case.feature_names])
     frame = with_request_features(spine, use_case)
+    if labels.timestamp is None:  # rows without a clock carry their own features
+        return frame[["_event_key", *use_case.feature_names]]
+    ts = quote(labels.timestamp)
     first = con.execute(
         f"SELECT epoch_us(min({ts})) FROM {labels.table} s JOIN logged l "
         f"ON CAST(s.{ident} AS VARCHAR) = l._event_key"

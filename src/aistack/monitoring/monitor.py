@@ -87,9 +87,15 @@ def prediction_frame(
         ],
         how="horizontal",
     ).to_pandas()
-    ts = use_case.labels.timestamp
+    ts = clock(use_case)
     frame[ts] = pd.to_datetime(frame[ts])
     return frame
+
+
+def clock(use_case: UseCase) -> str:
+    """The column that places a logged row in time: its own timestamp, or (rows
+    without a clock) when it was scored, `logged_at`."""
+    return use_case.labels.timestamp or "logged_at"
 
 
 def with_labels(ws: Workspace, use_case: UseCase, frame: pd.DataFrame) -> pd.DataFrame:
@@ -106,10 +112,10 @@ def with_labels(ws: Workspace, use_case: UseCase, frame: pd.DataFrame) -> pd.Dat
 
 
 def daily_metrics(use_case: UseCase, labelled: pd.DataFrame) -> pd.DataFrame:
-    """The declared metrics per day of the rows' own timestamps."""
+    """The declared metrics per day of the rows' own timestamps (or scoring days)."""
     if labelled.empty:
         return pd.DataFrame(columns=["day", *use_case.metrics])
-    ts = use_case.labels.timestamp
+    ts = clock(use_case)
     rows = []
     for day, part in labelled.groupby(labelled[ts].dt.floor("D")):
         values = {name: metric(part) for name, metric in use_case.metrics.items()}
@@ -121,7 +127,7 @@ def scores_by_day(use_case: UseCase, frame: pd.DataFrame) -> pd.DataFrame:
     """Score quantiles per day (the distribution over time)."""
     if frame.empty:
         return pd.DataFrame(columns=["day", "n", "mean", "p10", "p50", "p90"])
-    day = frame[use_case.labels.timestamp].dt.floor("D")
+    day = frame[clock(use_case)].dt.floor("D")
     grouped = frame.groupby(day)["score"]
     return (
         pd.DataFrame(

@@ -48,8 +48,9 @@ def score_range(
     end: datetime,
     explain: bool = False,
 ) -> ScoreResult:
-    """Score rows with start <= timestamp < end with the current champion (and
-    write each score's explanation, JSON, when `explain`)."""
+    """Score rows with start <= timestamp < end (rows without a clock: all of
+    them) with the current champion (and write each score's explanation, JSON,
+    when `explain`); `scored_at` records when."""
     version = registry.version_of(use_case.name, "champion")
     if version is None:
         raise RegistryError(f"model {use_case.name!r} has no champion to score with")
@@ -75,9 +76,7 @@ def score_range(
     if explain:  # checked before any scoring: SchemaError for no explanations
         check_explainable(model)
     scores = model.predict(frame[use_case.model_inputs]) if len(frame) else []
-    keys = dict.fromkeys(
-        [labels.id, labels.timestamp, *(v.entity for v in use_case.views)]
-    )
+    keys = dict.fromkeys([*labels.order, *(v.entity for v in use_case.views)])
     n = len(frame)
     explained = {}
     if explain:
@@ -99,11 +98,10 @@ def score_range(
     )
     # the period's earlier predictions of this version are replaced, not
     # duplicated (they stay in the Delta log's earlier versions)
-    ts = quote(labels.timestamp)
-    period = (
-        f"model_version = {int(version)} AND {ts} >= '{start.isoformat()}' "
-        f"AND {ts} < '{end.isoformat()}'"
-    )
+    period = f"model_version = {int(version)}"  # rows without a clock: all
+    if labels.timestamp is not None:
+        ts = quote(labels.timestamp)
+        period += f" AND {ts} >= '{start.isoformat()}' AND {ts} < '{end.isoformat()}'"
     written = lake.write(  # merge: explained and plain runs share the table
         table, out, mode="overwrite", predicate=period, inputs=inputs, merge_schema=True
     )

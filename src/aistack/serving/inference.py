@@ -137,6 +137,10 @@ class Predictor:
             return None
         return self.model.classes, self.model.predict_proba_matrix(matrix)
 
+    def intervals(self, matrix: Matrix) -> Matrix | None:
+        """[low, high] per row (regression models that give one), else None."""
+        return self.model.predict_interval_matrix(matrix)
+
 
 def load_predictor(
     name: str, version: int, model: ScoringModel, *, sample: Matrix

@@ -43,6 +43,7 @@ _LOG_SCHEMA = pa.schema(
         ("features", pa.string()),
         ("score", pa.float64()),
         ("decision", pa.bool_()),
+        ("answer", pa.string()),
         ("model_name", pa.string()),
         ("model_version", pa.int64()),
         ("online_versions", pa.string()),
@@ -84,6 +85,7 @@ def log_records(
             "features": orjson.dumps(s.features).decode(),
             "score": s.score,
             "decision": s.decision,
+            "answer": orjson.dumps(s.answer).decode(),
             "model_name": s.model_name,
             "model_version": s.model_version,
             "online_versions": versions,
@@ -157,6 +159,8 @@ class PredictionLog:
     max_rows: int = 50_000
     feature_names: Sequence[str] = ()
     wal_dir: Path | None = None
+    schema: pa.Schema | None = None
+    """Columns of the records (default: the prediction log's, `log_schema`)."""
     _rows: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -186,9 +190,12 @@ class PredictionLog:
         online_versions: Mapping[str, int],
     ) -> None:
         """Queue one record per prediction (written ahead when a WAL is set)."""
-        records = log_records(
-            scored, payloads, route=route, online_versions=online_versions
+        self.append_records(
+            log_records(scored, payloads, route=route, online_versions=online_versions)
         )
+
+    def append_records(self, records: Sequence[dict[str, Any]]) -> None:
+        """Queue records of `schema` (each with a `request_id` and `logged_at`)."""
         with self._lock:
             if self._segment is not None:
                 lines = b"".join(orjson.dumps(r, default=str) + b"\n" for r in records)
@@ -234,7 +241,7 @@ class PredictionLog:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         self.lake.write(
             self.table,
-            log_table(rows, log_schema(self.feature_names)),
+            log_table(rows, self.schema or log_schema(self.feature_names)),
             mode="append",
             merge_schema=True,  # a newer server may log more columns
             return_version=False,

@@ -61,6 +61,9 @@ class Scored:
     late: list[str] = field(default_factory=list)
     probabilities: dict[str, float] | None = None
     explanation: dict[str, Any] | None = None
+    interval: tuple[float, float] | None = None
+    answer: dict[str, Any] = field(default_factory=dict)
+    """The task's own answer fields (`answer_fields`), as every output carries them."""
 
 
 @dataclass
@@ -78,7 +81,7 @@ class RequestFeatures:
 
     request_ids: list[str]
     event_ids: list[Any]
-    times: list[datetime]
+    times: list[datetime | None]
     values: dict[str, np.ndarray]
     ages: list[dict[str, float | None]]
     unknown: list[list[str]]
@@ -88,9 +91,10 @@ class RequestFeatures:
 
 
 def request_columns(use_case: UseCase) -> list[str]:
-    """Payload columns the features read: timestamp and label columns."""
+    """Payload columns the features read: timestamp (if any) and label columns."""
     labels = use_case.labels
-    return list(dict.fromkeys([labels.timestamp, *labels.columns]))
+    clock = [labels.timestamp] if labels.timestamp else []
+    return list(dict.fromkeys([*clock, *labels.columns]))
 
 
 def request_features(
@@ -114,8 +118,9 @@ def request_features(
     values[labels.id] = np.array(
         [i if i is not None else 0 for i in ids], dtype=np.float64
     )
-    times = list(columns[labels.timestamp])
-    ts_us = [to_us(t) for t in times]
+    # rows without a clock have no event time (monitoring uses logged_at)
+    times = list(columns[labels.timestamp]) if labels.timestamp else [None] * n
+    ts_us = [to_us(t) for t in times if t is not None]  # views need a clock
     out = RequestFeatures(
         request_ids,
         [i if i is not None else r for i, r in zip(ids, request_ids, strict=True)],
@@ -232,6 +237,7 @@ def predict(
     threshold = use_case.serving.threshold if use_case.serving else 0.5
     decides = use_case.task in ("binary", "anomaly")
     proba = predictor.probabilities(matrix) if picked else None
+    bounds = predictor.intervals(matrix) if picked else None
     explained = (
         explanations(predictor.model, matrix)
         if explain and picked
@@ -262,9 +268,25 @@ def predict(
                 late=found.late[i],
                 probabilities=_class_probabilities(proba, k),
                 explanation=explained[k],
+                interval=None if bounds is None else (bounds[k, 0], bounds[k, 1]),
             )
         )
+        out[-1].answer = answer_fields(use_case.task, out[-1])
     return out
+
+
+def answer_fields(task: str, s: Scored) -> dict[str, Any]:
+    """The task's answer fields: binary score + decision, multiclass class +
+    probabilities, regression value + interval ([low, high], None when the model
+    gives none), anomaly score + flag (as serialised: `class`)."""
+    if task == "regression":
+        interval = None if s.interval is None else [float(v) for v in s.interval]
+        return {"value": s.score, "interval": interval}
+    if task == "multiclass":
+        return {"class": f"{s.score:g}", "probabilities": s.probabilities or {}}
+    if task == "anomaly":
+        return {"score": s.score, "anomaly": s.decision}
+    return {"score": s.score, "decision": s.decision}
 
 
 def _class_probabilities(

@@ -428,11 +428,11 @@ def _runs(messages: Sequence[Message]) -> Iterator[tuple[Kind, list[Message]]]:
 
 
 def _output(s: Scored) -> bytes:
+    """The task's answer (as the HTTP route gives it) for one event."""
     return orjson.dumps(
         {
             "event_id": s.event_id,
-            "score": s.score,
-            "decision": s.decision,
+            **s.answer,
             "model_version": s.model_version,
             "late": s.late,
         }
@@ -440,12 +440,18 @@ def _output(s: Scored) -> bytes:
 
 
 def _logged_output(row: dict[str, Any]) -> bytes:
+    """The same output again, from its prediction-log row (after a crash)."""
     late = row.get("late") or ""
+    answer = row.get("answer")  # rows logged before answers were: binary fields
+    fields = (
+        orjson.loads(answer)
+        if answer
+        else {"score": row["score"], "decision": row["decision"]}
+    )
     return orjson.dumps(
         {
             "event_id": row["event_id"],
-            "score": row["score"],
-            "decision": row["decision"],
+            **fields,
             "model_version": row["model_version"],
             "late": late.split(",") if late else [],
         }
@@ -487,6 +493,9 @@ def replay(
     once the stream's time passes its event time + the label delay (labels of
     events from `start - delay` on, so none is known before the replay)."""
     labels = use_case.labels
+    if labels.timestamp is None:
+        msg = f"{use_case.name}: rows without labels.timestamp have no order to replay"
+        raise ConfigError(msg)
     version = lake.version(labels.table)
     if version is None:
         raise ConfigError(f"{labels.table} does not exist yet: run the pipeline first")

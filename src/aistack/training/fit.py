@@ -31,7 +31,7 @@ from aistack.training.gates import GateResult, check_gates
 from aistack.training.metrics import PROBA_PREFIX
 from aistack.training.models import Scorer, ScoringModel
 from aistack.training.profile import reference_profile
-from aistack.training.sets import TrainingSet
+from aistack.training.sets import TrainingSet, resampled
 from aistack.training.tracking import KEY_TAG, LINEAGE_TAG, PROFILE_ARTIFACT
 
 BASE_REQUIREMENTS = ("aistack", "scikit-learn", "pandas", "numpy", "cloudpickle")
@@ -75,6 +75,22 @@ def evaluate(model: Scorer, frame: pd.DataFrame, use_case: UseCase) -> dict[str,
     return {name: float(metric(scored)) for name, metric in use_case.metrics.items()}
 
 
+def interval_metrics(
+    model: ScoringModel, frame: pd.DataFrame, use_case: UseCase
+) -> dict[str, float]:
+    """Share of `frame`'s values inside their interval and its mean width (none
+    for a model without intervals)."""
+    bounds = model.predict_interval(frame[use_case.model_inputs])
+    if bounds is None or not len(frame):
+        return {}
+    y = frame[use_case.labels.label].to_numpy(dtype=np.float64)
+    inside = (bounds[:, 0] <= y) & (y <= bounds[:, 1])
+    return {
+        "interval_coverage": float(inside.mean()),
+        "interval_mean_width": float(np.mean(bounds[:, 1] - bounds[:, 0])),
+    }
+
+
 def training_key(
     use_case: UseCase, trainer: Trainer, lineage: dict[str, int], seed: int
 ) -> str:
@@ -94,6 +110,8 @@ def training_key(
         "evaluation": use_case.evaluation.record(),
         "task": use_case.task,
         "hyperparameters": hyperparameters(trainer, seed),
+        "interval": trainer.interval,
+        "resampling": repr(trainer.resampling),
         "code": code_fingerprint(trainer),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
@@ -169,7 +187,12 @@ def requirements(trainer: Trainer, estimator: object) -> list[str]:
 
 
 def _params(
-    use_case: UseCase, trainer: Trainer, model: ScoringModel, data: TrainingSet
+    use_case: UseCase,
+    trainer: Trainer,
+    model: ScoringModel,
+    data: TrainingSet,
+    *,
+    seed: int,
 ) -> dict[str, Any]:
     estimator = {
         f"est.{k}": v
@@ -187,7 +210,25 @@ def _params(
         **data.periods,
         **{f"split.{k}": v for k, v in data.split.items()},
         **{f"tuned.{k}": v for k, v in trainer.params.items()},
+        **({"interval.coverage": trainer.interval} if trainer.interval else {}),
+        **_resampling_params(trainer, data, use_case, seed),
         **dict(list(estimator.items())[:60]),
+    }
+
+
+def _resampling_params(
+    trainer: Trainer, data: TrainingSet, use_case: UseCase, seed: int
+) -> dict[str, Any]:
+    """What resampling did to the training rows (none declared: nothing)."""
+    if trainer.resampling is None:
+        return {}
+    label = use_case.labels.label
+    rows = resampled(data.train, trainer.resampling, label=label, seed=seed)
+    return {
+        "resampling.kind": trainer.resampling.kind,
+        "resampling.ratio": trainer.resampling.ratio,
+        "resampling.train_rows": len(rows),
+        "resampling.train_positives": int((rows[label] == 1).sum()),
     }
 
 
@@ -200,6 +241,17 @@ def scoring_model(use_case: UseCase, trainer: Trainer, seed: int) -> ScoringMode
         supervised=trainer.supervised,
         task=use_case.task,
     )
+
+
+def fit_model(
+    use_case: UseCase, trainer: Trainer, train: pd.DataFrame, *, seed: int
+) -> ScoringModel:
+    """`trainer`'s model fitted on `train`, resampled first when it declares so."""
+    labels = use_case.labels
+    if trainer.resampling is not None:
+        train = resampled(train, trainer.resampling, label=labels.label, seed=seed)
+    model = scoring_model(use_case, trainer, seed)
+    return model.fit(train[use_case.model_inputs], train[labels.label].to_numpy())
 
 
 def champion_metric(
@@ -225,8 +277,14 @@ def train_candidate(
 ) -> Candidate:
     """Fit, evaluate, log and register one model; gate it; make it challenger."""
     labels = use_case.labels
-    model = scoring_model(use_case, trainer, seed)
-    model.fit(data.train[use_case.model_inputs], data.train[labels.label].to_numpy())
+    model = fit_model(use_case, trainer, data.train, seed=seed)
+    if trainer.interval is not None:
+        assert data.valid is not None  # a validation part (UseCase checks)
+        model.calibrate_interval(
+            data.valid[use_case.model_inputs],
+            data.valid[labels.label].to_numpy(),
+            coverage=trainer.interval,
+        )
     scored = scored_frame(model, data.test, use_case)
     metrics = {name: float(metric(scored)) for name, metric in use_case.metrics.items()}
     holdout = data.test[use_case.model_inputs]
@@ -241,7 +299,8 @@ def train_candidate(
         task=use_case.task,
     )
     with mlflow.start_run(experiment_id=experiment, run_name=trainer.name) as run:
-        mlflow.log_params(_params(use_case, trainer, model, data))
+        mlflow.log_params(_params(use_case, trainer, model, data, seed=seed))
+        metrics |= interval_metrics(model, data.test, use_case)  # not gated
         mlflow.log_metrics({k: v for k, v in metrics.items() if not np.isnan(v)})
         log_verdict(
             use_case.name,

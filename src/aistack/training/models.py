@@ -102,6 +102,49 @@ class ScoringModel(BaseEstimator):  # type: ignore[misc]
             scores = est.decision_function(matrix)
         return np.asarray(scores, dtype=np.float64).ravel()
 
+    def calibrate_interval(
+        self, frame: pd.DataFrame, y: npt.ArrayLike, *, coverage: float
+    ) -> Self:
+        """Residual-quantile interval (split conformal) from rows not fitted on.
+
+        The half width is the ceil((n + 1) * coverage)-th smallest absolute
+        residual of the n calibration rows, so a new row's value falls inside
+        [value - w, value + w] with probability >= coverage (rows exchangeable).
+        """
+        actual = np.asarray(y, dtype=np.float64)
+        residuals = np.sort(np.abs(actual - self.predict(frame)))
+        rank = int(np.ceil((len(residuals) + 1) * coverage))
+        if rank > len(residuals):
+            msg = (
+                f"interval: {len(residuals)} validation rows cannot calibrate a "
+                f"{coverage:.0%} interval (needs >= {rank}); enlarge the validation "
+                "part"
+            )
+            raise SchemaError(msg)
+        self.interval_half_width_ = float(residuals[rank - 1])
+        self.interval_coverage_ = coverage
+        return self
+
+    def predict_interval_matrix(
+        self, matrix: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64] | None:
+        """[low, high] per row: the estimator's own `predict_interval` where it has
+        one, else the calibrated residual interval, else None."""
+        if getattr(self, "task", "binary") != "regression":
+            return None
+        native = getattr(self.estimator, "predict_interval", None)
+        if callable(native):
+            return np.asarray(native(matrix), dtype=np.float64).reshape(-1, 2)
+        width = getattr(self, "interval_half_width_", None)
+        if width is None:
+            return None
+        values = self.predict_matrix(matrix)
+        return np.column_stack([values - width, values + width])
+
+    def predict_interval(self, frame: pd.DataFrame) -> npt.NDArray[np.float64] | None:
+        """[low, high] per row of `frame` (None: the model gives no interval)."""
+        return self.predict_interval_matrix(self._matrix(frame).to_numpy())
+
     @property
     def classes(self) -> list[float]:
         """The classes of a classifier, in the columns' order of its probabilities."""

@@ -2,15 +2,17 @@
 
 For every model trained in the run: its test metrics and gate verdicts, the
 champion chosen, ROC and precision-recall curves (binary and anomaly tasks) or
-predicted against actual values (regression) on the test rows, and each metric
+predicted against actual values (regression) on the test rows, each metric
 on each day of the test period (every metric computed on that day's rows
-alone). Written next to the workspace's other reports and attached to every
-trained model's MLflow run.
+alone), and the tuning history of each tuned trainer (every trial's objective
+and parameters, the best so far, the parameters chosen). Written next to the
+workspace's other reports and attached to every trained model's MLflow run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import html
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -21,8 +23,10 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from aistack.contract import UseCase
+from aistack.contract.model import greater_is_better
 from aistack.htmlpage import RC, figure, header, svg, table, write_page
 from aistack.training.fit import Candidate
+from aistack.training.tune import TuningHistory
 
 POINTS = 400
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -35,8 +39,10 @@ def write_evaluation_report(
     champion: Candidate | None,
     *,
     when: datetime,
+    tuning: Mapping[str, TuningHistory] | None = None,
 ) -> Path:
-    """Write the report of the models trained now (reused ones are listed only)."""
+    """Write the report of the models trained now (reused ones are listed only)
+    and the last tuning history of each trainer in `tuning`."""
     scored = [c for c in candidates if c.test_scores is not None]
     with mpl.rc_context(RC):
         sections = [
@@ -58,6 +64,7 @@ def write_evaluation_report(
             _gates_section(candidates),
             _curves_section(use_case, scored),
             _daily_section(use_case, scored),
+            _tuning_section(use_case, tuning or {}),
         ]
     return write_page(path, f"{use_case.name} evaluation", sections)
 
@@ -182,6 +189,51 @@ def _daily_section(use_case: UseCase, scored: Sequence[Candidate]) -> str:
         + "".join(figures)
         + "</div></section>"
     )
+
+
+def _tuning_section(use_case: UseCase, tuning: Mapping[str, TuningHistory]) -> str:
+    """Per tuned trainer: objective per trial with the best so far, the trials
+    table and the parameters chosen."""
+    parts = []
+    for trainer, history in tuning.items():
+        up = greater_is_better(use_case.metrics[history.metric])
+        done = [t for t in history.trials if t["value"] is not None]
+        fig = Figure(figsize=(5, 3))
+        ax = fig.subplots()
+        numbers = [t["number"] for t in done]
+        values = np.array([t["value"] for t in done], dtype=float)
+        best = np.maximum.accumulate(values) if up else np.minimum.accumulate(values)
+        ax.plot(numbers, values, "o", color=COLORS[0], label="trial")
+        ax.step(numbers, best, where="post", color=COLORS[1], label="best so far")
+        ax.set(xlabel="trial", ylabel=f"validation {history.metric}")
+        ax.legend(loc="best", fontsize=8)
+        rows = [
+            [
+                t["number"],
+                t["state"],
+                float("nan") if t["value"] is None else t["value"],
+                ", ".join(f"{k}={_short(v)}" for k, v in t["params"].items()),
+            ]
+            for t in history.trials
+        ]
+        chosen = ", ".join(f"{k}={_short(v)}" for k, v in history.best_params.items())
+        note = (
+            f"tuning run {history.run_id}; chosen: {chosen}; objective: validation "
+            f"{history.metric} ({'higher' if up else 'lower'} is better)"
+        )
+        parts.append(
+            f"<h3>{html.escape(trainer)}</h3>"
+            f'<p class="note">{html.escape(note)}</p>'
+            + figure(svg(fig), f"{trainer}: {history.metric} per trial")
+            + table(["trial", "state", history.metric, "parameters"], rows)
+        )
+    if not parts:
+        return ""
+    return "<section><h2>Tuning history</h2>" + "".join(parts) + "</section>"
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _thin(n: int) -> np.ndarray:

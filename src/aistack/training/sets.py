@@ -19,7 +19,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
-from aistack.contract import UseCase
+from aistack.contract import Resampling, UseCase
 from aistack.errors import ContractError
 from aistack.features.gold import point_in_time_join
 from aistack.lake.delta import Lake
@@ -42,17 +42,22 @@ class TrainingSet:
 def label_spine(
     lake: Lake, use_case: UseCase, start: datetime, end: datetime, *, version: int
 ) -> pa.Table:
-    """Label-table rows with start <= timestamp < end, in timestamp then id order."""
+    """Label-table rows with start <= timestamp < end, in timestamp then id order
+    (rows without a clock: all of them, in id order)."""
     labels = use_case.labels
-    columns = dict.fromkeys(
-        [labels.id, labels.timestamp, *labels.columns, labels.label]
-    )
+    clock = [labels.timestamp] if labels.timestamp else []
+    columns = dict.fromkeys([labels.id, *clock, *labels.columns, labels.label])
     select = ", ".join(quote(c) for c in columns)
-    ts, ident = quote(labels.timestamp), quote(labels.id)
+    order = ", ".join(quote(c) for c in labels.order)
     con = lake.connect({labels.table: version})
+    if labels.timestamp is None:
+        return con.sql(
+            f"SELECT {select} FROM {labels.table} ORDER BY {order}"
+        ).to_arrow_table()
+    ts = quote(labels.timestamp)
     return con.sql(
         f"SELECT {select} FROM {labels.table} WHERE {ts} >= $start "
-        f"AND {ts} < $end ORDER BY {ts}, {ident}",
+        f"AND {ts} < $end ORDER BY {order}",
         params={"start": start, "end": end},
     ).to_arrow_table()
 
@@ -102,7 +107,7 @@ def _cut(n: int, fractions: tuple[float, ...]) -> np.ndarray:
 
 
 def assign_parts(frame: pd.DataFrame, use_case: UseCase, *, seed: int) -> np.ndarray:
-    """Part index per row of `frame` (in (timestamp, id) order) for a fraction split."""
+    """Part index per row of `frame` (in `Labels.order`) for a fraction split."""
     split = use_case.split
     fractions = split.parts
     n = len(frame)
@@ -164,6 +169,7 @@ def evaluated_rows(
     entity = use_case.evaluation.exclude_known_positives
     if entity is None:
         return test
+    assert use_case.labels.timestamp is not None  # a time split (UseCase checks)
     return drop_known_positives(
         frame,
         test,
@@ -195,8 +201,21 @@ def labelled_frame(
     spine = label_spine(lake, use_case, start, end, version=lineage[labels.table])
     joined = point_in_time_join(lake, use_case, spine, as_of=as_of, versions=lineage)
     frame = with_request_features(joined, use_case)
-    frame = frame.sort_values([labels.timestamp, labels.id], kind="stable")
+    frame = frame.sort_values(labels.order, kind="stable")
     return frame.reset_index(drop=True)
+
+
+def _last_time(lake: Lake, use_case: UseCase, lineage: dict[str, int]) -> datetime:
+    """The label table's last timestamp (a time split counts back from its day)."""
+    labels = use_case.labels
+    assert labels.timestamp is not None  # a time split needs a clock (UseCase)
+    con = lake.connect({labels.table: lineage[labels.table]})
+    last = con.execute(
+        f"SELECT max({quote(labels.timestamp)}) FROM {labels.table}"
+    ).fetchone()
+    if last is None or last[0] is None:
+        raise ContractError(f"{labels.table} holds no labelled rows")
+    return last[0]  # type: ignore[no-any-return]
 
 
 def build_training_set(
@@ -216,16 +235,11 @@ def build_training_set(
     lineage = lineage or lake.versions(
         [labels.table, *(use_case.gold_table(v) for v in use_case.views)]
     )
-    con = lake.connect({labels.table: lineage[labels.table]})
-    last = con.execute(
-        f"SELECT max({quote(labels.timestamp)}) FROM {labels.table}"
-    ).fetchone()
-    if last is None or last[0] is None:
-        raise ContractError(f"{labels.table} holds no labelled rows")
     split = use_case.split
-    periods = split_periods(last[0], use_case)
-    if not split.by_days:  # a fraction split reads every labelled row
-        periods = {"train_start": datetime.min, "test_end": datetime.max}
+    # a fraction split reads every labelled row
+    periods = {"train_start": datetime.min, "test_end": datetime.max}
+    if split.by_days:
+        periods = split_periods(_last_time(lake, use_case, lineage), use_case)
     frame = labelled_frame(
         lake,
         use_case,
@@ -273,3 +287,23 @@ def build_training_set(
         "test_ids_sha256": _digest(test[labels.id]),
     }
     return TrainingSet(frame, train, test, recorded, lineage, valid, record)
+
+
+def resampled(
+    train: pd.DataFrame, resampling: Resampling, *, label: str, seed: int
+) -> pd.DataFrame:
+    """`train` rebalanced as declared (positives: label 1), in its own row order.
+
+    Only ever called on a training part: validation and test rows keep the
+    class balance the model will meet.
+    """
+    rng = np.random.default_rng(seed)
+    positive = np.flatnonzero(train[label].to_numpy() == 1)
+    negative = np.flatnonzero(train[label].to_numpy() != 1)
+    if resampling.kind == "undersample":
+        keep = min(len(negative), round(resampling.ratio * len(positive)))
+        rows = np.sort(np.concatenate([positive, rng.choice(negative, keep, False)]))
+        return train.iloc[rows]
+    wanted = round(len(negative) / resampling.ratio)
+    extra = rng.choice(positive, max(wanted - len(positive), 0), replace=True)
+    return train.iloc[np.concatenate([np.arange(len(train)), np.sort(extra)])]

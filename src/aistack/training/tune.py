@@ -26,7 +26,7 @@ from aistack.contract import Choice, Distribution, FloatRange, Trainer, UseCase
 from aistack.contract.model import greater_is_better
 from aistack.errors import ContractError
 from aistack.lake.delta import Lake
-from aistack.training.fit import evaluate, scoring_model
+from aistack.training.fit import evaluate, fit_model
 from aistack.training.sets import (
     assign_parts,
     build_training_set,
@@ -165,7 +165,6 @@ def tune_trainer(
             n_startup_trials=use_case.tuning.startup_trials
         ),
     )
-    labels = use_case.labels
 
     def objective(trial: optuna.Trial) -> float:
         params = {p: suggest(trial, p, d) for p, d in trainer.search_space.items()}
@@ -176,8 +175,7 @@ def tune_trainer(
             mlflow.log_params(params)
             values: list[float] = []
             for i, fold in enumerate(folds):
-                model = scoring_model(use_case, candidate, seed)
-                model.fit(fold.train[use_case.model_inputs], fold.train[labels.label])
+                model = fit_model(use_case, candidate, fold.train, seed=seed)
                 values.append(evaluate(model, fold.valid, use_case)[name])
                 mlflow.log_metric(f"fold.{name}", values[-1], step=i)
                 trial.report(float(np.mean(values)), i)
@@ -242,6 +240,27 @@ def last_tuned(experiment: str, trainer: str) -> tuple[str, dict[str, Any]] | No
         if raw is not None:
             return found.info.run_id, dict(json.loads(raw))
     return None
+
+
+@dataclass(frozen=True)
+class TuningHistory:
+    """A tuning run as the evaluation report shows it: every trial's state,
+    objective and parameters, and the parameters chosen."""
+
+    run_id: str
+    metric: str
+    trials: list[dict[str, Any]]
+    best_params: dict[str, Any]
+
+
+def tuning_history(experiment: str, trainer: str) -> TuningHistory | None:
+    """The history of `trainer`'s last tuning run (None: never tuned)."""
+    found = last_tuned(experiment, trainer)
+    if found is None:
+        return None
+    run_id, best = found
+    logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/tuning.json")
+    return TuningHistory(run_id, logged["metric"], logged["trials"], best)
 
 
 def with_tuned(experiment: str, trainer: Trainer) -> Trainer:

@@ -4,13 +4,18 @@ served top-K over HTTP (exactly the batch ranking, rated items left out)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from aistack.contract import get_any_use_case
 from aistack.monitoring.ranking import ranking_ab_test
+from aistack.monitoring.recommendations import monitor_recommendations
 from aistack.registry.rollout import (
     end_rollout,
     read_rollout,
@@ -113,6 +118,64 @@ def test_served_top_k_is_the_batch_ranking_and_unknown_users_are_cold(
         assert "aistack_cold_start_requests_total 1.0" in metrics
     with tracking(ws.settings.mlflow_uri):
         assert ws.registry.version_of(uc.name, "champion") == body["model_version"]
+
+
+MONITOR = (sys.executable, "-m", "aistack", "monitor")
+
+
+@pytest.mark.slow  # two servers: about 70 s on a loaded 2-core machine
+def test_served_recommendations_are_logged_and_monitored(trained, tmp_path) -> None:
+    uc, ws, _ = trained
+    users = list(range(1, 201))
+    con = ws.lake.connect(ws.lake.versions([uc.recommendations_table]))
+    expected = {  # served top-K is the batch ranking (test above)
+        r[0]
+        for r in con.sql(
+            f"SELECT item_id FROM {uc.recommendations_table} "
+            f"WHERE user_id <= 200 AND rank <= 10"
+        ).fetchall()
+    }
+    start = datetime.now(UTC)
+    with aistack_server(ws.settings.workspace, use_case=uc.name) as (base, _):
+        for user in users:
+            answer = httpx.get(f"{base}/v1/recommendations/users/{user}/items")
+            assert answer.status_code == 200
+    known = monitor_recommendations(
+        ws, uc, report_path=tmp_path / "known.html", since=start
+    )
+    assert int(known.daily["answers"].sum()) == len(users)
+    assert known.catalogue == 1682
+    shown = set(
+        item
+        for items in ws.lake.read(uc.log_table).to_pandas()["items"]
+        for item in orjson.loads(items)
+    )
+    assert expected <= shown
+    assert known.daily["items_shown"].max() == len(expected)
+    assert known.daily["coverage"].max() == pytest.approx(len(expected) / 1682)
+    assert not known.drifted_days  # a sample of users: the batch's popularity
+    cold_start = datetime.now(UTC)
+    with aistack_server(ws.settings.workspace, use_case=uc.name) as (base, _):
+        for user in range(100_000, 100_100):  # unknown users: popularity path
+            httpx.get(f"{base}/v1/recommendations/users/{user}/items")
+    cold = monitor_recommendations(
+        ws, uc, report_path=tmp_path / "cold.html", since=cold_start
+    )
+    assert cold.daily["cold_start_share"].min() == 1.0
+    assert cold.daily["items_shown"].max() == 10  # the same top-10 for everyone
+    assert cold.drifted_days  # towards the blockbusters
+    assert cold.daily["mean_popularity"].min() > cold.reference_mean_popularity
+    assert "popularity PSI" in (tmp_path / "cold.html").read_text()
+    report = tmp_path / "cli.html"
+    args = ["--hours", "1", "-w", str(ws.settings.workspace), "--report", str(report)]
+    cli = subprocess.run(
+        [*MONITOR, uc.name, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "popularity_psi" in cli.stdout and report.is_file()
 
 
 def test_canary_routes_sticky_users_and_the_ab_test_finds_the_better_arm(

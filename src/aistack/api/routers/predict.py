@@ -96,6 +96,12 @@ class RegressionPrediction(Answer):
     """A regressor's answer."""
 
     value: float = Field(description="The predicted value.")
+    interval: list[float] | None = Field(
+        description=(
+            "[low, high] around the value: the model's own interval, or the "
+            "declared residual-quantile one (Trainer(interval=)); null without one."
+        ),
+    )
 
 
 class MulticlassPrediction(Answer):
@@ -115,22 +121,11 @@ ANSWERS: dict[str, type[Answer]] = {
 }
 
 
-def task_fields(task: str, s: Scored) -> dict[str, Any]:
-    """The task's own answer fields (as serialised: `class`, not `predicted_class`)."""
-    if task == "regression":
-        return {"value": s.score}
-    if task == "multiclass":
-        return {"class": f"{s.score:g}", "probabilities": s.probabilities or {}}
-    if task == "anomaly":
-        return {"score": s.score, "anomaly": s.decision}
-    return {"score": s.score, "decision": s.decision}
-
-
-def answer_body(task: str, s: Scored) -> dict[str, Any]:
+def answer_body(s: Scored) -> dict[str, Any]:
     """One answer as JSON-ready data (`explanation` only when one was made)."""
     body = {
         "request_id": s.request_id,
-        **task_fields(task, s),
+        **s.answer,
         "model_name": s.model_name,
         "model_version": s.model_version,
         "feature_age_seconds": s.feature_age_seconds,
@@ -237,7 +232,7 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         state: ServerState = request.app.state.server
         rows = [payload.model_dump()]  # type: ignore[attr-defined]
         scored = await _score(state, rows, "predict", explain=explain)
-        return answer_model.model_validate(answer_body(task, scored[0]))
+        return answer_model.model_validate(answer_body(scored[0]))
 
     @router.post("/predict/batch", response_model=batch_answer)
     async def predict_batch(
@@ -253,7 +248,7 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         body = {  # serialised directly: 1,000 pydantic answers cost ~16 ms
             "model_name": first.model_name,
             "model_version": first.model_version,
-            "predictions": [answer_body(task, s) for s in scored],
+            "predictions": [answer_body(s) for s in scored],
         }
         return Response(orjson.dumps(body), media_type="application/json")
 
