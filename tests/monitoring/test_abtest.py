@@ -11,6 +11,7 @@ from aistack.monitoring.abtest import (
     sample_size_means,
     sample_size_proportions,
     two_proportions,
+    welch_means,
 )
 
 
@@ -49,5 +50,20 @@ def test_compare_finds_a_real_difference_and_not_a_fake_one() -> None:
     means = compare(
         "amount", "mean", rng.normal(10, 2, 800), rng.normal(10.5, 2, 800), effect=0.5
     )
-    assert means.test.startswith("bootstrap") and means.significant
+    assert means.test.startswith("Welch") and means.significant
     assert means.ci_low < 0.5 < means.ci_high
+
+
+def test_welch_against_the_formula() -> None:
+    """A small case by hand: Welch's t, Welch-Satterthwaite degrees of freedom."""
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([2.0, 4.0, 6.0, 8.0, 10.0])
+    diff, low, high, p = welch_means(a, b)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size  # 5/12, 2
+    se = np.sqrt(va + vb)
+    t = (6.0 - 2.5) / se
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    assert diff == pytest.approx(3.5)
+    assert p == pytest.approx(2 * stats.t.sf(t, df))
+    half = stats.t.ppf(0.975, df) * se
+    assert (low, high) == pytest.approx((3.5 - half, 3.5 + half))

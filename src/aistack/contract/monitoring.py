@@ -64,8 +64,8 @@ class BusinessMetric:
 
     `outcome(frame)` maps logged predictions joined with their labels (columns
     of the payload, `score`, `decision`, `label`) to one value per row, NaN where
-    a row does not count. `kind` picks the test: two-proportion z-test or a
-    bootstrap of the mean difference.
+    a row does not count. `kind` picks the test: two-proportion z-test or Welch's
+    t-test of the mean difference.
     """
 
     name: str
