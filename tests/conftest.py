@@ -41,6 +41,14 @@ def fraud_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, RunR
 
 
 @pytest.fixture
+def fraud_copy(fraud_run, tmp_path: Path) -> Workspace:
+    """A private copy of the small run, for tests that move aliases or write."""
+    source, _ = fraud_run
+    shutil.copytree(source.settings.workspace, tmp_path / "copy")
+    return make_workspace(tmp_path / "copy")
+
+
+@pytest.fixture
 def served_workspace(fraud_run, tmp_path: Path) -> Workspace:
     """A private copy of the small run (tests move aliases), materialized."""
     return served_copy(fraud_run, tmp_path / "served")

@@ -13,9 +13,9 @@ from aistack.registry.aliases import Registry
 from aistack.workspace import create_tracking_db
 
 
-def test_history_answers_which_version_was_champion(fraud_run) -> None:
-    ws, report = fraud_run
-    registry = ws.registry
+def test_history_answers_which_version_was_champion(fraud_run, fraud_copy) -> None:
+    _, report = fraud_run
+    registry = fraud_copy.registry  # aliases move: a private copy of the run
     champion = registry.version_of("fraud", "champion")
     assert champion == report.champion.version
     versions = sorted(c.version for c in report.candidates)

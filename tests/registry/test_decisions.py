@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 from aistack.registry.aliases import Registry
 from aistack.registry.rollout import end_rollout, read_rollout, start_rollout
-from conftest import make_workspace, other_version
+from conftest import other_version
 
 
-def test_racing_deciders_apply_exactly_one_decision(fraud_run, tmp_path) -> None:
+def test_racing_deciders_apply_exactly_one_decision(fraud_copy) -> None:
     """Two workers judge the same canary at once, one says roll back, the other
     promote: the decision lock lets one act; the other finds it decided. The
     rollout's status, the version's result tag and the champion alias agree."""
-    source, _ = fraud_run
-    shutil.copytree(source.settings.workspace, tmp_path / "ws")
-    ws = make_workspace(tmp_path / "ws")
+    ws = fraud_copy
     champion = ws.registry.version_of("fraud", "champion")
     challenger = other_version(ws.registry, "fraud", champion)
     for _ in range(4):
@@ -58,10 +55,8 @@ def test_racing_deciders_apply_exactly_one_decision(fraud_run, tmp_path) -> None
             ws.registry.move("fraud", "champion", champion, actor="t", reason="reset")
 
 
-def test_a_decision_on_a_superseded_rollout_does_nothing(fraud_run, tmp_path) -> None:
-    source, _ = fraud_run
-    shutil.copytree(source.settings.workspace, tmp_path / "ws")
-    ws = make_workspace(tmp_path / "ws")
+def test_a_decision_on_a_superseded_rollout_does_nothing(fraud_copy) -> None:
+    ws = fraud_copy
     champion = ws.registry.version_of("fraud", "champion")
     challenger = other_version(ws.registry, "fraud", champion)
     start_rollout(
