@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from distributed import Client
+
+from aistack.engine.local import local_cluster
 
 
 def free_port() -> int:
@@ -200,40 +201,7 @@ def aistack_server(
 
 @contextmanager
 def dask_cluster(tmp: Path, *, workers: int = 2) -> Iterator[str]:
-    """A real Dask cluster on 127.0.0.1: `dask scheduler` and `dask worker`
-    processes started by their CLI commands; yields the scheduler's address."""
-    dask = str(Path(sys.executable).parent / "dask")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    procs = [
-        subprocess.Popen(
-            [
-                *(dask, "scheduler", "--host", "127.0.0.1", "--port", str(port)),
-                *("--dashboard-address", ":0"),
-            ],
-            **quiet,
-        )
-    ]
-    for i in range(workers):
-        folder = tmp / f"worker-{i}"
-        folder.mkdir(parents=True, exist_ok=True)
-        procs.append(
-            subprocess.Popen(
-                [
-                    *(dask, "worker", address, "--nthreads", "1", "--no-nanny"),
-                    *("--host", "127.0.0.1", "--dashboard-address", ":0"),
-                    *("--local-directory", str(folder), "--memory-limit", "2GB"),
-                ],
-                **quiet,
-            )
-        )
-    try:
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(workers, timeout=60)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=20)
+    """A real Dask cluster on 127.0.0.1 (`dask scheduler`, `dask worker`
+    processes); yields the scheduler's address."""
+    with local_cluster(tmp, workers=workers) as cluster:
+        yield cluster.address

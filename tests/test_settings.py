@@ -70,3 +70,22 @@ def test_engine_settings_from_the_environment(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setenv("AISTACK_ENGINE", "spark")
     with pytest.raises(ConfigError, match="engine: Input should be 'duckdb' or 'dask'"):
         load_settings()
+
+
+def test_consistency_settings_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert (settings.consistency_seconds, settings.consistency_window_seconds) == (
+        300.0,
+        7 * 86400.0,
+    )
+    monkeypatch.setenv("AISTACK_CONSISTENCY_SECONDS", "1")
+    monkeypatch.setenv("AISTACK_CONSISTENCY_WINDOW_SECONDS", "3600")
+    settings = load_settings()
+    assert (settings.consistency_seconds, settings.consistency_window_seconds) == (
+        1.0,
+        3600.0,
+    )
+    monkeypatch.setenv("AISTACK_CONSISTENCY_SECONDS", "0")
+    with pytest.raises(ConfigError, match="consistency_seconds: Input should be"):
+        load_settings()

@@ -73,6 +73,17 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the server checks rollout guards, drift and alerts.",
     )
+    consistency_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the server recomputes logged features offline "
+        "(aistack_online_offline_mismatch_rate).",
+    )
+    consistency_window_seconds: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="How far back (by log time) the consistency check reads.",
+    )
     drift_histograms: bool = Field(
         default=True,
         description="Count served values in reference bins for the PSI gauges.",
