@@ -83,6 +83,11 @@ def test_gold_and_training_set_on_the_cluster_equal_embedded(
             sorted_table(there.lake.read(table), view.id),
             sorted_table(here.lake.read(table), view.id),
         )
+        # the workers' files (one per non-empty partition), recorded by one commit
+        assert there.lake.version(table) == 0
+        assert len(there.lake._table(table).file_uris()) > 1
+    again = run(uc, there, params, stages=("gold",))  # same inputs: nothing new
+    assert all(g.skipped for g in again.gold)
     as_of = datetime.now(UTC)
     sets = [
         build_training_set(ws.lake, uc, as_of=as_of, seed=7, engine=ws.engine)

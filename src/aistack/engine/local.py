@@ -70,7 +70,11 @@ def local_cluster(
             client.wait_for_workers(workers, timeout=120)
         yield LocalCluster(address, [p.pid for p in procs])
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(procs):  # workers first, then the scheduler
             proc.terminate()
         for proc in procs:
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a worker stuck closing its comms
+                proc.kill()
+                proc.wait()
