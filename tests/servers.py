@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aistack.engine.local import local_cluster
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -195,3 +197,11 @@ def aistack_server(
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def dask_cluster(tmp: Path, *, workers: int = 2) -> Iterator[str]:
+    """A real Dask cluster on 127.0.0.1 (`dask scheduler`, `dask worker`
+    processes); yields the scheduler's address."""
+    with local_cluster(tmp, workers=workers) as cluster:
+        yield cluster.address

@@ -16,7 +16,16 @@ import aistack
 
 SRC = Path(aistack.__file__).parent
 TESTS = Path(__file__).parent
-FLOW = ["contract", "lake", "features", "registry", "training", "serving", "monitoring"]
+FLOW = [
+    "contract",
+    "lake",
+    "engine",
+    "features",
+    "registry",
+    "training",
+    "serving",
+    "monitoring",
+]
 SHARED = {"errors", "settings", "sql", "htmlpage"}
 ABOVE = {"workspace": "registry"}  # a shared module sits at the stage it needs
 

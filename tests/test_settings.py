@@ -48,3 +48,44 @@ def test_postgresql_uris_use_psycopg_3(tmp_path: Path, monkeypatch) -> None:
     assert load_settings(tracking_uri=given).mlflow_uri == given
     with pytest.raises(ConfigError, match=r"tracking_uri: .*postgresql\+psycopg://"):
         load_settings(tracking_uri="postgresql+psycopg2://u@db/mlflow")
+
+
+def test_engine_settings_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().engine == "duckdb"
+    monkeypatch.setenv("AISTACK_ENGINE", "dask")
+    with pytest.raises(ConfigError, match="scheduler_address: required when engine"):
+        load_settings()
+    monkeypatch.setenv("AISTACK_SCHEDULER_ADDRESS", "127.0.0.1:8786")
+    with pytest.raises(ConfigError, match="scheduler_address: String should match"):
+        load_settings()
+    monkeypatch.setenv("AISTACK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:8786")
+    monkeypatch.setenv("AISTACK_ENGINE_PARTITIONS", "4")
+    settings = load_settings()
+    assert (settings.engine, settings.scheduler_address) == (
+        "dask",
+        "tcp://127.0.0.1:8786",
+    )
+    assert settings.engine_partitions == 4
+    monkeypatch.setenv("AISTACK_ENGINE", "spark")
+    with pytest.raises(ConfigError, match="engine: Input should be 'duckdb' or 'dask'"):
+        load_settings()
+
+
+def test_consistency_settings_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert (settings.consistency_seconds, settings.consistency_window_seconds) == (
+        300.0,
+        7 * 86400.0,
+    )
+    monkeypatch.setenv("AISTACK_CONSISTENCY_SECONDS", "1")
+    monkeypatch.setenv("AISTACK_CONSISTENCY_WINDOW_SECONDS", "3600")
+    settings = load_settings()
+    assert (settings.consistency_seconds, settings.consistency_window_seconds) == (
+        1.0,
+        3600.0,
+    )
+    monkeypatch.setenv("AISTACK_CONSISTENCY_SECONDS", "0")
+    with pytest.raises(ConfigError, match="consistency_seconds: Input should be"):
+        load_settings()

@@ -155,7 +155,9 @@ def run(
                 task = progress.add_task("silver -> gold", total=len(use_case.views))
                 for view in use_case.views:
                     report.gold.append(
-                        build_gold(ws.lake, use_case, view, written_at=now)
+                        build_gold(
+                            ws.lake, use_case, view, written_at=now, engine=ws.engine
+                        )
                     )
                     progress.advance(task)
         with tracking(ws.settings.mlflow_uri):
@@ -169,7 +171,12 @@ def run(
                     task = progress.add_task("batch scoring", total=1)
                     start, end = score_range_ or default_score_range(ws, use_case)
                     report.scoring = score_range(
-                        ws.lake, use_case, ws.registry, start=start, end=end
+                        ws.lake,
+                        use_case,
+                        ws.registry,
+                        start=start,
+                        end=end,
+                        engine=ws.engine,
                     )
                     progress.advance(task)
     return report
@@ -286,7 +293,11 @@ def _train(
         progress.advance(task)
         return
     data = build_training_set(
-        ws.lake, use_case, as_of=now + timedelta(seconds=1), seed=seed
+        ws.lake,
+        use_case,
+        as_of=now + timedelta(seconds=1),
+        seed=seed,
+        engine=ws.engine,
     )
     progress.advance(task)
     champion = champion_metric(ws.registry, use_case, data.test)

@@ -7,9 +7,15 @@ working directory (or the file named by `AISTACK_CONFIG`); arguments win over bo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -74,6 +80,17 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the server checks rollout guards, drift and alerts.",
     )
+    consistency_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the server recomputes logged features offline "
+        "(aistack_online_offline_mismatch_rate).",
+    )
+    consistency_window_seconds: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="How far back (by log time) the consistency check reads.",
+    )
     drift_histograms: bool = Field(
         default=True,
         description="Count served values in reference bins for the PSI gauges.",
@@ -97,6 +114,30 @@ class Settings(BaseSettings):
         description="Fault injection for tests: `after_state:N` or `after_commit:N` "
         "kills the consumer (SIGKILL) at that point of its N-th batch.",
     )
+
+    engine: Literal["duckdb", "dask"] = Field(
+        default="duckdb",
+        description="Where gold, training sets and batch scoring run: embedded "
+        "DuckDB, or a Dask distributed cluster (needs scheduler_address).",
+    )
+    scheduler_address: str | None = Field(
+        default=None,
+        pattern=r"^(tcp|tls)://[^\s/]+:[0-9]+$",
+        description="The Dask scheduler (tcp://HOST:PORT) when engine is dask.",
+    )
+    engine_partitions: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="Entity-hash partitions a cluster stage splits its work into.",
+    )
+
+    @model_validator(mode="after")
+    def _engine_has_a_cluster(self) -> Settings:
+        if self.engine == "dask" and self.scheduler_address is None:
+            msg = "scheduler_address: required when engine is dask (tcp://HOST:PORT)"
+            raise ValueError(msg)
+        return self
 
     @field_validator("tracking_uri")
     @classmethod

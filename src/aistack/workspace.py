@@ -13,6 +13,7 @@ import psycopg
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
+from aistack.engine import DaskEngine, EmbeddedEngine, open_engine
 from aistack.errors import ConfigError, RegistryError
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
@@ -26,10 +27,12 @@ class Workspace:
     settings: Settings
     lake: Lake = field(init=False)
     registry: Registry = field(init=False)
+    engine: EmbeddedEngine | DaskEngine = field(init=False)
 
     def __post_init__(self) -> None:
         self.settings.workspace.mkdir(parents=True, exist_ok=True)
         self.lake = Lake(self.settings.tables_dir)
+        self.engine = open_engine(self.settings)  # a cluster connects on first use
         create_tracking_db(self.settings.mlflow_uri)
         self.registry = Registry(self.lake, self.settings.mlflow_uri)
 

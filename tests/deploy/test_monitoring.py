@@ -37,7 +37,62 @@ def test_alert_rules_pass_promtool() -> None:
         check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 8 rules found" in checked.stdout
+    assert "SUCCESS: 9 rules found" in checked.stdout
+
+
+def test_the_mismatch_alert_fires_on_a_mismatch_rate_above_one_percent(
+    tmp_path,
+) -> None:
+    """promtool's rule tester: 5% of served values of feature `a` differ from
+    their offline definition for 20 minutes; `v` stays at 0 (consistent)."""
+    series = "aistack_online_offline_mismatch_rate"
+    tests = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": f'{series}{{job="aistack-api",feature="a"}}',
+                        "values": "0.05x30",
+                    },
+                    {
+                        "series": f'{series}{{job="aistack-api",feature="v"}}',
+                        "values": "0x30",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "10m", "alertname": "AIStackOnlineOfflineMismatch"},
+                    {
+                        "eval_time": "20m",
+                        "alertname": "AIStackOnlineOfflineMismatch",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "page",
+                                    "job": "aistack-api",
+                                    "feature": "a",
+                                },
+                                "exp_annotations": {
+                                    "summary": "aistack-api: 5% of served a values "
+                                    "differ from their offline definition"
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    checked = subprocess.run(
+        [binary("promtool"), "test", "rules", str(tmp_path / "tests.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -113,11 +114,25 @@ def test_replay_through_the_server_is_consistent(served_workspace, online_url) -
     ]
     pending += replay  # labels of these become known during the replay
     env = {"AISTACK_ONLINE_URL": online_url} if online_url else {}
+    env |= {"AISTACK_LOG_FLUSH_SECONDS": "0.5", "AISTACK_CONSISTENCY_SECONDS": "1"}
     with (
         aistack_server(ws.settings.workspace, env=env) as (base, _),
         httpx.Client(base_url=base, timeout=60) as client,
     ):
         applied, late = post_in_time_order(client, replay, pending, delay)
+        # the server's own check: every served value equals its offline value
+        deadline = time.monotonic() + 60
+        while f"aistack_online_offline_compared {len(replay)}.0" not in (
+            text := client.get("/metrics").text
+        ):
+            assert time.monotonic() < deadline, "no consistency check published"
+            time.sleep(0.5)
+    rates = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("aistack_online_offline_mismatch_rate{")
+    ]
+    assert len(rates) == len(uc.feature_names) and max(rates) == 0.0
     assert applied > 0 and late == 0
     report = check_consistency(ws.lake, uc)
     assert report.compared == len(replay)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -83,3 +84,35 @@ def test_killed_writer_leaves_previous_version(tmp_path: Path) -> None:
         lake.write("silver.big", pa.table({"a": [2], "b": [1.0]}), mode="append")
         == version + 1
     )
+
+
+def test_files_written_apart_are_invisible_until_one_commit_records_them(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(tmp_path)
+    when = datetime(2024, 1, 1, 12, 30, 0, 123456, tzinfo=UTC)
+    parts = [
+        pa.table(
+            {
+                "id": pa.array([i, i + 10], pa.int64()),
+                "x": pa.array([0.5 * i, None]),
+                "_written_at": pa.array([when] * 2, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        for i in range(3)
+    ]
+    assert lake.write_file("gold.t", parts[0].slice(0, 0)) is None  # empty: no file
+    files = [lake.write_file("gold.t", p) for p in parts]
+    assert not lake.exists("gold.t")  # written, not committed: no table yet
+    version = lake.commit_files(
+        "gold.t", [f for f in files if f], schema=parts[0].schema, inputs={"a": 1}
+    )
+    assert version == 0
+    assert lake.read("gold.t").sort_by("id") == pa.concat_tables(parts).sort_by("id")
+    assert lake.rows("gold.t") == 6  # from the recorded statistics
+    assert lake.column_range("gold.t", "_written_at") == (when, when)
+    assert lake.last_inputs("gold.t") == {"a": 1}
+    stray = lake.write_file("gold.t", parts[0])  # a task whose commit never came
+    assert stray is not None and lake.read("gold.t").num_rows == 6
+    assert lake.commit_files("gold.t", [], schema=parts[0].schema, inputs={"a": 2}) == 1
+    assert lake.read("gold.t").num_rows == 6 and lake.last_inputs("gold.t") == {"a": 2}

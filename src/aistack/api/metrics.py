@@ -100,6 +100,21 @@ class ServerMetrics:
             "Requests not scored by the shadow challenger: queue full or shutting down",
             registry=r,
         )
+        self.mismatch = Gauge(
+            "aistack_online_offline_mismatch_rate",
+            "Share of served values (predictions logged in the last "
+            "consistency window) that differ from their offline recomputation "
+            "or are missing on one side, per feature",
+            ["feature"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.compared = Gauge(
+            "aistack_online_offline_compared",
+            "Logged predictions the last consistency check could recompute offline",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.swaps = Counter(
             "aistack_model_swaps", "Champion changes picked up", registry=r
         )

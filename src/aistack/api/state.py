@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlflow
@@ -23,11 +24,13 @@ from aistack.api.guards import Window, broken_guards
 from aistack.api.metrics import ServerMetrics, observe_many
 from aistack.api.tracing import Tracing
 from aistack.contract import UseCase
+from aistack.errors import ConfigError
 from aistack.features.online import OnlineStore, open_store, versions
 from aistack.features.realtime import LabelResult, apply_labels
 from aistack.features.state import EventState, open_event_state
 from aistack.lake.delta import Lake
 from aistack.monitoring.alerts import evaluate_alerts, firing
+from aistack.monitoring.consistency import check_consistency
 from aistack.registry.aliases import Registry
 from aistack.registry.rollout import (
     Rollout,
@@ -468,6 +471,22 @@ class ServerState:
                     found[view.name] = mark.source_version
         return found
 
+    def check_consistency(self) -> None:
+        """Recompute offline the features of the window's logged predictions and
+        publish the per-feature mismatch rate (the online/offline alert's input).
+        """
+        since = datetime.now(UTC) - timedelta(
+            seconds=self.settings.consistency_window_seconds
+        )
+        try:
+            report = check_consistency(self.lake, self.use_case, since=since)
+        except ConfigError:  # nothing logged yet
+            return
+        self.metrics.compared.set(report.compared)
+        for feature in report.features:
+            rate = feature.mismatch_rate + feature.missing_rate
+            self.metrics.mismatch.labels(feature.feature).set(rate)
+
     def _loop(self, seconds: float, step: Any) -> None:  # noqa: ANN401
         while not self._stop.wait(seconds):
             try:
@@ -500,6 +519,11 @@ class ServerState:
         for seconds, step, name in (
             (self.settings.poll_seconds, self._poll, "registry-poller"),
             (self.settings.eval_seconds, self.evaluate, "evaluator"),
+            (
+                self.settings.consistency_seconds,
+                self.check_consistency,
+                "consistency-checker",
+            ),
         ):
             thread = threading.Thread(
                 target=self._loop, args=(seconds, step), name=name, daemon=True

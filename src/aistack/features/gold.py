@@ -22,14 +22,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 import duckdb
 import pyarrow as pa
 
 from aistack.contract import AggregationView, FeatureView, UseCase, View
+from aistack.engine import Engine, partition_of, split_rows
 from aistack.errors import SchemaError
 from aistack.features.aggregations import view_sql
-from aistack.lake.delta import Lake
+from aistack.lake.delta import DataFile, Lake
 from aistack.sql import quote
 
 EVENT_TIME = "event_time"
@@ -73,17 +75,59 @@ def _single_write(lake: Lake, table: str, version: int | None = None) -> bool:
 
 
 def build_gold(
-    lake: Lake, use_case: UseCase, view: View, *, written_at: datetime
+    lake: Lake,
+    use_case: UseCase,
+    view: View,
+    *,
+    written_at: datetime,
+    engine: Engine | None = None,
 ) -> GoldResult:
     """Append the view's new rows to its gold table.
 
-    Skips (no new version) when the inputs' versions equal the last build's.
+    Skips (no new version) when the inputs' versions equal the last build's. On a
+    cluster engine an aggregation view runs one task per entity-hash partition:
+    the same SQL over the partition's events, exact because windows never cross
+    entities; workers write files, one commit records them.
     """
     table = use_case.gold_table(view)
     inputs = lake.versions(view.inputs)
     if lake.last_inputs(table) == inputs:
         return GoldResult(table, lake.version(table), 0, skipped=True)
-    con = lake.connect({**inputs, **lake.versions([table])})
+    versions = {**inputs, **lake.versions([table])}
+    if engine is not None and engine.distributed and isinstance(view, AggregationView):
+        task = partial(
+            _gold_partition,
+            lake=lake,
+            view=view,
+            table=table,
+            versions=versions,
+            written_at=written_at,
+            parts=engine.partitions,
+        )
+        written = engine.map(task, range(engine.partitions))
+        files = [f for f, _ in written if f is not None]
+        version = lake.commit_files(table, files, schema=written[0][1], inputs=inputs)
+        return GoldResult(table, version, sum(f.rows for f in files), skipped=False)
+    con = _new_rows(lake, lake.connect(versions), table, view, written_at)
+    counted = con.execute("SELECT count(*) FROM new_rows").fetchall()[0]
+    stream = con.sql("FROM new_rows").to_arrow_reader(batch_size=_BATCH_ROWS)
+    schema = _utc(stream.schema)
+    batches = pa.RecordBatchReader.from_batches(
+        schema, (batch.cast(schema) for batch in stream)
+    )
+    # An empty append still records the new inputs, so the next run can skip.
+    version = lake.write(table, batches, mode="append", inputs=inputs)
+    return GoldResult(table, version, int(counted[0]), skipped=False)
+
+
+def _new_rows(
+    lake: Lake,
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    view: View,
+    written_at: datetime,
+) -> duckdb.DuckDBPyConnection:
+    """`con` with a temp table `new_rows`: the rows this build appends."""
     con.execute("SET preserve_insertion_order = false")  # the write orders rows
     if isinstance(view, AggregationView):
         rows_sql = _new_event_rows(lake, con, table, view)
@@ -96,15 +140,30 @@ def build_gold(
         f"{WRITTEN_AT} FROM ({rows_sql}) ORDER BY {order}",
         {"written_at": written_at},
     )
-    counted = con.execute("SELECT count(*) FROM new_rows").fetchall()[0]
-    stream = con.sql("FROM new_rows").to_arrow_reader(batch_size=_BATCH_ROWS)
-    schema = _utc(stream.schema)
-    batches = pa.RecordBatchReader.from_batches(
-        schema, (batch.cast(schema) for batch in stream)
-    )
-    # An empty append still records the new inputs, so the next run can skip.
-    version = lake.write(table, batches, mode="append", inputs=inputs)
-    return GoldResult(table, version, int(counted[0]), skipped=False)
+    return con
+
+
+def _gold_partition(
+    part: int,
+    *,
+    lake: Lake,
+    view: AggregationView,
+    table: str,
+    versions: Mapping[str, int],
+    written_at: datetime,
+    parts: int,
+) -> tuple[DataFile | None, pa.Schema]:
+    """One cluster task: the new gold rows of one entity-hash partition, as a file.
+
+    The source and the gold table are narrowed to the partition's entities, so
+    each event's window (and the increment's look-back) is the embedded one.
+    """
+    only = partition_of(view.entity, part, parts)
+    where = {view.source: only, table: only}
+    con = _new_rows(lake, lake.connect(versions, where=where), table, view, written_at)
+    rows = con.sql("FROM new_rows").to_arrow_table()
+    rows = rows.cast(_utc(rows.schema))
+    return lake.write_file(table, rows), rows.schema
 
 
 def aggregation_sql(view: AggregationView, *, since: str | None = None) -> str:
@@ -187,24 +246,86 @@ def point_in_time_join(
     *,
     as_of: datetime,
     versions: Mapping[str, int] | None = None,
+    engine: Engine | None = None,
 ) -> pa.Table:
     """Spine rows (entity keys + timestamp) with every view's features as of each row.
 
     Row order and count are the spine's. `versions` pins gold tables (lineage).
+    On a cluster engine each view is joined by partition of its join key (the
+    event id of an aggregation view, the entity of a SQL view), so every spine
+    row meets exactly the gold rows the embedded join gives it.
     """
-    labels = use_case.labels
     gold = {use_case.gold_table(v): v for v in use_case.views}
     if not gold:  # rows carry their own features: nothing to join
         return spine
     pinned = dict(versions) if versions is not None else lake.versions(gold)
+    timestamp = use_case.labels.timestamp
+    assert timestamp is not None  # views need a clock (UseCase checks)
+    if engine is not None and engine.distributed:
+        return _cluster_join(
+            spine, lake, use_case, as_of=as_of, pinned=pinned, engine=engine
+        )
+    return _join(
+        spine,
+        lake=lake,
+        gold=gold,
+        timestamp=timestamp,
+        as_of=as_of,
+        pinned=pinned,
+    )
+
+
+_ENGINE_ROW = "_engine_row"
+
+
+def _cluster_join(
+    spine: pa.Table,
+    lake: Lake,
+    use_case: UseCase,
+    *,
+    as_of: datetime,
+    pinned: Mapping[str, int],
+    engine: Engine,
+) -> pa.Table:
+    """The point-in-time join as one cluster task per (view, key partition)."""
+    numbered = spine.append_column(_ENGINE_ROW, pa.array(range(spine.num_rows)))
+    joined = spine
+    ts = use_case.labels.timestamp
+    assert ts is not None  # views need a clock (UseCase checks)
+    for view in use_case.views:
+        key = view.id if isinstance(view, AggregationView) else view.entity
+        one = {use_case.gold_table(view): view}
+        parts = split_rows(numbered, key, engine.partitions)
+        task = partial(
+            _join, lake=lake, gold=one, timestamp=ts, as_of=as_of, pinned=pinned
+        )
+        found = pa.concat_tables(engine.map(task, parts)).sort_by(_ENGINE_ROW)
+        added = [c for c in found.column_names if c not in numbered.column_names]
+        for name in added:
+            joined = joined.append_column(name, found.column(name))
+    return joined
+
+
+def _join(
+    spine: pa.Table,
+    *,
+    lake: Lake,
+    gold: Mapping[str, View],
+    timestamp: str,
+    as_of: datetime,
+    pinned: Mapping[str, int],
+) -> pa.Table:
+    """The point-in-time join of `spine` (its `timestamp` column) to `gold`.
+
+    Also one cluster task: a spine partition joined to one view's features.
+    """
     con = lake.connect(pinned)
     con.register("spine_in", spine)
     con.execute(
         f"CREATE TEMP VIEW spine AS SELECT *, row_number() OVER () AS {SPINE_ROW} "
         "FROM spine_in"
     )
-    assert labels.timestamp is not None  # views need a clock (UseCase checks)
-    ts = _q(labels.timestamp)
+    ts = _q(timestamp)
     ctes, joins, selects = [], [], ["s.*"]
     for i, (table, view) in enumerate(gold.items()):
         alias = f"v{i}"

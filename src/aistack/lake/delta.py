@@ -8,9 +8,12 @@ Every write is one Delta commit, so a crash mid-write leaves the previous versio
 from __future__ import annotations
 
 import json
+import math
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -18,9 +21,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import DeltaError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+from deltalake.transaction import (
+    AddAction,
+    RemoveAction,
+    create_table_with_add_actions,
+)
 
 from aistack.errors import ConfigError, CorruptTableError, TableNotFoundError
 from aistack.sql import quote
@@ -38,6 +48,56 @@ class TableInfo:
     version: int
     rows: int
     path: Path
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A Parquet file written into a table's folder, not yet committed.
+
+    Invisible to readers until `Lake.commit_files` records it; an uncommitted file
+    is garbage that `vacuum` removes, never a half-written version.
+    """
+
+    path: str  # relative to the table's folder
+    size: int  # bytes
+    rows: int
+    stats: str  # Delta file statistics (JSON): numRecords, min/max, null counts
+    modified_ms: int
+
+
+def _stat(value: object) -> object:
+    """A min/max value as Delta's JSON statistics spell it."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.isoformat(sep=" ", timespec="microseconds")
+        utc = value.astimezone(UTC).replace(tzinfo=None)
+        return utc.isoformat(timespec="microseconds") + "Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _file_stats(table: pa.Table) -> str:
+    lows, highs, nulls = {}, {}, {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        kind = column.type
+        if pa.types.is_nested(kind) or pa.types.is_binary(kind):
+            continue
+        nulls[name] = column.null_count
+        if column.null_count == len(column) or pa.types.is_boolean(kind):
+            continue
+        found = pc.min_max(column)
+        low, high = found["min"].as_py(), found["max"].as_py()
+        if isinstance(low, float) and (math.isnan(low) or math.isnan(high)):
+            continue
+        lows[name], highs[name] = _stat(low), _stat(high)
+    stats = {
+        "numRecords": table.num_rows,
+        "minValues": lows,
+        "maxValues": highs,
+        "nullCount": nulls,
+    }
+    return json.dumps(stats)
 
 
 def check_table_name(name: str) -> str:
@@ -161,6 +221,61 @@ class Lake:
         # reading the version reopens the table: skipped on hot paths (-1)
         return self._table(name).version() if return_version else -1
 
+    def write_file(self, name: str, data: pa.Table) -> DataFile | None:
+        """Write `data` as one Parquet file into table `name`'s folder, uncommitted.
+
+        Cluster workers call this on their partition; `commit_files` then records
+        every file in one commit. Nothing is written for an empty partition.
+        """
+        if data.num_rows == 0:
+            return None
+        path = self.path(name)
+        path.mkdir(parents=True, exist_ok=True)
+        relative = f"part-{uuid.uuid4()}.parquet"
+        pq.write_table(data, path / relative, compression="snappy")
+        stat = (path / relative).stat()
+        return DataFile(
+            relative,
+            stat.st_size,
+            data.num_rows,
+            _file_stats(data),
+            int(stat.st_mtime * 1000),
+        )
+
+    def commit_files(
+        self,
+        name: str,
+        files: Iterable[DataFile],
+        *,
+        schema: pa.Schema,
+        inputs: Mapping[str, int | str] | None = None,
+    ) -> int:
+        """Record already written files as one append commit; return the version.
+
+        The same atomicity as `write`: readers see every file or none. An empty
+        list still commits, so the inputs are recorded and the next run can skip.
+        """
+        actions = [
+            AddAction(f.path, f.size, {}, f.modified_ms, True, f.stats) for f in files
+        ]
+        metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
+        commit = CommitProperties(custom_metadata=metadata)
+        if not self.exists(name):
+            self.path(name).mkdir(parents=True, exist_ok=True)
+            create_table_with_add_actions(
+                str(self.path(name)),
+                DeltaSchema.from_arrow(schema),
+                actions,
+                mode="append",
+                commit_properties=commit,
+            )
+        else:
+            changes: list[AddAction | RemoveAction] = [*actions]
+            self._table(name).create_write_transaction(
+                changes, mode="append", schema=schema, commit_properties=commit
+            )
+        return self._table(name).version()
+
     def upsert(
         self,
         name: str,
@@ -263,8 +378,16 @@ class Lake:
             return None
         return pc.min(actions.column(low)).as_py(), pc.max(actions.column(high)).as_py()
 
-    def connect(self, versions: Mapping[str, int]) -> duckdb.DuckDBPyConnection:
+    def connect(
+        self,
+        versions: Mapping[str, int],
+        *,
+        where: Mapping[str, str] | None = None,
+    ) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection where each table is a view `layer.name` at a version.
+
+        `where` narrows tables to the rows of a SQL condition (a cluster task's
+        entity-hash partition): the view then holds only those rows.
 
         Plain tables are scanned by DuckDB's own Parquet reader over the version's
         files (measured ~600 MB less than an Arrow dataset scan at 1.8 M rows);
@@ -278,14 +401,16 @@ class Lake:
             delta = self._table(name, version)
             features = set(delta.protocol().reader_features or ())
             files = delta.file_uris()
+            cond = (where or {}).get(name)
+            only = f" WHERE {cond}" if cond else ""
             if files and features <= _PLAIN_READER_FEATURES:
                 listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
                 con.execute(
                     f"CREATE OR REPLACE VIEW {layer}.{table} AS "
-                    f"FROM read_parquet([{listed}], union_by_name = true)"
+                    f"FROM read_parquet([{listed}], union_by_name = true){only}"
                 )
                 continue
             alias = f"_{layer}_{table}"
             con.register(alias, delta.to_pyarrow_dataset())
-            con.execute(f"CREATE OR REPLACE VIEW {layer}.{table} AS FROM {alias}")
+            con.execute(f"CREATE OR REPLACE VIEW {layer}.{table} AS FROM {alias}{only}")
         return con

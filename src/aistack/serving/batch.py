@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from aistack.contract import RankingUseCase, UseCase
+from aistack.engine import Engine
 from aistack.errors import RegistryError
 from aistack.features.gold import point_in_time_join
 from aistack.lake.delta import Lake
@@ -47,10 +48,15 @@ def score_range(
     start: datetime,
     end: datetime,
     explain: bool = False,
+    engine: Engine | None = None,
 ) -> ScoreResult:
     """Score rows with start <= timestamp < end (rows without a clock: all of
     them) with the current champion (and write each score's explanation, JSON,
-    when `explain`); `scored_at` records when."""
+    when `explain`); `scored_at` records when.
+
+    On a cluster engine the point-in-time join runs on the workers; the model
+    scores the joined rows here, in vectorised batches.
+    """
     version = registry.version_of(use_case.name, "champion")
     if version is None:
         raise RegistryError(f"model {use_case.name!r} has no champion to score with")
@@ -69,7 +75,12 @@ def score_range(
         return ScoreResult(table, 0, version, lake.version(table), skipped=True)
     spine = label_spine(lake, use_case, start, end, version=lineage[labels.table])
     joined = point_in_time_join(
-        lake, use_case, spine, as_of=datetime.now(UTC), versions=lineage
+        lake,
+        use_case,
+        spine,
+        as_of=datetime.now(UTC),
+        versions=lineage,
+        engine=engine,
     )
     frame = with_request_features(joined, use_case)
     model = load_model(registry, use_case.name, version)

@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from aistack.contract import Resampling, UseCase
+from aistack.engine import Engine
 from aistack.errors import ContractError
 from aistack.features.gold import point_in_time_join
 from aistack.lake.delta import Lake
@@ -194,12 +195,15 @@ def labelled_frame(
     *,
     as_of: datetime,
     lineage: dict[str, int],
+    engine: Engine | None = None,
 ) -> pd.DataFrame:
     """Label rows with start <= timestamp < end and their point-in-time features,
     in (timestamp, id) order."""
     labels = use_case.labels
     spine = label_spine(lake, use_case, start, end, version=lineage[labels.table])
-    joined = point_in_time_join(lake, use_case, spine, as_of=as_of, versions=lineage)
+    joined = point_in_time_join(
+        lake, use_case, spine, as_of=as_of, versions=lineage, engine=engine
+    )
     frame = with_request_features(joined, use_case)
     frame = frame.sort_values(labels.order, kind="stable")
     return frame.reset_index(drop=True)
@@ -225,6 +229,7 @@ def build_training_set(
     as_of: datetime,
     lineage: dict[str, int] | None = None,
     seed: int = 0,
+    engine: Engine | None = None,
 ) -> TrainingSet:
     """Point-in-time training set as of `as_of`, split as the use case declares.
 
@@ -247,6 +252,7 @@ def build_training_set(
         periods["test_end"],
         as_of=as_of,
         lineage=lineage,
+        engine=engine,
     )
     valid = None
     if split.by_days:

@@ -1,0 +1,90 @@
+"""The engines: embedded (calls in this process) and Dask distributed (workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from aistack.errors import ConfigError
+from aistack.settings import Settings
+
+T = TypeVar("T")
+
+
+class Engine(Protocol):
+    """Runs one function per partition and returns the results in order."""
+
+    @property
+    def partitions(self) -> int:
+        """How many entity-hash partitions a stage splits its work into."""
+        ...
+
+    @property
+    def distributed(self) -> bool:
+        """Whether calls run in other processes (a cluster)."""
+        ...
+
+    def map(self, fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
+        """`[fn(item) for item in items]`, wherever this engine runs work."""
+        ...
+
+
+@dataclass
+class EmbeddedEngine:
+    """Everything in this process: the stage runs its single-partition path."""
+
+    partitions: int = 1
+    distributed: bool = False
+
+    def map(self, fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
+        """Each call in turn, here."""
+        return [fn(item) for item in items]
+
+
+@dataclass
+class DaskEngine:
+    """A Dask distributed cluster at `address`; connects on first use."""
+
+    address: str
+    partitions: int = 8
+    distributed: bool = True
+    _client: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def client(self) -> Any:  # noqa: ANN401 (distributed.Client, untyped)
+        """The connected client (one per engine)."""
+        if self._client is None:
+            from distributed import Client  # noqa: PLC0415 (only when configured)
+
+            try:
+                client = Client(  # type: ignore[no-untyped-call]
+                    self.address, timeout="10s", set_as_default=False
+                )
+                self._client = client
+            except OSError as exc:
+                msg = (
+                    f"scheduler_address: no Dask scheduler answers at "
+                    f"{self.address} ({exc})"
+                )
+                raise ConfigError(msg) from exc
+        return self._client
+
+    def map(self, fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
+        """Each call as a task on the cluster's workers; results in item order."""
+        futures = self.client.map(fn, items, pure=False)
+        return list(self.client.gather(futures))
+
+    def close(self) -> None:
+        """Disconnect from the scheduler (the cluster keeps running)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def open_engine(settings: Settings) -> EmbeddedEngine | DaskEngine:
+    """The engine the settings choose (`engine`, `scheduler_address`)."""
+    if settings.engine == "dask":
+        assert settings.scheduler_address is not None  # checked by Settings
+        return DaskEngine(settings.scheduler_address, settings.engine_partitions)
+    return EmbeddedEngine()
