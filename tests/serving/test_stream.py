@@ -24,10 +24,16 @@ import pytest
 import redis
 
 from aistack.contract import get_use_case
+from aistack.errors import ConfigError
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
 from aistack.monitoring.consistency import check_consistency
-from aistack.serving.stream import replay, stream_names
+from aistack.serving.stream import (
+    RedisStreamSource,
+    partition_key,
+    replay,
+    stream_names,
+)
 from servers import free_port, redis_server
 
 REPLAY_DAYS = 9
@@ -139,9 +145,9 @@ def test_partitioned_consumers_share_the_load_with_exact_features(
         ]
         client = redis.Redis.from_url(url)
         lease = stream_names("fraud", 0, 2)["lease"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 400  # starting takes minutes on busy cores
         while client.get(lease) != b"a":  # then a third consumer of partition 0
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline and procs[0].poll() is None
             time.sleep(0.1)
         standby = consume(ws, url, name="c", batch=100, partition=(0, 2))
         for proc in procs:
@@ -208,3 +214,16 @@ def test_metrics_and_dead_letters(streamed) -> None:
     assert len(dead) == 1
     reason = dead[0][1][b"reason"].decode()
     assert "customer_id" in reason and "tx_datetime" in reason
+
+
+def test_partitions_are_recorded_and_held_by_one_consumer(tmp_path) -> None:
+    assert partition_key(get_use_case("fraud")) == "customer_id"  # terminals: shifted
+    with redis_server(tmp_path) as (url, _):
+        a = RedisStreamSource(url, "fraud", consumer="a", partition=0, partitions=2)
+        with pytest.raises(ConfigError, match="stream_partitions: 3, but the streams"):
+            RedisStreamSource(url, "fraud", consumer="b", partition=0, partitions=3)
+        b = RedisStreamSource(url, "fraud", consumer="b", partition=0, partitions=2)
+        assert a.acquire() is None and b.acquire() == "a"
+        with pytest.raises(ConfigError, match="partition 0: the lease was taken by a"):
+            b.read(1, 1)
+        assert a.read(1, 1) == []  # the holder renews and reads
