@@ -158,6 +158,7 @@ def test_partitioned_consumers_share_the_load_with_exact_features(
         log = ws.lake.read("ops.fraud_prediction_log").to_pandas()
         log = log[log["route"].str.startswith("stream")]
         assert len(log) == events.events and log["event_id"].is_unique
+        assert log["stream_id"].is_unique  # ids of two partitions' streams can clash
         customers = log["payload"].map(lambda p: orjson.loads(p)["customer_id"])
         routes = log.groupby(customers)["route"].nunique()
         assert routes.max() == 1  # one consumer per customer

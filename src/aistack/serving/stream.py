@@ -103,6 +103,11 @@ class EventSource(Protocol):
         """Messages not yet delivered to the group."""
         ...
 
+    def log_id(self, message_id: str) -> str:
+        """The message's id as the prediction log keeps it (unique across
+        partitions: two partitions' streams may hand out the same id)."""
+        ...
+
     def behind(self, before_us: int) -> list[int]:
         """Other partitions that may still hold uncommitted events at or before
         `before_us` (event time)."""
@@ -215,6 +220,10 @@ class RedisStreamSource:
         self._lease = self.client.register_script(_LEASE)
         for p in range(partitions):
             _create_group(self.client, stream_names(use_case, p, partitions))
+
+    def log_id(self, message_id: str) -> str:
+        """`<partition>/<id>` with several partitions, else the stream id."""
+        return message_id if self.partitions == 1 else f"{self.partition}/{message_id}"
 
     def acquire(self) -> str | None:
         """Take (or renew) this partition's lease; the other holder if it is held."""
@@ -553,7 +562,7 @@ class Consumer:
                 payloads,
                 route=f"stream:{self.consumer}",
                 online_versions={},
-                stream_ids=[m.id for m, _ in valid],
+                stream_ids=[self.source.log_id(m.id) for m, _ in valid],
             )
         )
         outputs.extend(_output(s) for s in scored)
@@ -584,7 +593,7 @@ class Consumer:
         """Publish and acknowledge messages whose predictions are already logged."""
         if not self.lake.exists(self.table):
             return list(messages)
-        ids = [m.id for m in messages]
+        ids = [self.source.log_id(m.id) for m in messages]
         con = self.lake.connect(self.lake.versions([self.table]))
         con.register("ids", pa.table({"stream_id": ids}))
         done = con.sql(
@@ -596,10 +605,10 @@ class Consumer:
             rows = done.to_pylist()
             self.source.finish(
                 [_logged_output(r) for r in rows],
-                [m.id for m in messages if m.id in committed],
+                [m.id for m, i in zip(messages, ids, strict=True) if i in committed],
             )
             self.metrics.recovered.inc(len(committed))
-        return [m for m in messages if m.id not in committed]
+        return [m for m, i in zip(messages, ids, strict=True) if i not in committed]
 
     def _failpoint(self, name: str) -> None:
         point = self.settings.stream_failpoint
