@@ -1313,9 +1313,17 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
 class StreamDriver:
     """Pushes new events into the input stream; reads the output stream."""
 
-    def __init__(self, url: str, names: dict[str, str], synth: Synthetic) -> None:
+    def __init__(
+        self,
+        url: str,
+        names: list[dict[str, str]],
+        synth: Synthetic,
+        route: Callable[[dict[str, Any]], int],
+    ) -> None:
         self.client = redis.Redis.from_url(url)
-        self.names = names
+        self.names = names[0]
+        self.partitions = names  # one input stream per partition
+        self.route = route  # payload -> partition
         self.synth = synth
         self.enqueued_ms: dict[str, int] = {}
         self.out_cursor = "-"
@@ -1336,7 +1344,8 @@ class StreamDriver:
         payloads = self.synth.payloads(n)
         pipe = self.client.pipeline(transaction=False)
         for p in payloads:
-            pipe.xadd(self.names["events"], {"kind": "event", "data": orjson.dumps(p)})
+            stream = self.partitions[self.route(p)]["events"]
+            pipe.xadd(stream, {"kind": "event", "data": orjson.dumps(p)})
         ids = pipe.execute()
         for p, ident in zip(payloads, ids, strict=True):
             key = ident.decode() if isinstance(ident, bytes) else str(ident)
@@ -1362,10 +1371,12 @@ class StreamDriver:
 
     def lag(self) -> int:
         """Undelivered plus delivered-but-unacknowledged messages of the group."""
-        for group in self.client.xinfo_groups(self.names["events"]):
-            if group["name"].decode() == self.names["group"]:
-                return int(group.get("lag") or 0) + int(group.get("pending") or 0)
-        return 0
+        total = 0
+        for names in self.partitions:
+            for group in self.client.xinfo_groups(names["events"]):
+                if group["name"].decode() == names["group"]:
+                    total += int(group.get("lag") or 0) + int(group.get("pending") or 0)
+        return total
 
     def wait_for(self, total: int, timeout: float) -> bool:
         """Until `total` outputs exist (or `timeout`)."""
@@ -1395,8 +1406,14 @@ class StreamDriver:
 def start_consumers(
     ctx: Context, url: str, count: int
 ) -> list[subprocess.Popen[bytes]]:
-    """`aistack stream` processes of one consumer group (own sessions)."""
-    env = {**os.environ, "AISTACK_STREAM_URL": url, "PYTHONUNBUFFERED": "1"}
+    """`aistack stream` processes of one consumer group (own sessions), one
+    per partition."""
+    env = {
+        **os.environ,
+        "AISTACK_STREAM_URL": url,
+        "PYTHONUNBUFFERED": "1",
+        "AISTACK_STREAM_PARTITIONS": str(count),
+    }
     procs = []
     for k in range(count):
         with (ctx.logs / f"stream_consumer_{k}.log").open("wb") as out:
@@ -1412,6 +1429,8 @@ def start_consumers(
                         f"bench-{k}",
                         "--batch",
                         str(STREAM_BATCH),
+                        "--partition",
+                        str(k),
                         "-w",
                         str(ctx.settings.workspace),
                     ],
@@ -1493,7 +1512,11 @@ def stream_section(ctx: Context) -> StreamResult:
     module = Path(serving_mod.__file__).with_name("stream.py")
     if not module.exists():
         return StreamResult(False, note=f"{module} does not exist: no stream section")
-    from aistack.serving.stream import stream_names  # noqa: PLC0415
+    from aistack.serving.stream import (  # noqa: PLC0415
+        partition_key,
+        partition_of,
+        stream_names,
+    )
 
     consumers = ctx.args.stream_consumers
     result = StreamResult(True, consumers=consumers)
@@ -1502,7 +1525,14 @@ def stream_section(ctx: Context) -> StreamResult:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with redis_server(folder) as url:
-            driver = StreamDriver(url, stream_names(ctx.use_case.name), ctx.synth)
+            name = ctx.use_case.name
+            key = partition_key(ctx.use_case)
+            driver = StreamDriver(
+                url,
+                [stream_names(name, p, consumers) for p in range(consumers)],
+                ctx.synth,
+                lambda p: partition_of(p[key], consumers),
+            )
             procs = start_consumers(ctx, url, consumers)
             driver.procs = procs
 

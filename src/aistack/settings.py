@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         default=None,
         description="Redis holding the event streams (default: online_url if Redis).",
     )
+    stream_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Partitions of the event stream: events of one entity (the "
+        "entity of the views over recent events) always go to the same one, read "
+        "by one consumer at a time, so that entity's state is updated in order.",
+    )
     otlp_endpoint: str | None = Field(
         default=None,
         pattern=r"^https?://",
@@ -195,6 +203,7 @@ def load_settings(
     online_url: str | None = None,
     host: str | None = None,
     port: int | None = None,
+    stream_partitions: int | None = None,
 ) -> Settings:
     """Build settings, turning validation failures into one `ConfigError`.
 
@@ -208,6 +217,7 @@ def load_settings(
         "online_url": online_url,
         "host": host,
         "port": port,
+        "stream_partitions": stream_partitions,
     }
     try:
         return Settings(**{k: v for k, v in given.items() if v is not None})

@@ -24,17 +24,35 @@ import pytest
 import redis
 
 from aistack.contract import get_use_case
+from aistack.errors import ConfigError
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
 from aistack.monitoring.consistency import check_consistency
-from aistack.serving.stream import replay, stream_names
+from aistack.serving.stream import (
+    RedisStreamSource,
+    partition_key,
+    replay,
+    stream_names,
+)
 from servers import free_port, redis_server
 
 REPLAY_DAYS = 9
 
 
-def consume(ws, url: str, *, name: str, failpoint: str | None = None, batch: int = 300):
-    env = {**os.environ, "AISTACK_ONLINE_URL": url}
+def consume(
+    ws,
+    url: str,
+    *,
+    name: str,
+    failpoint: str | None = None,
+    batch: int = 300,
+    partition: tuple[int, int] = (0, 1),
+):
+    env = {
+        **os.environ,
+        "AISTACK_ONLINE_URL": url,
+        "AISTACK_STREAM_PARTITIONS": str(partition[1]),
+    }
     env.pop("AISTACK_STREAM_FAILPOINT", None)
     if failpoint:
         env["AISTACK_STREAM_FAILPOINT"] = failpoint
@@ -51,6 +69,8 @@ def consume(ws, url: str, *, name: str, failpoint: str | None = None, batch: int
             name,
             "--batch",
             str(batch),
+            "--partition",
+            str(partition[0]),
             "--until-idle",
         ],
         env=env,
@@ -60,9 +80,10 @@ def consume(ws, url: str, *, name: str, failpoint: str | None = None, batch: int
     )
 
 
-@pytest.fixture
-def streamed(served_workspace, tmp_path):
-    ws = served_workspace
+@contextlib.contextmanager
+def pushed_stream(ws, tmp_path, *, partitions: int = 1):
+    """Redis with the state bootstrapped before the last days, and those days'
+    events and labels pushed into the stream's partitions."""
     uc = get_use_case("fraud")
     with redis_server(tmp_path) as (url, _):
         last = pc.max(ws.lake.read("silver.transactions").column("tx_datetime")).as_py()
@@ -73,9 +94,15 @@ def streamed(served_workspace, tmp_path):
             bootstrap(
                 ws.lake, events, uc, view, as_of=start - timedelta(microseconds=1)
             )
-        pushed = replay(ws.lake, uc, url, start=start, end=end)
+        pushed = replay(ws.lake, uc, url, start=start, end=end, partitions=partitions)
         assert pushed.events > 1000 and pushed.labels > 0
         yield ws, uc, url, pushed
+
+
+@pytest.fixture
+def streamed(served_workspace, tmp_path):
+    with pushed_stream(served_workspace, tmp_path) as found:
+        yield found
 
 
 def test_killed_consumers_leave_every_event_scored_exactly_once(streamed) -> None:
@@ -101,17 +128,46 @@ def test_killed_consumers_leave_every_event_scored_exactly_once(streamed) -> Non
     assert table["mismatch_rate"].max() == 0.0, table.to_string()
 
 
-@pytest.mark.slow  # the exactly-once test above already runs two consumers
-def test_consumers_in_one_group_share_the_load(streamed) -> None:
-    ws, _, url, pushed = streamed
-    procs = [consume(ws, url, name=n, batch=100) for n in ("a", "b")]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out
-    log = ws.lake.read("ops.fraud_prediction_log").to_pandas()
-    counts = log["route"].value_counts()
-    assert counts.get("stream:a", 0) > 0 and counts.get("stream:b", 0) > 0
-    assert len(log) == pushed.events and log["event_id"].is_unique
+@pytest.mark.timeout(900)
+@pytest.mark.slow  # ~4 min on 2 busy cores; exactly-once (above) stays in default
+def test_partitioned_consumers_share_the_load_with_exact_features(
+    served_workspace, tmp_path
+) -> None:
+    """Two consumers, one per partition, run at once: each customer's events are
+    all scored by one of them, and every served feature equals its offline value
+    (customer windows need the entity's earlier events committed first; terminal
+    windows, shifted 7 days, need the other partition's)."""
+    with pushed_stream(served_workspace, tmp_path, partitions=2) as pushed:
+        ws, uc, url, events = pushed
+        procs = [
+            consume(ws, url, name=n, batch=100, partition=(p, 2))
+            for p, n in enumerate(("a", "b"))
+        ]
+        client = redis.Redis.from_url(url)
+        lease = stream_names("fraud", 0, 2)["lease"]
+        deadline = time.monotonic() + 400  # starting takes minutes on busy cores
+        while client.get(lease) != b"a":  # then a third consumer of partition 0
+            assert time.monotonic() < deadline and procs[0].poll() is None
+            time.sleep(0.1)
+        standby = consume(ws, url, name="c", batch=100, partition=(0, 2))
+        for proc in procs:
+            out, _ = proc.communicate(timeout=900)
+            assert proc.returncode == 0, out
+        out, _ = standby.communicate(timeout=300)
+        assert "partition 0 is held by a: standing by" in out, out
+        log = ws.lake.read("ops.fraud_prediction_log").to_pandas()
+        log = log[log["route"].str.startswith("stream")]
+        assert len(log) == events.events and log["event_id"].is_unique
+        assert log["stream_id"].is_unique  # ids of two partitions' streams can clash
+        customers = log["payload"].map(lambda p: orjson.loads(p)["customer_id"])
+        routes = log.groupby(customers)["route"].nunique()
+        assert routes.max() == 1  # one consumer per customer
+        counts = log["route"].value_counts()
+        assert counts.get("stream:a", 0) > 0 and counts.get("stream:b", 0) > 0
+        report = check_consistency(ws.lake, uc)
+        table = report.frame()
+        assert report.compared == events.events
+        assert table["mismatch_rate"].max() == 0.0, table.to_string()
 
 
 @pytest.mark.slow  # suite budget; exactly-once (above) stays in the default run
@@ -159,3 +215,16 @@ def test_metrics_and_dead_letters(streamed) -> None:
     assert len(dead) == 1
     reason = dead[0][1][b"reason"].decode()
     assert "customer_id" in reason and "tx_datetime" in reason
+
+
+def test_partitions_are_recorded_and_held_by_one_consumer(tmp_path) -> None:
+    assert partition_key(get_use_case("fraud")) == "customer_id"  # terminals: shifted
+    with redis_server(tmp_path) as (url, _):
+        a = RedisStreamSource(url, "fraud", consumer="a", partition=0, partitions=2)
+        with pytest.raises(ConfigError, match="stream_partitions: 3, but the streams"):
+            RedisStreamSource(url, "fraud", consumer="b", partition=0, partitions=3)
+        b = RedisStreamSource(url, "fraud", consumer="b", partition=0, partitions=2)
+        assert a.acquire() is None and b.acquire() == "a"
+        with pytest.raises(ConfigError, match="partition 0: the lease was taken by a"):
+            b.read(1, 1)
+        assert a.read(1, 1) == []  # the holder renews and reads

@@ -25,6 +25,13 @@ from aistack.cli._app import (
 from aistack.errors import ConfigError
 from aistack.settings import load_settings
 
+PartitionsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Stream partitions, by entity (AISTACK_STREAM_PARTITIONS)."
+    ),
+]
+
 
 @app.command("materialize")
 def materialize_command(
@@ -101,13 +108,20 @@ def stream_command(
     until_idle: Annotated[
         bool, typer.Option(help="Stop once nothing is pending or undelivered.")
     ] = False,
+    partition: Annotated[
+        int, typer.Option(min=0, help="The stream partition this consumer reads.")
+    ] = 0,
+    partitions: PartitionsOpt = None,
     online_url: OnlineUrlOpt = None,
     workspace: WorkspaceOpt = None,
     tracking_uri: TrackingOpt = None,
     seed: SeedOpt = None,
 ) -> None:
     """Score events from the use case's Redis stream, exactly once, into the
-    prediction log and the output stream (`aistack:<use case>:predictions`)."""
+    prediction log and the output stream (`aistack:<use case>:predictions`).
+
+    One consumer per partition: a second one on a held partition waits as a
+    standby until the holder's lease lapses."""
     from prometheus_client import start_http_server
 
     from aistack.contract import get_use_case
@@ -115,10 +129,20 @@ def stream_command(
 
     uc = get_use_case(use_case, action="aistack stream")
     settings = load_settings(
-        workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
+        workspace=workspace,
+        tracking_uri=tracking_uri,
+        seed=seed,
+        online_url=online_url,
+        stream_partitions=partitions,
     )
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
-    source = RedisStreamSource(stream_url(settings), uc.name, consumer=name)
+    source = RedisStreamSource(
+        stream_url(settings),
+        uc.name,
+        consumer=name,
+        partition=partition,
+        partitions=settings.stream_partitions,
+    )
     worker = Consumer(uc, settings, source, name, batch_size=batch)
     if metrics_port is not None:
         start_http_server(  # AISTACK_HOST=0.0.0.0 in a pod: scraped from outside
@@ -127,6 +151,11 @@ def stream_command(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    holder = source.acquire()
+    if holder is not None:
+        console.print(f"partition {partition} is held by {holder}: standing by")
+    while holder is not None and not stop.wait(1.0):
+        holder = source.acquire()
     console.print(f"consumer {name} of {source.names['events']}: scoring")
     done = worker.run(stop, until_idle=until_idle)
     console.print(f"consumer {name}: {done:,} events scored and committed")
@@ -143,6 +172,7 @@ def replay_command(
     rate: Annotated[
         float, typer.Option(min=0, help="Events per second (0: as fast as possible).")
     ] = 0.0,
+    partitions: PartitionsOpt = None,
     online_url: OnlineUrlOpt = None,
     workspace: WorkspaceOpt = None,
     tracking_uri: TrackingOpt = None,
@@ -157,7 +187,11 @@ def replay_command(
 
     uc = get_use_case(use_case, action="aistack replay")
     settings = load_settings(
-        workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
+        workspace=workspace,
+        tracking_uri=tracking_uri,
+        seed=seed,
+        online_url=online_url,
+        stream_partitions=partitions,
     )
     if end <= start:
         raise ConfigError("--to: must be after --from")
@@ -172,6 +206,7 @@ def replay_command(
             start=start,
             end=end,
             rate=rate,
+            partitions=settings.stream_partitions,
             progress=lambda n: progress.advance(task, n),
         )
     console.print(

@@ -20,7 +20,7 @@ import numpy as np
 from aistack.contract import AggregationView, Spec, UseCase, Value
 from aistack.errors import ConfigError
 from aistack.features.aggregations import Event, evaluate_few, evaluate_many, event_key
-from aistack.features.state import EventState, Watermark
+from aistack.features.state import EventState, StateWrite, Watermark
 from aistack.lake.delta import Lake
 from aistack.sql import quote
 
@@ -138,12 +138,18 @@ def online_features(
 
 
 def commit(
-    view: AggregationView, state: EventState, found: ViewFeatures, *, indexed: bool
+    state: EventState,
+    found: Sequence[tuple[AggregationView, ViewFeatures, bool]],
 ) -> None:
-    """Write the batch's new events (and prune) once they have been scored."""
-    if not found.events and not found.prune:
-        return
-    state.write(view.name, found.events, found.prune, indexed=indexed)
+    """Write the batch's new events (and prune) of every view, once they have
+    been scored, in one state transaction (`indexed`: for later labels)."""
+    changes = [
+        StateWrite(view.name, f.events, f.prune, indexed)
+        for view, f, indexed in found
+        if f.events or f.prune
+    ]
+    if changes:
+        state.write_views(changes)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,15 @@
 
 Per aggregation view and entity the state keeps the raw events inside the view's
 retention (longest shift + window + allowed lateness) behind the entity's latest
-event, and the labels that arrived for them. Writes are idempotent per event id
-(a retried event is stored once) and commute (an event and its label may arrive
-in any order), so two server workers or stream consumers can share one state.
-SQLite (a file in the workspace, the embedded default) or Redis (production).
+event, and the labels that arrived for them, as one binary blob per entity
+(`aistack.features.blob`). Every write is one read-modify-write transaction over
+all the entities (and views) it touches: SQLite under an exclusive lock, Redis
+with WATCH/MULTI retried on a conflict, so concurrent writers (server workers,
+stream consumers) never lose each other's events. Writes are idempotent per
+event id (a retried event is stored once) and commute (an event and its label
+may arrive in any order). SQLite (a file in the workspace, the embedded default)
+or Redis (production). A state of the former layout (rows per event, format 1)
+is refused with an error saying to rebuild it.
 
 Raw events rather than time buckets (tiles): on the default fraud simulation
 a customer holds 61 events on average (303,311 for 5,000 cards over 31 days)
@@ -15,9 +20,13 @@ to stay exact, about as many items as the raw events themselves, with a second
 code path to keep equal to the SQL. Measured per request and view (in process,
 CPU time, 2 busy cores): windows over 61 events 26 us (plain Python, binary
 search plus `math.fsum` over each window) and decoding them ~55 us; at 1,000
-events 0.3-0.8 ms + 2.8 ms and at 10,000 11-14 ms + 32 ms. Decoding one object
-per event dominates: a columnar blob per entity (or tiles) is what would pay for
-hot entities.
+events 0.3-0.8 ms + 2.8 ms and at 10,000 11-14 ms + 32 ms (one JSON object per
+event then). The blob per entity (one `frombuffer` per column) measured against
+rows per event, SQLite, one entity, CPU per call on 2 busy cores: read 159 ->
+101 us at 61 events and 2,810 -> 1,094 us at 1,000; a write (one new event and
+the prune) 50 -> 92 us and 138 -> 2,227 us, because the whole blob is rewritten:
+the price of one read-modify-write per entity. Hot entities with thousands of
+events would want tiles instead.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +46,11 @@ import redis
 
 from aistack.contract import Value
 from aistack.errors import ConfigError, StoreUnavailableError
-from aistack.features.aggregations import Event, event_key
+from aistack.features.aggregations import Event
+from aistack.features.blob import EntityState, decode, encode, events_of
 
 _CHUNK = 500  # entities per SELECT ... IN (...)
+_RETRIES = 100  # Redis WATCH conflicts before a write gives up
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,17 @@ class Watermark:
 
     source_version: int
     as_of_us: int
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """New events of one view (idempotent per id), each entity's prune cutoff,
+    and whether to index the events for their later labels."""
+
+    view: str
+    events: Sequence[tuple[str, Event]]
+    prune: Mapping[str, int]
+    indexed: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,10 @@ class EventState(Protocol):
     ) -> None:
         """Add events (idempotent per id); drop an entity's events before its cutoff;
         `indexed`: also remember each event's entity for its later label."""
+        ...
+
+    def write_views(self, changes: Sequence[StateWrite]) -> None:
+        """Several views' writes in one transaction."""
         ...
 
     def write_labels(
@@ -114,34 +140,45 @@ class EventState(Protocol):
         ...
 
 
-def _event_blob(e: Event) -> bytes:
-    return orjson.dumps([e.ts_us, e.id, list(e.values), e.anonymous])
+Edit = Callable[[str, EntityState], None]
 
 
-def _ts(blob: bytes | str) -> int:
-    return int(orjson.loads(blob)[0])
+def _edits(change: StateWrite) -> tuple[list[str], Edit]:
+    """The entities a write touches and what it does to each one's state."""
+    added: dict[str, list[Event]] = {}
+    for entity, e in change.events:
+        added.setdefault(entity, []).append(e)
+
+    def edit(entity: str, state: EntityState) -> None:
+        state.add(added.get(entity, ()))
+        cutoff = change.prune.get(entity)
+        if cutoff is not None:
+            state.prune(cutoff)
+
+    return list(dict.fromkeys([*added, *change.prune])), edit
 
 
-def _events(
-    blobs: Iterable[bytes | str],
-    labels: Mapping[str, float],
-    label_index: int | None,
-) -> list[Event]:
-    """Decode events, put their known labels in, sort them by key."""
-    out = []
-    for blob in blobs:
-        ts, ident, values, anonymous = orjson.loads(blob)
-        if labels and label_index is not None:
-            label = labels.get(str(ident))
-            if label is not None:
-                values[label_index] = label
-        out.append(Event(int(ts), ident, tuple(values), bool(anonymous)))
-    out.sort(key=event_key)
-    return out
+def _label_edit(
+    labels: Sequence[tuple[str, Value, int, float]],
+) -> tuple[dict[str, list[tuple[Value, int, float]]], Edit]:
+    by_entity: dict[str, list[tuple[Value, int, float]]] = {}
+    for entity, ident, ts, value in labels:
+        by_entity.setdefault(entity, []).append((ident, ts, float(value)))
+
+    def edit(entity: str, state: EntityState) -> None:
+        for ident, ts, value in by_entity[entity]:
+            state.label(ident, ts, value)
+
+    return by_entity, edit
+
+
+def _empty(state: EntityState) -> bool:
+    return not state.events and not state.labels
 
 
 class SQLiteEventState:
-    """Tables `agg:<view>` (events), `lbl:<view>` (labels), `ix:<view>` (index).
+    """Tables `st:<view>` (entity -> state blob) and `ix:<view>` (event id ->
+    entity, for labels).
 
     Writers (threads and processes: server workers, stream consumers) queue on
     an exclusive `flock` of `<file>.lock` before `BEGIN IMMEDIATE`: the kernel
@@ -158,7 +195,18 @@ class SQLiteEventState:
         self._mutex = threading.Lock()
         self._lock_file: tuple[int, int] | None = None  # (pid, fd)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._connect().execute(
+        con = self._connect()
+        old = con.execute(
+            "SELECT name FROM sqlite_master WHERE name LIKE 'agg:%' LIMIT 1"
+        ).fetchone()
+        if old is not None:
+            msg = (
+                f"online state {path}: table {old[0]!r} holds rows per event "
+                "(format 1); this version keeps one blob per entity (format 2): "
+                f"delete {path} and run `aistack materialize`"
+            )
+            raise ConfigError(msg)
+        con.execute(
             "CREATE TABLE IF NOT EXISTS aistack_watermarks "
             "(view TEXT PRIMARY KEY, source_version INTEGER, as_of_us INTEGER)"
         )
@@ -199,10 +247,8 @@ class SQLiteEventState:
         con = self._connect()
         if view not in self._made:
             for ddl in (
-                f'CREATE TABLE IF NOT EXISTS "agg:{view}" (entity TEXT, id TEXT, '
-                "ts_us INTEGER, event BLOB, PRIMARY KEY (entity, id)) WITHOUT ROWID",
-                f'CREATE TABLE IF NOT EXISTS "lbl:{view}" (entity TEXT, id TEXT, '
-                "ts_us INTEGER, label REAL, PRIMARY KEY (entity, id)) WITHOUT ROWID",
+                f'CREATE TABLE IF NOT EXISTS "st:{view}" (entity TEXT PRIMARY KEY, '
+                "state BLOB NOT NULL) WITHOUT ROWID",
                 f'CREATE TABLE IF NOT EXISTS "ix:{view}" (id TEXT PRIMARY KEY, '
                 "entity TEXT, ts_us INTEGER) WITHOUT ROWID",
             ):
@@ -210,35 +256,54 @@ class SQLiteEventState:
             self._made.add(view)
         return con
 
+    def _blobs(
+        self, con: sqlite3.Connection, view: str, entities: Sequence[str]
+    ) -> Iterator[tuple[str, bytes]]:
+        """(entity, state blob) of the held ones among `entities`."""
+        for start in range(0, len(entities), _CHUNK):
+            chunk = entities[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from con.execute(
+                f'SELECT entity, state FROM "st:{view}" WHERE entity IN ({marks})',
+                chunk,
+            )
+
     def read(
         self, view: str, entities: Sequence[str], *, label_index: int | None
     ) -> list[list[Event]]:
         """Each entity's events (labels merged at `label_index`), sorted by key."""
         view = f"{self.namespace}.{view}"
         con = self._tables(view)
-        blobs: dict[str, list[bytes]] = {e: [] for e in entities}
-        labels: dict[str, dict[str, float]] = {e: {} for e in entities}
-        keys = list(blobs)
+        keys = list(dict.fromkeys(entities))
         try:
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for entity, blob in con.execute(
-                    f'SELECT entity, event FROM "agg:{view}" WHERE entity IN ({marks})',
-                    chunk,
-                ):
-                    blobs[entity].append(blob)
-                if label_index is None:
-                    continue
-                for entity, ident, label in con.execute(
-                    f'SELECT entity, id, label FROM "lbl:{view}" '
-                    f"WHERE entity IN ({marks})",
-                    chunk,
-                ):
-                    labels[entity][ident] = label
+            found = {
+                entity: events_of(
+                    blob, where=f"{self.path} {view} {entity}", label_index=label_index
+                )
+                for entity, blob in self._blobs(con, view, keys)
+            }
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"sqlite at {self.path}: {exc}") from exc
-        return [_events(blobs[e], labels[e], label_index) for e in entities]
+        return [list(found.get(e, ())) for e in entities]
+
+    def _update(
+        self, con: sqlite3.Connection, view: str, entities: Sequence[str], edit: Edit
+    ) -> None:
+        """Read, edit and write back each entity's state (inside a transaction)."""
+        found = {
+            entity: decode(blob, where=f"{self.path} {view} {entity}")
+            for entity, blob in self._blobs(con, view, entities)
+        }
+        put, drop = [], []
+        for entity in entities:
+            state = found.get(entity) or EntityState()
+            edit(entity, state)
+            if _empty(state):
+                drop.append((entity,))
+            else:
+                put.append((entity, encode(state)))
+        con.executemany(f'INSERT OR REPLACE INTO "st:{view}" VALUES (?, ?)', put)
+        con.executemany(f'DELETE FROM "st:{view}" WHERE entity = ?', drop)
 
     def write(
         self,
@@ -250,23 +315,22 @@ class SQLiteEventState:
     ) -> None:
         """Add events (idempotent per id); drop an entity's events before its cutoff;
         `indexed`: also remember each event's entity for its later label."""
-        view = f"{self.namespace}.{view}"
-        self._tables(view)
-        rows = [(ent, str(e.id), e.ts_us, _event_blob(e)) for ent, e in events]
-        cutoffs = list(prune.items())
+        self.write_views([StateWrite(view, events, prune, indexed)])
+
+    def write_views(self, changes: Sequence[StateWrite]) -> None:
+        """Several views' writes in one transaction."""
+        views = [f"{self.namespace}.{c.view}" for c in changes]
+        for view in views:
+            self._tables(view)
         with self._writing() as con:
-            con.executemany(
-                f'INSERT OR IGNORE INTO "agg:{view}" VALUES (?, ?, ?, ?)', rows
-            )
-            for table in (f'"agg:{view}"', f'"lbl:{view}"'):
-                con.executemany(
-                    f"DELETE FROM {table} WHERE entity = ? AND ts_us < ?", cutoffs
-                )
-            if indexed:
-                con.executemany(
-                    f'INSERT OR IGNORE INTO "ix:{view}" VALUES (?, ?, ?)',
-                    [(i, ent, ts) for ent, i, ts, _ in rows],
-                )
+            for view, change in zip(views, changes, strict=True):
+                touched, edit = _edits(change)
+                self._update(con, view, touched, edit)
+                if change.indexed:
+                    con.executemany(
+                        f'INSERT OR IGNORE INTO "ix:{view}" VALUES (?, ?, ?)',
+                        [(str(e.id), ent, e.ts_us) for ent, e in change.events],
+                    )
 
     def write_labels(
         self, view: str, labels: Sequence[tuple[str, Value, int, float]]
@@ -274,11 +338,9 @@ class SQLiteEventState:
         """Upsert (entity, event id, event time, label)."""
         view = f"{self.namespace}.{view}"
         self._tables(view)
-        rows = [(ent, str(i), ts, float(v)) for ent, i, ts, v in labels]
+        by_entity, edit = _label_edit(labels)
         with self._writing() as con:
-            con.executemany(
-                f'INSERT OR REPLACE INTO "lbl:{view}" VALUES (?, ?, ?, ?)', rows
-            )
+            self._update(con, view, list(by_entity), edit)
 
     def index(self, view: str, events: Sequence[tuple[Value, str, int]]) -> None:
         """Remember (event id, entity, event time) so a later label finds its entity."""
@@ -288,21 +350,14 @@ class SQLiteEventState:
         with self._writing() as con:
             con.executemany(f'INSERT OR IGNORE INTO "ix:{view}" VALUES (?, ?, ?)', rows)
 
-    def prune_index(self, view: str, before_us: int) -> None:
-        """Forget index entries of events older than `before_us`."""
-        view = f"{self.namespace}.{view}"
-        self._tables(view).execute(
-            f'DELETE FROM "ix:{view}" WHERE ts_us < ?', (before_us,)
-        )
-
     def locate(self, view: str, ids: Sequence[Value]) -> dict[str, Located]:
         """Entity and time of known event ids (keyed by `str(id)`)."""
         view = f"{self.namespace}.{view}"
         con = self._tables(view)
         found: dict[str, Located] = {}
         keys = [str(i) for i in ids]
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for ident, entity, ts in con.execute(
                 f'SELECT id, entity, ts_us FROM "ix:{view}" WHERE id IN ({marks})',
@@ -337,19 +392,13 @@ class SQLiteEventState:
         """Forget the view's events, labels and index (before a bootstrap as of)."""
         view = f"{self.namespace}.{view}"
         con = self._tables(view)
-        for table in ("agg", "lbl", "ix"):
+        for table in ("st", "ix"):
             con.execute(f'DELETE FROM "{table}:{view}"')
         con.execute("DELETE FROM aistack_watermarks WHERE view = ?", (view,))
 
     def size(self, view: str, entity: str) -> int:
         """Events held for one entity (tests, diagnostics)."""
-        view = f"{self.namespace}.{view}"
-        row = (
-            self._tables(view)
-            .execute(f'SELECT count(*) FROM "agg:{view}" WHERE entity = ?', (entity,))
-            .fetchone()
-        )
-        return int(row[0])
+        return len(self.read(view, [entity], label_index=None)[0])
 
     def ping(self) -> bool:
         """Whether the database file answers a query."""
@@ -361,11 +410,13 @@ class SQLiteEventState:
 
 
 class RedisEventState:
-    """Hashes `<p>:agg:<view>:<entity>` (id -> event), `<p>:lbl:...` (id -> label).
+    """Keys `<p>:state:<view>:<entity>` (the entity's state blob) and
+    `<p>:ix:<view>:<event id>` (its entity, for a later label).
 
-    HSET per event id is idempotent, and events and labels live in separate
-    hashes, so concurrent writers commute. Index keys expire after
-    `index_seconds` (a label arriving later than that finds no event).
+    A write WATCHes the keys it touches, reads them, and writes them back in
+    MULTI/EXEC, retried when another writer changed one in between. Index keys
+    expire after `index_seconds` (a label arriving later than that finds no
+    event).
     """
 
     def __init__(
@@ -377,35 +428,89 @@ class RedisEventState:
         self.client = redis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=2
         )
+        self._checked = False
 
     def _k(self, kind: str, view: str, entity: str) -> str:
         return f"{self.prefix}:{kind}:{view}:{entity}"
+
+    def _check_format(self) -> None:
+        """Refuse a state of the former layout (hashes per entity, format 1)."""
+        if self._checked:
+            return
+        key = f"{self.prefix}:state_format"
+        if self.client.get(key) is None:
+            old = f"{self.prefix}:agg:*"
+            cursor, found = self.client.scan(0, match=old, count=1000)
+            while not found and cursor:
+                cursor, found = self.client.scan(cursor, match=old, count=1000)
+            if found:
+                msg = (
+                    f"online state at {self.url}: key {found[0]!r} holds "
+                    "events per hash field (format 1); this version keeps one blob "
+                    f"per entity (format 2): delete the {self.prefix}:* keys and "
+                    "run `aistack materialize`"
+                )
+                raise ConfigError(msg)
+            self.client.set(key, 2)
+        self._checked = True
 
     def read(
         self, view: str, entities: Sequence[str], *, label_index: int | None
     ) -> list[list[Event]]:
         """Each entity's events (labels merged at `label_index`), sorted by key."""
-        pipe = self.client.pipeline(transaction=False)
-        for entity in entities:
-            pipe.hvals(self._k("agg", view, entity))
-            if label_index is not None:
-                pipe.hgetall(self._k("lbl", view, entity))
+        self._check_format()
+        keys = [self._k("state", view, e) for e in entities]
         try:
-            found = pipe.execute()
+            found = self.client.mget(keys) if keys else []
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"redis at {self.url}: {exc}") from exc
-        step = 1 if label_index is None else 2
-        out = []
-        for i in range(len(entities)):
-            blobs = found[i * step]
-            labels: dict[str, float] = {}
-            if label_index is not None:
-                labels = {
-                    k.decode(): orjson.loads(v)[1]
-                    for k, v in found[i * step + 1].items()
-                }
-            out.append(_events(blobs, labels, label_index))
-        return out
+        return [
+            [] if blob is None else events_of(blob, where=key, label_index=label_index)
+            for key, blob in zip(keys, found, strict=True)
+        ]
+
+    def _update(
+        self,
+        edits: Sequence[tuple[str, Sequence[str], Edit]],
+        extra: Callable[[redis.client.Pipeline], None] | None = None,
+    ) -> None:
+        """Read, edit and write back states of (view, entities, edit) atomically."""
+        self._check_format()
+        keys = [
+            (self._k("state", view, e), e, edit)
+            for view, entities, edit in edits
+            for e in entities
+        ]
+        names = [k for k, _, _ in keys]
+        for _ in range(_RETRIES):
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    if names:
+                        pipe.watch(*names)  # type: ignore[no-untyped-call]
+                    found = pipe.mget(names) if names else []
+                    pipe.multi()
+                    for (key, entity, edit), blob in zip(keys, found, strict=True):
+                        state = (
+                            EntityState() if blob is None else decode(blob, where=key)
+                        )
+                        edit(entity, state)
+                        if _empty(state):
+                            pipe.delete(key)
+                        else:
+                            pipe.set(key, encode(state))
+                    if extra is not None:
+                        extra(pipe)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+                except redis.RedisError as exc:
+                    raise StoreUnavailableError(f"redis at {self.url}: {exc}") from exc
+        msg = (
+            f"redis at {self.url}: {len(names)} states were changed by other "
+            f"writers {_RETRIES} times in a row"
+        )
+        raise StoreUnavailableError(msg)
 
     def write(
         self,
@@ -417,50 +522,31 @@ class RedisEventState:
     ) -> None:
         """Add events (idempotent per id); drop an entity's events before its cutoff;
         `indexed`: also remember each event's entity for its later label."""
-        by_entity: dict[str, dict[str, bytes]] = {}
-        for entity, e in events:
-            by_entity.setdefault(entity, {})[str(e.id)] = _event_blob(e)
-        pipe = self.client.pipeline(transaction=False)
-        for entity, mapping in by_entity.items():
-            pipe.hset(self._k("agg", view, entity), mapping=mapping)  # type: ignore[arg-type]
-        if indexed:
-            for entity, e in events:
-                self._index_one(pipe, view, e.id, entity, e.ts_us)
-        try:
-            pipe.execute()
-            if prune:
-                self._prune(view, prune)
-        except redis.RedisError as exc:
-            raise StoreUnavailableError(f"redis at {self.url}: {exc}") from exc
+        self.write_views([StateWrite(view, events, prune, indexed)])
 
-    def _prune(self, view: str, prune: Mapping[str, int]) -> None:
-        entities = list(prune)
-        pipe = self.client.pipeline(transaction=False)
-        for entity in entities:
-            pipe.hgetall(self._k("agg", view, entity))
-        found = pipe.execute()
-        pipe = self.client.pipeline(transaction=False)
-        for entity, held in zip(entities, found, strict=True):
-            old = [k for k, v in held.items() if _ts(v) < prune[entity]]
-            if old:
-                pipe.hdel(self._k("agg", view, entity), *old)
-                pipe.hdel(self._k("lbl", view, entity), *old)
-        pipe.execute()
+    def write_views(self, changes: Sequence[StateWrite]) -> None:
+        """Several views' writes in one MULTI/EXEC."""
+        edits = []
+        for change in changes:
+            touched, edit = _edits(change)
+            edits.append((change.view, touched, edit))
+
+        def index(pipe: redis.client.Pipeline) -> None:
+            for change in changes:
+                if change.indexed:
+                    for entity, e in change.events:
+                        self._index_one(pipe, change.view, e.id, entity, e.ts_us)
+
+        self._update(edits, index)
 
     def write_labels(
         self, view: str, labels: Sequence[tuple[str, Value, int, float]]
     ) -> None:
         """Upsert (entity, event id, event time, label)."""
-        pipe = self.client.pipeline(transaction=False)
-        for n, (entity, ident, ts, value) in enumerate(labels, 1):
-            pipe.hset(
-                self._k("lbl", view, entity),
-                str(ident),
-                orjson.dumps([ts, float(value)]),
-            )
-            if n % 10_000 == 0:
-                pipe.execute()
-        pipe.execute()
+        by_entity, edit = _label_edit(labels)
+        entities = list(by_entity)
+        for start in range(0, len(entities), 10_000):
+            self._update([(view, entities[start : start + 10_000], edit)])
 
     def index(self, view: str, events: Sequence[tuple[Value, str, int]]) -> None:
         """Remember (event id, entity, event time) so a later label finds its entity."""
@@ -512,7 +598,7 @@ class RedisEventState:
 
     def clear(self, view: str) -> None:
         """Forget the view's events, labels and index (before a bootstrap as of)."""
-        for kind in ("agg", "lbl", "ix"):
+        for kind in ("state", "ix"):
             batch: list[bytes] = []
             for key in self.client.scan_iter(f"{self.prefix}:{kind}:{view}:*", 1000):
                 batch.append(key)
@@ -525,7 +611,7 @@ class RedisEventState:
 
     def size(self, view: str, entity: str) -> int:
         """Events held for one entity (tests, diagnostics)."""
-        return int(self.client.hlen(self._k("agg", view, entity)))
+        return len(self.read(view, [entity], label_index=None)[0])
 
     def ping(self) -> bool:
         """Whether the server answers PING."""

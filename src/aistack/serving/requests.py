@@ -208,9 +208,13 @@ def commit_features(
     """Add the scored events to the aggregation state (idempotent per event id)."""
     if events is None:
         return
-    for view, features in found.pending:
-        indexed = label_index(view, use_case) is not None
-        commit(view, events, features, indexed=indexed)
+    commit(
+        events,
+        [
+            (view, features, label_index(view, use_case) is not None)
+            for view, features in found.pending
+        ],
+    )
 
 
 def predict(

@@ -12,6 +12,16 @@ one broker transaction. Exactly-once effect after a crash anywhere:
 - killed after the commit, before the ack: the restarted consumer finds the
   messages' stream ids in the log and only publishes and acknowledges them.
 
+Partitions: with `stream_partitions` N > 1 the input is N streams, and each
+event goes to the one of its partition key: the entity of the views over recent
+events (`partition_key`), so all events of one entity are read, in order, by one
+consumer (a consumer holds its partition by a renewed lease; a second consumer
+of the same partition waits as a standby). Labels go to every partition, before
+the events that may count them. Views keyed on another entity only read events
+older than their shift (fraud: terminals, 7 days); a consumer waits before
+scoring an event at t until every other partition has committed its events up to
+t - shift (or has nothing left), so those values are exact too.
+
 The broker sits behind `EventSource`; Redis Streams (consumer groups, XACK) is
 the implementation here. A Kafka source would map `read` to poll, `pending` to
 the uncommitted offsets of its partitions, and `finish` to a transactional
@@ -25,8 +35,9 @@ import os
 import signal
 import threading
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -40,7 +51,7 @@ from pydantic import ValidationError
 
 from aistack.contract import UseCase
 from aistack.errors import ConfigError
-from aistack.features.online import OnlineStore, open_store
+from aistack.features.online import OnlineStore, open_store, to_us
 from aistack.features.realtime import apply_labels
 from aistack.features.state import EventState, open_event_state
 from aistack.lake.delta import Lake
@@ -77,24 +88,107 @@ class EventSource(Protocol):
         those of consumers idle long enough to be presumed dead."""
         ...
 
-    def finish(self, outputs: Sequence[bytes], ids: Sequence[str]) -> None:
-        """Publish `outputs` and acknowledge `ids`, atomically."""
+    def finish(
+        self, outputs: Sequence[bytes], ids: Sequence[str], *, progress_us: int = 0
+    ) -> None:
+        """Publish `outputs` and acknowledge `ids`, atomically; record that the
+        partition's events before `progress_us` (event time) are committed."""
+        ...
+
+    def advance(self, progress_us: int) -> None:
+        """Record that the partition's events before `progress_us` are committed."""
         ...
 
     def lag(self) -> int:
         """Messages not yet delivered to the group."""
         ...
 
+    def log_id(self, message_id: str) -> str:
+        """The message's id as the prediction log keeps it (unique across
+        partitions: two partitions' streams may hand out the same id)."""
+        ...
 
-def stream_names(use_case: str) -> dict[str, str]:
-    """Input stream, output stream, dead letters and group of a use case."""
+    def behind(self, before_us: int) -> list[int]:
+        """Other partitions that may still hold uncommitted events at or before
+        `before_us` (event time)."""
+        ...
+
+
+def stream_names(
+    use_case: str, partition: int = 0, partitions: int = 1
+) -> dict[str, str]:
+    """Input stream (of one partition), output stream, dead letters, group, and
+    the keys recording the partition count, leases and progress of a use case."""
     base = f"aistack:{use_case}"
+    events = f"{base}:events" if partitions == 1 else f"{base}:events:{partition}"
     return {
-        "events": f"{base}:events",
+        "events": events,
         "predictions": f"{base}:predictions",
         "dead": f"{base}:dead_letters",
         "group": f"aistack-{use_case}",
+        "partitions": f"{base}:stream_partitions",
+        "lease": f"{events}:owner",
+        "progress": f"{base}:stream_progress",
     }
+
+
+def partition_key(use_case: UseCase) -> str:
+    """The payload field events are partitioned by: the entity of the views over
+    recent events (a window without shift), else the event id."""
+    recent = sorted(
+        {
+            v.entity
+            for v in use_case.aggregation_views
+            if any(s.shift_us == 0 for s in v.specs)
+        }
+    )
+    if len(recent) > 1:
+        msg = (
+            f"stream_partitions: views over recent events of {', '.join(recent)} "
+            "cannot all be kept in order by one partitioning; use 1 partition"
+        )
+        raise ConfigError(msg)
+    return recent[0] if recent else use_case.labels.id
+
+
+def cross_shift_us(use_case: UseCase, key: str) -> int | None:
+    """The smallest shift of the views keyed on another entity than `key` (their
+    events come from every partition), None if there are none."""
+    shifts = [
+        min(s.shift_us for s in v.specs)
+        for v in use_case.aggregation_views
+        if v.entity != key
+    ]
+    return min(shifts) if shifts else None
+
+
+def partition_of(value: object, partitions: int) -> int:
+    """The partition of a partition key's value (stable across processes)."""
+    return zlib.crc32(str(value).encode()) % partitions
+
+
+def check_partitions(client: redis.Redis, use_case: str, partitions: int) -> None:
+    """Record the use case's partition count, or refuse one that differs."""
+    key = stream_names(use_case)["partitions"]
+    client.set(key, partitions, nx=True)
+    recorded = int(client.get(key) or partitions)
+    if recorded != partitions:
+        msg = (
+            f"stream_partitions: {partitions}, but the streams of {use_case} were "
+            f"created with {recorded} (delete {key} and the streams to change it)"
+        )
+        raise ConfigError(msg)
+
+
+# Take the lease if free or ours (and renew it); else answer its holder.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return false
+end
+return holder
+"""
 
 
 class RedisStreamSource:
@@ -106,19 +200,43 @@ class RedisStreamSource:
         use_case: str,
         *,
         consumer: str,
+        partition: int = 0,
+        partitions: int = 1,
         claim_idle_ms: int = 30_000,
+        lease_ms: int = 10_000,
     ) -> None:
+        if not 0 <= partition < partitions:
+            msg = f"partition: {partition} is not in 0..{partitions - 1}"
+            raise ConfigError(msg)
         self.client = redis.Redis.from_url(url, socket_timeout=30)
-        self.names = stream_names(use_case)
+        check_partitions(self.client, use_case, partitions)
+        self.use_case = use_case
+        self.partition = partition
+        self.partitions = partitions
+        self.names = stream_names(use_case, partition, partitions)
         self.consumer = consumer
         self.claim_idle_ms = claim_idle_ms
-        try:
-            self.client.xgroup_create(
-                self.names["events"], self.names["group"], id="0", mkstream=True
-            )
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self.lease_ms = lease_ms
+        self._lease = self.client.register_script(_LEASE)
+        for p in range(partitions):
+            _create_group(self.client, stream_names(use_case, p, partitions))
+
+    def log_id(self, message_id: str) -> str:
+        """`<partition>/<id>` with several partitions, else the stream id."""
+        return message_id if self.partitions == 1 else f"{self.partition}/{message_id}"
+
+    def acquire(self) -> str | None:
+        """Take (or renew) this partition's lease; the other holder if it is held."""
+        holder = self._lease(
+            keys=[self.names["lease"]], args=[self.consumer, self.lease_ms]
+        )
+        return None if holder is None else bytes(holder).decode()
+
+    def _renew(self) -> None:
+        holder = self.acquire()
+        if holder is not None:
+            msg = f"partition {self.partition}: the lease was taken by {holder}"
+            raise ConfigError(msg)
 
     def _messages(self, entries: Sequence[Any]) -> list[Message]:
         out = []
@@ -133,6 +251,7 @@ class RedisStreamSource:
 
     def read(self, count: int, block_ms: int) -> list[Message]:
         """New messages for this consumer (waits up to `block_ms`)."""
+        self._renew()
         found: Any = self.client.xreadgroup(
             self.names["group"],
             self.consumer,
@@ -144,6 +263,7 @@ class RedisStreamSource:
 
     def pending(self, count: int) -> list[Message]:
         """Own unacknowledged messages, then ones claimed from idle consumers."""
+        self._renew()
         own: Any = self.client.xreadgroup(
             self.names["group"],
             self.consumer,
@@ -163,14 +283,53 @@ class RedisStreamSource:
         )
         return self._messages(claimed[1])
 
-    def finish(self, outputs: Sequence[bytes], ids: Sequence[str]) -> None:
-        """XADD every output and XACK every id in one MULTI/EXEC."""
+    def finish(
+        self, outputs: Sequence[bytes], ids: Sequence[str], *, progress_us: int = 0
+    ) -> None:
+        """XADD every output, XACK every id and raise the partition's progress in
+        one MULTI/EXEC."""
         pipe = self.client.pipeline(transaction=True)
         for body in outputs:
             pipe.xadd(self.names["predictions"], {"data": body})
         if ids:
             pipe.xack(self.names["events"], self.names["group"], *ids)
+        if progress_us and self.partitions > 1:
+            self._advance(pipe, progress_us)
         pipe.execute()
+
+    def advance(self, progress_us: int) -> None:
+        """Record that the partition's events before `progress_us` are committed
+        (a stream is in time order: those before the batch being scored)."""
+        if self.partitions > 1:
+            self._advance(self.client, progress_us)
+
+    def _advance(self, client: redis.Redis | redis.client.Pipeline, us: int) -> None:
+        client.eval(
+            "local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') "
+            "if tonumber(ARGV[2]) > old then "
+            "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0",
+            1,
+            self.names["progress"],
+            self.partition,
+            us,
+        )
+
+    def behind(self, before_us: int) -> list[int]:
+        """Other partitions whose committed progress is not past `before_us` and
+        that still have undelivered or unacknowledged messages."""
+        if self.partitions == 1:
+            return []
+        progress = self.client.hgetall(self.names["progress"])
+        out = []
+        for p in range(self.partitions):
+            if p == self.partition or int(progress.get(str(p).encode(), -1)) > (
+                before_us
+            ):
+                continue
+            names = stream_names(self.use_case, p, self.partitions)
+            if _backlog(self.client, names):
+                out.append(p)
+        return out
 
     def dead_letter(self, message: Message, reason: str) -> None:
         """Keep an invalid message with its reason (acknowledged with its batch)."""
@@ -181,10 +340,28 @@ class RedisStreamSource:
 
     def lag(self) -> int:
         """Messages not yet delivered to the group (Redis 7 `lag`)."""
-        for group in self.client.xinfo_groups(self.names["events"]):
-            if group["name"].decode() == self.names["group"]:
-                return int(group.get("lag") or 0)
-        return 0
+        return _group_info(self.client, self.names)[0]
+
+
+def _create_group(client: redis.Redis, names: Mapping[str, str]) -> None:
+    try:
+        client.xgroup_create(names["events"], names["group"], id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _group_info(client: redis.Redis, names: Mapping[str, str]) -> tuple[int, int]:
+    """(undelivered, pending) messages of the group on one partition's stream."""
+    for group in client.xinfo_groups(names["events"]):
+        if group["name"].decode() == names["group"]:
+            return int(group.get("lag") or 0), int(group.get("pending") or 0)
+    return 0, 0
+
+
+def _backlog(client: redis.Redis, names: Mapping[str, str]) -> bool:
+    lag, pending = _group_info(client, names)
+    return lag + pending > 0
 
 
 @dataclass
@@ -214,6 +391,11 @@ class StreamMetrics:
             "aistack_stream_event_to_prediction_seconds",
             "From the event's arrival in the stream to its published prediction",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.partition_wait = Counter(
+            "aistack_stream_partition_wait_seconds",
+            "Time spent waiting for other partitions to commit older events",
             registry=r,
         )
         self.batch_seconds = Histogram(
@@ -249,6 +431,7 @@ class Consumer:
     registry: Registry = field(init=False)
     predictor: Predictor | None = field(init=False, default=None)
     _checked: float = field(init=False, default=0.0)
+    _progress_us: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -262,6 +445,8 @@ class Consumer:
         self.registry = Registry(self.lake, s.mlflow_uri)
         self.table = prediction_log_table(self.use_case)
         self.schema = log_schema(self.use_case.feature_names)
+        key = partition_key(self.use_case) if s.stream_partitions > 1 else ""
+        self.cross_shift_us = cross_shift_us(self.use_case, key) if key else None
 
     def _follow_champion(self) -> Predictor:
         now = time.monotonic()
@@ -321,7 +506,9 @@ class Consumer:
                 return_version=False,
             )
         self._failpoint("after_commit")
-        self.source.finish(outputs, [m.id for m in messages])
+        self.source.finish(
+            outputs, [m.id for m in messages], progress_us=self._progress_us
+        )
         now_ms = time.time() * 1000
         for m in messages:
             if m.kind == "event":
@@ -363,6 +550,11 @@ class Consumer:
         if not valid:
             return
         payloads = [p for _, p in valid]
+        clock = self.use_case.labels.timestamp
+        if clock is not None:  # rows without a clock wait for no other partition
+            times = [to_us(p[clock]) for p in payloads]
+            self._await_partitions(min(times), max(times))
+            self._progress_us = max(self._progress_us, *times)
         found = request_features(self.use_case, self.store, self.events, payloads)
         scored = predict(self.use_case, predictor, found)
         commit_features(self.use_case, self.events, found)
@@ -372,10 +564,25 @@ class Consumer:
                 payloads,
                 route=f"stream:{self.consumer}",
                 online_versions={},
-                stream_ids=[m.id for m, _ in valid],
+                stream_ids=[self.source.log_id(m.id) for m, _ in valid],
             )
         )
         outputs.extend(_output(s) for s in scored)
+
+    def _await_partitions(self, first_us: int, last_us: int) -> None:
+        """Wait until every other partition has committed its events that views
+        keyed on another entity count for the events of [`first_us`, `last_us`].
+
+        This partition first records that its events before `first_us` are
+        committed, so two consumers never wait for each other while a
+        micro-batch spans less than the shift."""
+        if self.cross_shift_us is None:
+            return
+        self.source.advance(first_us)
+        start = time.perf_counter()
+        while self.source.behind(last_us - self.cross_shift_us):
+            time.sleep(0.05)
+        self.metrics.partition_wait.inc(time.perf_counter() - start)
 
     def _dead(self, message: Message, reason: str) -> None:
         self.metrics.invalid.inc()
@@ -388,7 +595,7 @@ class Consumer:
         """Publish and acknowledge messages whose predictions are already logged."""
         if not self.lake.exists(self.table):
             return list(messages)
-        ids = [m.id for m in messages]
+        ids = [self.source.log_id(m.id) for m in messages]
         con = self.lake.connect(self.lake.versions([self.table]))
         con.register("ids", pa.table({"stream_id": ids}))
         done = con.sql(
@@ -400,10 +607,10 @@ class Consumer:
             rows = done.to_pylist()
             self.source.finish(
                 [_logged_output(r) for r in rows],
-                [m.id for m in messages if m.id in committed],
+                [m.id for m, i in zip(messages, ids, strict=True) if i in committed],
             )
             self.metrics.recovered.inc(len(committed))
-        return [m for m in messages if m.id not in committed]
+        return [m for m, i in zip(messages, ids, strict=True) if i not in committed]
 
     def _failpoint(self, name: str) -> None:
         point = self.settings.stream_failpoint
@@ -486,12 +693,14 @@ def replay(
     start: datetime,
     end: datetime,
     rate: float = 0.0,
+    partitions: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayResult:
     """Push the label table's events with start <= time < end into the stream in
     time order, at `rate` events/s (0: as fast as possible); each label follows
     once the stream's time passes its event time + the label delay (labels of
-    events from `start - delay` on, so none is known before the replay)."""
+    events from `start - delay` on, so none is known before the replay). With
+    `partitions`, each event goes to its key's partition, each label to all."""
     labels = use_case.labels
     if labels.timestamp is None:
         msg = f"{use_case.name}: rows without labels.timestamp have no order to replay"
@@ -513,7 +722,11 @@ def replay(
         .to_pylist()
     )
     client = redis.Redis.from_url(url)
-    stream = stream_names(use_case.name)["events"]
+    check_partitions(client, use_case.name, partitions)
+    streams = [
+        stream_names(use_case.name, p, partitions)["events"] for p in range(partitions)
+    ]
+    key = partition_key(use_case) if partitions > 1 else labels.id
     pending = deque(r for r in rows if r[labels.timestamp] < start)
     events = [r for r in rows if r[labels.timestamp] >= start]
     began = time.perf_counter()
@@ -525,10 +738,14 @@ def replay(
         while pending and pending[0][labels.timestamp] + labels.delay <= now:
             done = pending.popleft()
             body = {"event_id": done[labels.id], "label": done["_label"]}
-            pipe.xadd(stream, {"kind": "label", "data": orjson.dumps(body)})
+            for stream in streams:
+                pipe.xadd(stream, {"kind": "label", "data": orjson.dumps(body)})
             n_labels += 1
         payload = {c: row[c] for c in columns}
-        pipe.xadd(stream, {"kind": "event", "data": orjson.dumps(payload, default=str)})
+        pipe.xadd(
+            streams[partition_of(row[key], partitions)],
+            {"kind": "event", "data": orjson.dumps(payload, default=str)},
+        )
         pending.append(row)
         if rate > 0:
             due = began + k / rate

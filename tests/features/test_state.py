@@ -1,0 +1,122 @@
+"""Online aggregation state: one binary blob per entity, updated in one
+transaction per write, by concurrent writer processes (SQLite and Redis)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import redis
+
+from aistack.errors import ConfigError
+from aistack.features.aggregations import Event
+from aistack.features.blob import EntityState, decode, encode, events_of
+from aistack.features.state import StateWrite, open_event_state
+from servers import redis_server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def state_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'online.db'}"
+    else:
+        with redis_server(tmp_path) as (url, _):
+            yield url
+
+
+def test_blob_round_trip_keeps_nulls_types_and_labels() -> None:
+    state = EntityState()
+    state.add(
+        [
+            Event(20, "b", (1.5, None, "x"), False),
+            Event(10, 7, (None, 3, None), True),
+            Event(10, 3.5, (2.0, -1, "y"), False),  # mixed ids: kept as given
+        ]
+    )
+    state.label(7, 10, 1.0)
+    back = decode(encode(state), where="test")
+    assert back.events == state.events
+    assert [type(e.id) for e in back.events] == [type(e.id) for e in state.events]
+    assert back.labels == {"7": (7, 10, 1.0)}
+    read = events_of(encode(state), where="test", label_index=1)
+    assert [e.id for e in read] == [e.id for e in state.events]
+    merged = {e.id: e.values for e in read}  # the label goes in at 1
+    assert merged[7] == (None, 1.0, None) and merged["b"] == (1.5, None, "x")
+    assert decode(encode(EntityState()), where="test") == EntityState()
+
+
+def test_a_blob_of_another_format_is_refused_naming_it() -> None:
+    blob = bytearray(encode(EntityState([Event(1, 1, (1.0,), False)])))
+    blob[0] = 1
+    with pytest.raises(ConfigError, match=r"state where-1: blob format 1, expected 2"):
+        decode(bytes(blob), where="where-1")
+
+
+def test_a_state_of_the_former_layout_is_refused(tmp_path) -> None:
+    path = tmp_path / "online-events.db"
+    with sqlite3.connect(path) as con:
+        con.execute('CREATE TABLE "agg:fraud.v" (entity TEXT, id TEXT)')
+    with pytest.raises(ConfigError, match=r"'agg:fraud.v' holds rows per event"):
+        open_event_state(f"sqlite:///{tmp_path / 'online.db'}", tmp_path, "fraud")
+    with redis_server(tmp_path) as (url, _):
+        redis.Redis.from_url(url).hset("aistack:fraud:agg:v:1", "1", b"[]")
+        state = open_event_state(url, tmp_path, "fraud")
+        with pytest.raises(ConfigError, match="format 1"):
+            state.read("v", ["1"], label_index=None)
+
+
+def test_one_transaction_writes_every_view_and_prunes(state_url, tmp_path) -> None:
+    state = open_event_state(state_url, tmp_path, "uc")
+    state.write_views(
+        [
+            StateWrite("a", [("1", Event(10, 1, (1.0,)))], {}, indexed=True),
+            StateWrite("b", [("9", Event(10, 1, (2.0,)))], {}),
+        ]
+    )
+    state.write("a", [("1", Event(10, 1, (5.0,))), ("1", Event(30, 2, (3.0,)))], {})
+    assert [e.values for e in state.read("a", ["1"], label_index=None)[0]] == [
+        (1.0,),  # the retried id 1 kept its first values
+        (3.0,),
+    ]
+    state.write_labels("a", [("1", 1, 10, 1.0)])
+    assert state.read("a", ["1"], label_index=0)[0][0].values == (1.0,)
+    assert state.locate("a", [1])["1"].entity == "1"
+    state.write("a", [], {"1": 20})  # prune before t=20: event 1 and its label go
+    assert [e.id for e in state.read("a", ["1"], label_index=0)[0]] == [2]
+    assert state.size("b", "9") == 1 and state.size("b", "missing") == 0
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from aistack.features.aggregations import Event
+    from aistack.features.state import open_event_state
+    url, folder, first, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    state = open_event_state(url, Path(folder), "uc")
+    time.sleep(max(float(sys.argv[5]) - time.time(), 0))  # both start together
+    for i in range(first, first + n):  # one read-modify-write per event
+        state.write("v", [("hot", Event(i, i, (float(i),)))], {"hot": 0})
+        state.write_labels("v", [("hot", i, i, 1.0)])
+    """
+)
+
+
+def test_two_writer_processes_on_one_entity_lose_nothing(state_url, tmp_path) -> None:
+    n = 300
+    start = str(time.time() + 5)  # after both processes have imported aistack
+    args = [sys.executable, "-c", WRITER, state_url, str(tmp_path)]
+    procs = [
+        subprocess.Popen([*args, str(first), str(n), start]) for first in (0, 10_000)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    state = open_event_state(state_url, tmp_path, "uc")
+    events = state.read("v", ["hot"], label_index=0)[0]
+    assert len(events) == 2 * n
+    assert {e.id for e in events} == set(range(n)) | set(range(10_000, 10_000 + n))
+    assert all(e.values == (1.0,) for e in events)  # every label kept too
