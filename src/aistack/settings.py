@@ -7,9 +7,9 @@ working directory (or the file named by `AISTACK_CONFIG`); arguments win over bo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PositiveFloat, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +44,28 @@ class Settings(BaseSettings):
     api_tokens: list[SecretStr] = Field(
         default_factory=list,
         description="Bearer tokens the API accepts; empty: no authentication.",
+    )
+    policy: Path | None = Field(
+        default=None,
+        description="Policy file (TOML) of principals, roles, grants and token "
+        "hashes; none: a single local admin.",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="The CLI caller's token (AISTACK_TOKEN), when a policy is set.",
+    )
+    audit_predictions: bool = Field(
+        default=True, description="Record every served prediction in the audit log."
+    )
+    audit_flush_seconds: float = Field(
+        default=1.0, gt=0, description="How often served predictions are audited."
+    )
+    retention_days: dict[
+        Literal["prediction_log", "audit", "quarantine"], PositiveFloat
+    ] = Field(
+        default_factory=dict,
+        description="Days kept per table kind (prediction_log, audit, "
+        "quarantine) by `aistack vacuum`; absent: kept for ever.",
     )
     host: str = Field(default="127.0.0.1", description="Address the server binds.")
     allow_open_access: bool = Field(

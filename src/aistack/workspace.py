@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
 from aistack.errors import ConfigError, RegistryError
+from aistack.governance.audit import audit_path
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.settings import Settings
@@ -31,7 +32,9 @@ class Workspace:
         self.settings.workspace.mkdir(parents=True, exist_ok=True)
         self.lake = Lake(self.settings.tables_dir)
         create_tracking_db(self.settings.mlflow_uri)
-        self.registry = Registry(self.lake, self.settings.mlflow_uri)
+        self.registry = Registry(
+            self.lake, self.settings.mlflow_uri, audit=audit_path(self.settings)
+        )
 
     @contextmanager
     def exclusive(self, what: str) -> Iterator[None]:

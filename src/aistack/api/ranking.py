@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.contract import RankingUseCase
+from aistack.governance.principals import Policy
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.registry.artifacts import load_model
@@ -160,6 +161,7 @@ class RankingState:
         self.use_case = use_case
         self.settings = settings
         self.metrics = _Metrics()
+        self.policy = Policy.load(settings.policy)
         self.registry = Registry(Lake(settings.tables_dir), settings.mlflow_uri)
         self.loaded: Loaded | None = None
         self.canary: tuple[Rollout, Loaded] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from rich.table import Table
 
 from aistack.cli._app import (
+    Need,
     SeedOpt,
     TrackingOpt,
     UseCaseArg,
@@ -110,7 +112,7 @@ def run_command(
         raise ConfigError("--start and --end: give both or neither")
     if start is not None and end is not None and start >= end:
         raise ConfigError("--end: must be after --start")
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, *stage_needs(uc.name, stages))
     window = (start, end) if start is not None and end is not None else None
     report = run(
         uc,
@@ -149,7 +151,7 @@ def tune_command(
     if trials is not None and seconds is not None:
         raise ConfigError("--trials and --seconds: give one budget, not both")
     uc = get_use_case(use_case, action="aistack tune")
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("train", uc.name))
     results = tune(uc, ws, trainers=trainer or (), trials=trials, seconds=seconds)
     table = Table("trainer", "trials", "pruned", "best", "parameters", "seconds")
     for r in results:
@@ -183,6 +185,19 @@ def params_table(use_case: AnyUseCase) -> Table:
             info.description or "",
         )
     return table
+
+
+def stage_needs(use_case: str, stages: Sequence[Stage] | None) -> list[Need]:
+    """Grants a run of `stages` (None: all) needs: write per layer, then train."""
+    chosen = stages or list(STAGES)
+    needs: list[Need] = [
+        ("write", f"{s}.{use_case}")
+        for s in ("bronze", "silver", "gold")
+        if ("ingest" if s == "bronze" else s) in chosen
+    ]
+    if "train" in chosen or "score" in chosen:
+        needs.append(("train", use_case))
+    return needs
 
 
 def _stages(stage: list[str] | None) -> list[Stage]:
@@ -236,7 +251,9 @@ def quarantine_command(
     from aistack.lake.silver import quarantine_table
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(
+        workspace, tracking_uri, seed, ("read", f"quarantine.{uc.name}")
+    )
     for spec in uc.silver:
         name = quarantine_table(spec)
         if not ws.lake.exists(name):
@@ -275,5 +292,5 @@ def tables_command(
     """List the workspace's Delta tables with version and rows."""
     from aistack.cli.render import tables_table
 
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("read", "*"))
     console.print(tables_table(ws.lake.tables()))
