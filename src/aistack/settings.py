@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -130,6 +137,17 @@ class Settings(BaseSettings):
             msg = "expected postgresql+psycopg:// (the installed driver, psycopg 3)"
             raise ValueError(msg)
         return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Settings:
+        if self.policy is not None and self.api_tokens:
+            msg = (
+                f"a policy is set ({self.policy}): give each token's holder a "
+                "principal (`aistack principal add NAME --role service`) and unset "
+                "AISTACK_API_TOKENS"
+            )
+            raise ValueError(msg)
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -8,9 +8,7 @@ from typing import Any, Protocol
 
 from fastapi import HTTPException, Request, status
 
-from aistack.errors import ConfigError
 from aistack.governance.principals import AuthenticationError, Policy
-from aistack.settings import Settings
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token (when tokens are set)."},
@@ -25,17 +23,6 @@ API_PRINCIPAL = "api"
 
 class _Failures(Protocol):
     def inc(self) -> None: ...
-
-
-def check_token_settings(settings: Settings) -> None:
-    """Refuse a policy together with plain API tokens: one source of truth."""
-    if settings.policy is not None and settings.api_tokens:
-        msg = (
-            f"api_tokens: a policy is set ({settings.policy}); give each token's "
-            "holder a principal (`aistack principal add NAME --role service`) and "
-            "unset AISTACK_API_TOKENS"
-        )
-        raise ConfigError(msg)
 
 
 def _bearer(request: Request) -> str:

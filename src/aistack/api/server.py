@@ -23,7 +23,6 @@ import psutil
 import uvicorn
 from prometheus_client import multiprocess
 
-from aistack.api.auth import check_token_settings
 from aistack.api.main import USE_CASE_ENV
 from aistack.errors import ConfigError, CrashLoopError
 from aistack.settings import Settings
@@ -159,7 +158,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve beyond loopback with no token, unless explicitly allowed."""
-    check_token_settings(settings)
     guarded = settings.api_tokens or settings.policy is not None
     if settings.host in LOOPBACK or guarded or settings.allow_open_access:
         return

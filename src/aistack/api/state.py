@@ -19,7 +19,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from aistack.api.auth import API_PRINCIPAL, check_token_settings
+from aistack.api.auth import API_PRINCIPAL
 from aistack.api.guards import Window, broken_guards
 from aistack.api.metrics import ServerMetrics, observe_many
 from aistack.api.tracing import Tracing
@@ -90,7 +90,6 @@ class ServerState:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_token_settings(self.settings)
         self.policy = Policy.load(self.settings.policy)
         self.audit = (
             AuditBuffer(

@@ -149,19 +149,23 @@ def verify(path: Path) -> tuple[int, Break | None]:
         body = line[65:]
         digest = sha256(body).hexdigest().encode()
         if digest != line[:64] or body[9:73] != prev:
-            return n - first, Break(n, _why(line[:64], body, prev, seq))
+            reason = _why(line[:64], body, prev, seq, lines[n:])
+            return n - first, Break(n, reason)
         prev, seq = digest, seq + 1
     return len(lines) - first + 1, None
 
 
-def _why(digest: bytes, body: bytes, prev: bytes, seq: int) -> str:
-    """Why a line does not follow the record `seq` of hash `prev`."""
+def _why(digest: bytes, body: bytes, prev: bytes, seq: int, rest: list[bytes]) -> str:
+    """Why a line does not follow the record `seq` of hash `prev` (`rest`: the
+    lines after it, where a missing record may have moved)."""
     if hashlib.sha256(body).hexdigest().encode() != digest:
         return "record edited: its hash does not match its content"
     try:
         got = _seq(body)
     except ValueError:
         return "record malformed: no sequence number"
+    if got > seq + 1 and any(_seq(r[65:]) == seq + 1 for r in rest if r[65:]):
+        return f"records reordered: record {got} comes before record {seq + 1}"
     if got > seq + 1:
         what = f"record {seq + 1}" if got == seq + 2 else f"records {seq + 1}-{got - 1}"
         return f"{what} deleted (record {got} follows record {seq})"
