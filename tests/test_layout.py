@@ -16,8 +16,17 @@ import aistack
 
 SRC = Path(aistack.__file__).parent
 TESTS = Path(__file__).parent
-FLOW = ["contract", "lake", "features", "registry", "training", "serving", "monitoring"]
-SHARED = {"errors", "settings", "sql", "htmlpage"}
+FLOW = [
+    "contract",
+    "lake",
+    "governance",
+    "features",
+    "registry",
+    "training",
+    "serving",
+    "monitoring",
+]
+SHARED = {"errors", "settings", "sql", "htmlpage", "wal"}
 ABOVE = {"workspace": "registry"}  # a shared module sits at the stage it needs
 
 

@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import os
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ import orjson
 
 from aistack.governance.principals import Principal
 from aistack.settings import Settings
+from aistack.wal import new_segment, orphan_segments
 
 GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
@@ -280,10 +280,7 @@ class AuditBuffer:
             self._drain(old, old_handle)
 
     def _rotate(self) -> None:
-        self.wal_dir.mkdir(parents=True, exist_ok=True)
-        self._segment = self.wal_dir / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl"
-        self._handle = self._segment.open("ab")
-        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        self._segment, self._handle = new_segment(self.wal_dir)
 
     def _drain(self, segment: Path, handle: IO[bytes]) -> None:
         append(self.path, _read_segment(segment))
@@ -291,15 +288,7 @@ class AuditBuffer:
         handle.close()
 
     def _adopt_orphans(self) -> None:
-        if not self.wal_dir.exists():
-            return
-        for segment in sorted(self.wal_dir.glob("*.jsonl")):
-            handle = segment.open("ab")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a live writer holds it
-                handle.close()
-                continue
+        for segment, handle in orphan_segments(self.wal_dir):
             self._drain(segment, handle)
 
     def _loop(self) -> None:
