@@ -187,7 +187,8 @@ def test_api_grants_audit_and_trace_of_a_served_request(fraud_run, tmp_path) -> 
     )
     assert "refused: principal sam lacks grant promote on fraud" in refused.stderr
     ids: dict[str, str] = {}
-    with aistack_server(ws.settings.workspace, env=env) as (base, proc):
+    serving = {**env, "AISTACK_TOKEN": tokens["svc"]}  # `serve` needs predict
+    with aistack_server(ws.settings.workspace, env=serving) as (base, proc):
         url = f"{base}/v1/fraud/predict"
         assert httpx.post(url, json=GOOD).status_code == 401
         for k, (name, expected) in enumerate(sorted(API_STATUS.items())):

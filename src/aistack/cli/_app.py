@@ -62,11 +62,11 @@ def open_workspace(
 ) -> Workspace:
     """The workspace the shared options name (settings from flags, env, file),
     once the caller is granted every one of `needs` (refused: exit 2)."""
-    from aistack.workspace import Workspace
-
     settings = load_settings(workspace=workspace, tracking_uri=tracking_uri, seed=seed)
     for action, on in needs:
         authorize(settings, action, on)
+    from aistack.workspace import Workspace  # MLflow: only once allowed
+
     return Workspace(settings)
 
 

@@ -290,7 +290,7 @@ def tables_command(
     seed: SeedOpt = None,
 ) -> None:
     """List the workspace's Delta tables with version and rows."""
+    ws = open_workspace(workspace, tracking_uri, seed, ("read", "*"))
     from aistack.cli.render import tables_table
 
-    ws = open_workspace(workspace, tracking_uri, seed, ("read", "*"))
     console.print(tables_table(ws.lake.tables()))
