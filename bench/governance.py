@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                     name="grants + audit on",
                     env=(
                         ("AISTACK_POLICY", str(policy)),
+                        ("AISTACK_TOKEN", token),  # `serve` needs predict
                         ("AISTACK_AUDIT_PREDICTIONS", "true"),
                     ),
                 ),
