@@ -316,6 +316,8 @@ class Config:
     kind: str  # "ours" or "mlflow"
     workers: int = 1
     nodelay: bool = True
+    env: tuple[tuple[str, str], ...] = ()  # extra server environment
+    name: str = ""  # label override
 
     @property
     def ours(self) -> bool:
@@ -325,6 +327,8 @@ class Config:
     @property
     def label(self) -> str:
         """How the tables name it."""
+        if self.name:
+            return self.name
         if not self.ours:
             return "mlflow serve"
         return f"ours w={self.workers} nodelay " + ("on" if self.nodelay else "off")
@@ -384,6 +388,8 @@ def http(
     """Status and body of a GET (or a JSON POST when `body` is given)."""
     req = urllib.request.Request(url, data=body, method="POST" if body else "GET")
     req.add_header("Content-Type", "application/json")
+    if os.environ.get("BENCH_AUTH"):  # a bearer token, as the wrk script sends it
+        req.add_header("Authorization", f"Bearer {os.environ['BENCH_AUTH']}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return int(resp.status), resp.read()
@@ -454,6 +460,7 @@ def start_server(config: Config, settings: Settings, logs: Path) -> Server:
         if settings.online_url:
             command += ["--online-url", settings.online_url]
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server makes a fresh one
+        env.update(config.env)
     else:
         command = [
             str(BIN / "mlflow"),

@@ -19,6 +19,7 @@ TESTS = Path(__file__).parent
 FLOW = [
     "contract",
     "lake",
+    "governance",
     "engine",
     "features",
     "registry",
@@ -26,7 +27,7 @@ FLOW = [
     "serving",
     "monitoring",
 ]
-SHARED = {"errors", "settings", "sql", "htmlpage"}
+SHARED = {"errors", "settings", "sql", "htmlpage", "wal"}
 ABOVE = {"workspace": "registry"}  # a shared module sits at the stage it needs
 
 

@@ -1,6 +1,6 @@
 -- wrk script for bench/serving.py: POST pre-rendered JSON bodies, optionally paced.
 --
---   BENCH_BODIES=FILE [BENCH_RATE=N] wrk -s post_bodies.lua ... URL
+--   BENCH_BODIES=FILE [BENCH_RATE=N] [BENCH_AUTH=TOKEN] wrk -s post_bodies.lua ... URL
 --
 -- FILE holds one JSON body per line; each thread starts at a different line and
 -- rotates through them. BENCH_RATE > 0 paces each thread to N requests/s on an
@@ -25,6 +25,10 @@ end
 
 function init(args)
   local headers = { ["Content-Type"] = "application/json" }
+  local token = os.getenv("BENCH_AUTH")
+  if token and #token > 0 then
+    headers["Authorization"] = "Bearer " .. token
+  end
   for line in io.lines(bodies_file) do
     if #line > 0 then
       count = count + 1

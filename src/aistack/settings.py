@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
+    PositiveFloat,
     SecretStr,
     ValidationError,
     field_validator,
@@ -50,6 +51,28 @@ class Settings(BaseSettings):
     api_tokens: list[SecretStr] = Field(
         default_factory=list,
         description="Bearer tokens the API accepts; empty: no authentication.",
+    )
+    policy: Path | None = Field(
+        default=None,
+        description="Policy file (TOML) of principals, roles, grants and token "
+        "hashes; none: a single local admin.",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="The CLI caller's token (AISTACK_TOKEN), when a policy is set.",
+    )
+    audit_predictions: bool = Field(
+        default=True, description="Record every served prediction in the audit log."
+    )
+    audit_flush_seconds: float = Field(
+        default=1.0, gt=0, description="How often served predictions are audited."
+    )
+    retention_days: dict[
+        Literal["prediction_log", "audit", "quarantine"], PositiveFloat
+    ] = Field(
+        default_factory=dict,
+        description="Days kept per table kind (prediction_log, audit, "
+        "quarantine) by `aistack vacuum`; absent: kept for ever.",
     )
     host: str = Field(default="127.0.0.1", description="Address the server binds.")
     allow_open_access: bool = Field(
@@ -164,6 +187,17 @@ class Settings(BaseSettings):
             msg = "expected postgresql+psycopg:// (the installed driver, psycopg 3)"
             raise ValueError(msg)
         return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Settings:
+        if self.policy is not None and self.api_tokens:
+            msg = (
+                f"a policy is set ({self.policy}): give each token's holder a "
+                "principal (`aistack principal add NAME --role service`) and unset "
+                "AISTACK_API_TOKENS"
+            )
+            raise ValueError(msg)
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from aistack.engine import DaskEngine, EmbeddedEngine, open_engine
 from aistack.errors import ConfigError, RegistryError
+from aistack.governance.audit import audit_path
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.settings import Settings
@@ -34,7 +35,9 @@ class Workspace:
         self.lake = Lake(self.settings.tables_dir)
         self.engine = open_engine(self.settings)  # a cluster connects on first use
         create_tracking_db(self.settings.mlflow_uri)
-        self.registry = Registry(self.lake, self.settings.mlflow_uri)
+        self.registry = Registry(
+            self.lake, self.settings.mlflow_uri, audit=audit_path(self.settings)
+        )
 
     @contextmanager
     def exclusive(self, what: str) -> Iterator[None]:

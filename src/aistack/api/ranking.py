@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.contract import RankingUseCase
+from aistack.governance.principals import Policy
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.registry.artifacts import load_model
@@ -178,6 +179,7 @@ class RankingState:
         self.use_case = use_case
         self.settings = settings
         self.metrics = _Metrics()
+        self.policy = Policy.load(settings.policy)
         lake = Lake(settings.tables_dir)
         self.registry = Registry(lake, settings.mlflow_uri)
         self.log = PredictionLog(

@@ -48,6 +48,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["AISTACK_ONLINE_URL"] = settings.online_url
     if settings.otlp_endpoint:
         env["AISTACK_OTLP_ENDPOINT"] = settings.otlp_endpoint
+    if settings.policy is not None:
+        env["AISTACK_POLICY"] = str(settings.policy.resolve())
+    env["AISTACK_AUDIT_PREDICTIONS"] = str(settings.audit_predictions).lower()
+    env["AISTACK_AUDIT_FLUSH_SECONDS"] = str(settings.audit_flush_seconds)
     if settings.api_tokens:
         env["AISTACK_API_TOKENS"] = json.dumps(
             [t.get_secret_value() for t in settings.api_tokens]
@@ -154,7 +158,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve beyond loopback with no token, unless explicitly allowed."""
-    if settings.host in LOOPBACK or settings.api_tokens or settings.allow_open_access:
+    guarded = settings.api_tokens or settings.policy is not None
+    if settings.host in LOOPBACK or guarded or settings.allow_open_access:
         return
     msg = (
         f"host: {settings.host} exposes the API beyond this machine with no bearer "

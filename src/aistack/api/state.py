@@ -20,14 +20,17 @@ from typing import Any
 import mlflow
 import numpy as np
 
+from aistack.api.auth import API_PRINCIPAL
 from aistack.api.guards import Window, broken_guards
 from aistack.api.metrics import ServerMetrics, observe_many
 from aistack.api.tracing import Tracing
 from aistack.contract import UseCase
-from aistack.errors import ConfigError
+from aistack.errors import ConfigError, LogUnavailableError
 from aistack.features.online import OnlineStore, open_store, versions
 from aistack.features.realtime import LabelResult, apply_labels
 from aistack.features.state import EventState, open_event_state
+from aistack.governance.audit import AuditBuffer, audit_path, entry
+from aistack.governance.principals import Policy
 from aistack.lake.delta import Lake
 from aistack.monitoring.alerts import evaluate_alerts, firing
 from aistack.monitoring.consistency import check_consistency
@@ -79,6 +82,8 @@ class ServerState:
     events: EventState | None = field(init=False)
     registry: Registry = field(init=False)
     log: PredictionLog = field(init=False)
+    policy: Policy = field(init=False)
+    audit: AuditBuffer | None = field(init=False)
     tracing: Tracing = field(init=False)
     _shadow: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="shadow")
@@ -89,6 +94,15 @@ class ServerState:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.policy = Policy.load(self.settings.policy)
+        self.audit = (
+            AuditBuffer(
+                audit_path(self.settings),
+                flush_seconds=self.settings.audit_flush_seconds,
+            )
+            if self.settings.audit_predictions
+            else None
+        )
         self.lake = Lake(self.settings.tables_dir)
         self.store = open_store(
             self.settings.online_url, self.settings.workspace, self.use_case.name
@@ -100,7 +114,9 @@ class ServerState:
             if self.use_case.aggregation_views
             else None
         )
-        self.registry = Registry(self.lake, self.settings.mlflow_uri)
+        self.registry = Registry(
+            self.lake, self.settings.mlflow_uri, audit=audit_path(self.settings)
+        )
         self.tracing = Tracing(
             self.settings.otlp_endpoint, service=f"aistack-{self.use_case.name}"
         )
@@ -182,7 +198,12 @@ class ServerState:
     # --- requests -----------------------------------------------------------
 
     def score(
-        self, payloads: list[dict[str, Any]], route: str, *, explain: bool = False
+        self,
+        payloads: list[dict[str, Any]],
+        route: str,
+        *,
+        explain: bool = False,
+        principal: str = API_PRINCIPAL,
     ) -> list[Scored]:
         """Answer payloads: champion, or the canary arm for sticky entities
         (with each answer's explanation when `explain`).
@@ -217,6 +238,7 @@ class ServerState:
                 route=route,
                 online_versions=self.online_versions_cached,
             )
+            self._audit(scored, principal)
         if rollout is not None and challenger is not None and rollout.mode == "shadow":
             self._submit_shadow(challenger, found, payloads, route)
         return scored
@@ -239,6 +261,30 @@ class ServerState:
                 return
             self._shadow_pending += 1
         self._shadow.submit(self._shadow_score, challenger, found, payloads, route)
+
+    def _audit(self, scored: list[Scored], principal: str) -> None:
+        """One audit record per answer: who, which model, which request; not the
+        payload. Written ahead before the answer leaves (503 when it cannot be)."""
+        if self.audit is None:
+            return
+        name = self.use_case.name
+        try:
+            self.audit.record(
+                [
+                    entry(
+                        principal,
+                        "predict",
+                        {
+                            "use_case": name,
+                            "model_version": s.model_version,
+                            "request_id": s.request_id,
+                        },
+                    )
+                    for s in scored
+                ]
+            )
+        except OSError as exc:
+            raise LogUnavailableError(f"audit log: {exc}") from exc
 
     def label(self, labels: list[tuple[Any, float]]) -> LabelResult:
         """Attach late-arriving labels to the events in the online state."""
@@ -495,6 +541,7 @@ class ServerState:
                 log.exception("background step failed; will retry")
 
     def _poll(self) -> None:
+        self.policy = self.policy.reloaded()
         self.online_versions_cached = self.online_versions()
         self.refresh_model()
 
@@ -511,6 +558,8 @@ class ServerState:
         except Exception:
             log.exception("loading the champion failed; /ready reports 503")
         self.log.start()
+        if self.audit is not None:
+            self.audit.start()
         # Long-lived objects (MLflow, SQLAlchemy, models: ~270k) out of the
         # collector's reach: a full collection over them stalled requests
         # ~130 ms (seen as a 178 ms p99 at 1,000 req/s); after freeze, ~0 ms.
@@ -541,5 +590,7 @@ class ServerState:
             self.metrics.shadow_dropped.inc(self._shadow_pending)
             self._shadow_pending = 0
         self.log.close()
+        if self.audit is not None:
+            self.audit.close()
         self.tracing.shutdown()
         gc.unfreeze()  # let interpreter shutdown release everything cleanly

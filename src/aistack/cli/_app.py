@@ -22,6 +22,8 @@ from aistack.errors import AIStackError
 from aistack.settings import load_settings
 
 if TYPE_CHECKING:
+    from aistack.governance.principals import Principal
+    from aistack.settings import Settings
     from aistack.workspace import Workspace
 
 app = typer.Typer(
@@ -49,15 +51,37 @@ OnlineUrlOpt = Annotated[
 ]
 
 
-def open_workspace(
-    workspace: Path | None, tracking_uri: str | None, seed: int | None
-) -> Workspace:
-    """The workspace the shared options name (settings from flags, env, file)."""
-    from aistack.workspace import Workspace
+Need = tuple[str, str | None]
+"""A grant a command needs: (action, use case or table)."""
 
-    return Workspace(
-        load_settings(workspace=workspace, tracking_uri=tracking_uri, seed=seed)
-    )
+
+def open_workspace(
+    workspace: Path | None,
+    tracking_uri: str | None,
+    seed: int | None,
+    *needs: Need,
+) -> Workspace:
+    """The workspace the shared options name (settings from flags, env, file),
+    once the caller is granted every one of `needs` (refused: exit 2)."""
+    settings = load_settings(workspace=workspace, tracking_uri=tracking_uri, seed=seed)
+    for action, on in needs:
+        authorize(settings, action, on)
+    from aistack.workspace import Workspace  # MLflow: only once allowed
+
+    return Workspace(settings)
+
+
+def authorize(settings: Settings, action: str, on: str | None = None) -> Principal:
+    """The caller (token in AISTACK_TOKEN), refused unless granted `action` on `on`.
+
+    With no policy set, the caller is the local user, admin.
+    """
+    from aistack.governance.principals import Policy
+
+    token = settings.token.get_secret_value() if settings.token else None
+    principal = Policy.load(settings.policy).authenticate(token)
+    principal.require(action, on)
+    return principal
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ def monitor_command(
     from aistack.monitoring.monitor import run_monitor
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("read", f"ops.{uc.name}_*"))
     path = report or ws.settings.workspace / "reports" / f"{uc.name}-monitor.html"
     window = timedelta(hours=hours) if hours is not None else None
     if isinstance(uc, RankingUseCase):
@@ -80,7 +80,7 @@ def consistency_command(
     from aistack.monitoring.consistency import check_consistency
 
     uc = get_use_case(use_case, action="aistack consistency")
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("read", f"ops.{uc.name}_*"))
     since = datetime.now(UTC) - timedelta(hours=hours) if hours is not None else None
     report = check_consistency(ws.lake, uc, since=since)
     table = Table(
@@ -124,7 +124,7 @@ def abtest_command(
     from aistack.monitoring.ranking import ranking_ab_test
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("read", f"ops.{uc.name}_*"))
     if isinstance(uc, RankingUseCase):
         console.print(abtest_table(ranking_ab_test(ws, uc)))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from rich.table import Table
 
 from aistack.cli._app import (
+    Need,
     SeedOpt,
     TrackingOpt,
     UseCaseArg,
@@ -111,7 +113,7 @@ def run_command(
         raise ConfigError("--start and --end: give both or neither")
     if start is not None and end is not None and start >= end:
         raise ConfigError("--end: must be after --start")
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, *stage_needs(uc.name, stages))
     window = (start, end) if start is not None and end is not None else None
     report = run(
         uc,
@@ -150,7 +152,7 @@ def tune_command(
     if trials is not None and seconds is not None:
         raise ConfigError("--trials and --seconds: give one budget, not both")
     uc = get_use_case(use_case, action="aistack tune")
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("train", uc.name))
     results = tune(uc, ws, trainers=trainer or (), trials=trials, seconds=seconds)
     table = Table("trainer", "trials", "pruned", "best", "parameters", "seconds")
     for r in results:
@@ -184,6 +186,19 @@ def params_table(use_case: AnyUseCase) -> Table:
             info.description or "",
         )
     return table
+
+
+def stage_needs(use_case: str, stages: Sequence[Stage] | None) -> list[Need]:
+    """Grants a run of `stages` (None: all) needs: write per layer, then train."""
+    chosen = stages or list(STAGES)
+    needs: list[Need] = [
+        ("write", f"{s}.{use_case}")
+        for s in ("bronze", "silver", "gold")
+        if ("ingest" if s == "bronze" else s) in chosen
+    ]
+    if "train" in chosen or "score" in chosen:
+        needs.append(("train", use_case))
+    return needs
 
 
 def _stages(stage: list[str] | None) -> list[Stage]:
@@ -245,7 +260,12 @@ def quarantine_command(
     from aistack.lake.silver import quarantine_table
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(
+        workspace,
+        tracking_uri,
+        seed,
+        ("write", "silver.*") if retry else ("read", f"quarantine.{uc.name}"),
+    )
     if retry:
         _retry(ws, uc)
     for spec in uc.silver:
@@ -300,7 +320,7 @@ def tables_command(
     seed: SeedOpt = None,
 ) -> None:
     """List the workspace's Delta tables with version and rows."""
+    ws = open_workspace(workspace, tracking_uri, seed, ("read", "*"))
     from aistack.cli.render import tables_table
 
-    ws = open_workspace(workspace, tracking_uri, seed)
     console.print(tables_table(ws.lake.tables()))

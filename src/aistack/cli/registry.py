@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +14,7 @@ from aistack.cli._app import (
     UseCaseArg,
     WorkspaceOpt,
     app,
+    authorize,
     console,
     open_workspace,
 )
@@ -45,7 +45,7 @@ def models_command(
     from aistack.training.tracking import tracking
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("read", f"registry.{uc.name}"))
     if at is not None:
         when = at if at.tzinfo else at.replace(tzinfo=UTC)
         version = ws.registry.version_at(uc.name, "champion", when)
@@ -90,7 +90,7 @@ def lineage_command(
     from aistack.training.tracking import lineage_of, tracking
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("read", f"registry.{uc.name}"))
     version = ws.registry.version_of(uc.name, alias)
     if version is None:
         raise ConfigError(f"alias {alias!r}: model {uc.name} has no such alias yet")
@@ -129,9 +129,10 @@ def promote_command(
     from aistack.contract import get_any_use_case
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
+    ws = open_workspace(workspace, tracking_uri, seed, ("promote", uc.name))
+    actor = authorize(ws.settings, "promote", uc.name).name
     event = ws.registry.promote(
-        uc.name, version, actor=getpass.getuser(), reason=reason, force=force
+        uc.name, version, actor=actor, reason=reason, force=force
     )
     console.print(f"champion of {uc.name}: {event.from_version} -> {event.to_version}")
 
@@ -150,8 +151,9 @@ def rollback_command(
     from aistack.contract import get_any_use_case
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
-    event = ws.registry.rollback(uc.name, actor=getpass.getuser(), reason=reason)
+    ws = open_workspace(workspace, tracking_uri, seed, ("rollback", uc.name))
+    actor = authorize(ws.settings, "rollback", uc.name).name
+    event = ws.registry.rollback(uc.name, actor=actor, reason=reason)
     console.print(f"champion of {uc.name}: {event.from_version} -> {event.to_version}")
 
 
@@ -180,11 +182,12 @@ def rollout_command(
     from aistack.registry.rollout import end_rollout, read_rollout, start_rollout
 
     uc = get_any_use_case(use_case)
-    ws = open_workspace(workspace, tracking_uri, seed)
     chosen = [shadow, canary is not None, stop].count(True)
     if chosen > 1:
         raise ConfigError("--shadow, --canary and --stop: choose one")
-    actor = getpass.getuser()
+    need = ("rollout", uc.name) if chosen else ("read", f"registry.{uc.name}")
+    ws = open_workspace(workspace, tracking_uri, seed, need)
+    actor = authorize(ws.settings, *need).name
     if stop:
         ended = end_rollout(
             ws.registry,

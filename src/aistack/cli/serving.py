@@ -20,6 +20,7 @@ from aistack.cli._app import (
     UseCaseArg,
     WorkspaceOpt,
     app,
+    authorize,
     console,
 )
 from aistack.errors import ConfigError
@@ -62,6 +63,7 @@ def materialize_command(
     settings = load_settings(
         workspace=workspace, tracking_uri=tracking_uri, seed=seed, online_url=online_url
     )
+    authorize(settings, "write", f"online.{uc.name}")
     ws = Workspace(settings)
     table = Table(title=f"{uc.name}: online state")
     for column in ("view", "kind", "from", "watermark", "rows written"):
@@ -135,6 +137,7 @@ def stream_command(
         online_url=online_url,
         stream_partitions=partitions,
     )
+    authorize(settings, "predict", uc.name)
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
     source = RedisStreamSource(
         stream_url(settings),
@@ -193,6 +196,7 @@ def replay_command(
         online_url=online_url,
         stream_partitions=partitions,
     )
+    authorize(settings, "write", f"online.{uc.name}")
     if end <= start:
         raise ConfigError("--to: must be after --from")
     ws = Workspace(settings)
@@ -247,4 +251,5 @@ def serve_command(
         host=host,
         port=port,
     )
+    authorize(settings, "predict", uc.name)
     serve(uc.name, settings, workers=workers, nodelay=nodelay)

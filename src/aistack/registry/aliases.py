@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import psycopg
 import pyarrow as pa
@@ -23,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
 from aistack.errors import RegistryError
+from aistack.governance.audit import audit_event
 from aistack.lake.delta import Lake
 
 ALIAS_EVENTS = "ops.alias_events"
@@ -58,9 +60,12 @@ class AliasEvent:
 class Registry:
     """Aliases of registered models, with every move recorded."""
 
-    def __init__(self, lake: Lake, tracking_uri: str) -> None:
+    def __init__(
+        self, lake: Lake, tracking_uri: str, *, audit: Path | None = None
+    ) -> None:
         self.lake = lake
         self.uri = tracking_uri
+        self.audit = audit
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     @contextmanager
@@ -126,7 +131,9 @@ class Registry:
             )
         if failed:
             reason = f"forced past failed gates ({', '.join(failed)}): {reason}"
-        return self.move(model, "champion", version, actor=actor, reason=reason)
+        return self.move(
+            model, "champion", version, actor=actor, reason=reason, action="promote"
+        )
 
     def failed_gates(self, model: str, version: int) -> list[str]:
         """Gates the version's training run recorded as failed (its `gate.*` tags)."""
@@ -159,9 +166,17 @@ class Registry:
             raise RegistryError(msg) from exc
 
     def move(
-        self, model: str, alias: Alias, version: int | None, *, actor: str, reason: str
+        self,
+        model: str,
+        alias: Alias,
+        version: int | None,
+        *,
+        actor: str,
+        reason: str,
+        action: str = "alias",
     ) -> AliasEvent:
-        """Point `alias` at `version` (None removes it) and record the move."""
+        """Point `alias` at `version` (None removes it) and record the move (in
+        the alias history, and as `action` in the audit log when it is kept)."""
         previous = self.version_of(model, alias)
         if version is None:
             if previous is not None:
@@ -177,7 +192,21 @@ class Registry:
         )
         row = {k: [v] for k, v in event.__dict__.items()}
         self.lake.write(ALIAS_EVENTS, pa.table(row, schema=_SCHEMA), mode="append")
+        self.record(
+            actor,
+            action,
+            use_case=model,
+            alias=alias,
+            from_version=previous,
+            to_version=version,
+            reason=reason,
+        )
         return event
+
+    def record(self, actor: str, action: str, **details: Any) -> None:  # noqa: ANN401
+        """Audit `action` by `actor` when this registry keeps an audit log."""
+        if self.audit is not None:
+            audit_event(self.audit, actor, action, **details)
 
     def history(self, model: str) -> list[AliasEvent]:
         """Every recorded alias move of `model`, oldest first."""
@@ -210,7 +239,14 @@ class Registry:
         if not earlier:
             msg = f"model {model!r}: no earlier champion than version {current}"
             raise RegistryError(msg)
-        return self.move(model, "champion", earlier[-1], actor=actor, reason=reason)
+        return self.move(
+            model,
+            "champion",
+            earlier[-1],
+            actor=actor,
+            reason=reason,
+            action="rollback",
+        )
 
 
 def _not_found(exc: MlflowException) -> bool:

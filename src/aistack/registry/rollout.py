@@ -113,6 +113,9 @@ def start_rollout(
             },
         )
         _set(registry, model, {"status": "active"})
+    registry.record(
+        actor, "rollout", use_case=model, mode=mode, version=chosen, share=share
+    )
     return rollout
 
 
@@ -155,7 +158,17 @@ def _decide(
     registry.client.set_model_version_tag(
         model, str(current.version), "rollout_result", f"{status}: {reason}"
     )
+    registry.record(
+        actor, "rollout", use_case=model, status=status, version=current.version
+    )
     if status == "promoted":
-        registry.move(model, "champion", current.version, actor=actor, reason=reason)
+        registry.move(
+            model,
+            "champion",
+            current.version,
+            actor=actor,
+            reason=reason,
+            action="promote",
+        )
     if registry.version_of(model, "challenger") == current.version:
         registry.move(model, "challenger", None, actor=actor, reason=reason)

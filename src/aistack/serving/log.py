@@ -7,11 +7,8 @@ flushed on shutdown and replayed after a crash (see `PredictionLog`).
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +22,7 @@ from aistack.contract import UseCase
 from aistack.errors import LogUnavailableError
 from aistack.lake.delta import Lake
 from aistack.serving.requests import Scored
+from aistack.wal import new_segment, orphan_segments
 
 
 def prediction_log_table(use_case: UseCase) -> str:
@@ -125,11 +123,7 @@ class _Segment:
 
     @classmethod
     def open_new(cls, folder: Path) -> _Segment:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl"
-        handle = path.open("ab")
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        return cls(path, handle)
+        return cls(*new_segment(folder))
 
     def drop(self) -> None:
         """The records are in Delta: forget the file."""
@@ -271,15 +265,8 @@ class PredictionLog:
     def _adopt_orphans(self) -> None:
         """Segments whose writer is gone (no lock held): replay them."""
         assert self.wal_dir is not None
-        for path in sorted(self.wal_dir.glob("*.jsonl")):
-            if self._segment is not None and path == self._segment.path:
-                continue
-            handle = path.open("ab")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a live process owns it
-                handle.close()
-                continue
+        live = None if self._segment is None else self._segment.path
+        for path, handle in orphan_segments(self.wal_dir, skip=live):
             self._pending.append(_Segment(path, handle))
         if self._pending:
             log.warning("replaying %d prediction-log segment(s)", len(self._pending))

@@ -161,7 +161,12 @@ class LabelAnswer(BaseModel):
 
 
 async def _score(
-    state: ServerState, payloads: list[dict[str, Any]], route: str, *, explain: bool
+    state: ServerState,
+    payloads: list[dict[str, Any]],
+    route: str,
+    *,
+    explain: bool,
+    principal: str,
 ) -> list[Scored]:
     predictor = state.predictor
     if predictor is None:
@@ -177,7 +182,9 @@ async def _score(
     try:  # off the event loop: /health answers while a big batch is scored
         with state.tracing.span("aistack.predict", {"aistack.route": route}) as span:
             scored = await run_in_threadpool(
-                lambda: state.score(payloads, route, explain=explain)
+                lambda: state.score(
+                    payloads, route, explain=explain, principal=principal
+                )
             )
             if span is not None:
                 ids = [s.request_id for s in scored]
@@ -231,7 +238,9 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         """Score one request (explained with ?explain=true)."""
         state: ServerState = request.app.state.server
         rows = [payload.model_dump()]  # type: ignore[attr-defined]
-        scored = await _score(state, rows, "predict", explain=explain)
+        scored = await _score(
+            state, rows, "predict", explain=explain, principal=request.state.principal
+        )
         return answer_model.model_validate(answer_body(scored[0]))
 
     @router.post("/predict/batch", response_model=batch_answer)
@@ -243,7 +252,13 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         """Score up to `max_batch_rows` requests at once (?explain=true: explained)."""
         state: ServerState = request.app.state.server
         rows = [r.model_dump() for r in payload.rows]  # type: ignore[attr-defined]
-        scored = await _score(state, rows, "predict_batch", explain=explain)
+        scored = await _score(
+            state,
+            rows,
+            "predict_batch",
+            explain=explain,
+            principal=request.state.principal,
+        )
         first = scored[0]
         body = {  # serialised directly: 1,000 pydantic answers cost ~16 ms
             "model_name": first.model_name,

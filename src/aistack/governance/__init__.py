@@ -1,0 +1,1 @@
+"""Governance: principals and grants, the audit log, retention."""
