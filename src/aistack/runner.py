@@ -7,6 +7,7 @@ versions, so re-running a stage on the same inputs changes nothing.
 from __future__ import annotations
 
 import getpass
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from aistack.contract import Batch, PostgresTable, RankingUseCase, UseCase
 from aistack.errors import ConfigError
 from aistack.features.gold import GoldResult, build_gold
 from aistack.flow import STAGES, Stage
+from aistack.governance.pii import cipher_for, source_pii
 from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
 from aistack.serving.batch import ScoreResult, score_range, score_recommendations
@@ -183,18 +185,28 @@ def _land(
     now: datetime,
 ) -> None:
     """Ingest -> bronze -> silver: the same for every kind of use case."""
+    landing = {"ingest", "silver"} & set(stages)
+    codec = cipher_for(use_case, ws.settings, os.environ) if landing else None
     if "ingest" in stages:
         with _timed(report, "ingest"):
             task = progress.add_task("ingest -> bronze", total=None)
             batches = _ticking(
                 use_case.read_sources(params, ws.settings.seed), progress, task
             )
-            report.ingest = ingest(ws.lake, batches, ingested_at=now)
+            report.ingest = ingest(
+                ws.lake,
+                batches,
+                ingested_at=now,
+                pii=source_pii(use_case),
+                codec=codec,
+            )
     if "silver" in stages:
         with _timed(report, "silver"):
             task = progress.add_task("bronze -> silver", total=len(use_case.silver))
             for spec in use_case.silver:
-                report.silver.append(build_silver(ws.lake, spec, processed_at=now))
+                report.silver.append(
+                    build_silver(ws.lake, spec, processed_at=now, codec=codec)
+                )
                 progress.advance(task)
 
 

@@ -1,0 +1,1 @@
+"""Governance: who may see and do what, PII protection, erasure, audit."""
