@@ -35,6 +35,7 @@ from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
 from aistack.serving.batch import ScoreResult, score_range, score_recommendations
 from aistack.sql import quote
+from aistack.training.card import log_card_scores, write_model_card
 from aistack.training.fit import (
     Candidate,
     champion_metric,
@@ -75,6 +76,7 @@ class RunReport:
     scoring: ScoreResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     evaluation_report: Path | None = None
+    model_cards: list[Path] = field(default_factory=list)
 
 
 def new_progress(*, enabled: bool = True) -> Progress:
@@ -324,11 +326,25 @@ def _train(
         report.champion,
         when=now,
     )
+    client = ws.registry.client
     for candidate in report.candidates:  # every trained model's run links to it
         if not candidate.reused:
-            ws.registry.client.log_artifact(
-                candidate.run_id, str(report.evaluation_report)
+            client.log_artifact(candidate.run_id, str(report.evaluation_report))
+        if candidate.test_scores is not None:
+            log_card_scores(client, candidate.run_id, use_case, candidate.test_scores)
+            card = write_model_card(
+                client,
+                use_case,
+                candidate.version,
+                card_path(ws, use_case, candidate.version),
             )
+            client.log_artifact(candidate.run_id, str(card))
+            report.model_cards.append(card)
+
+
+def card_path(ws: Workspace, use_case: UseCase, version: int) -> Path:
+    """Where the model card of `version` is written in the workspace."""
+    return ws.settings.workspace / "reports" / f"{use_case.name}-card-v{version}.html"
 
 
 def tune(

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from aistack.contract import Gates, Labels, Serving, SilverTable, Split, UseCase
+from aistack.contract import (
+    Evaluation,
+    Gates,
+    Labels,
+    Serving,
+    SilverTable,
+    Split,
+    UseCase,
+)
 from aistack.usecases.patient_risk import contract, model, source
 
 use_case = UseCase(
@@ -38,6 +46,10 @@ use_case = UseCase(
         delay=timedelta(days=contract.HORIZON_DAYS),
     ),
     split=Split(kind="stratified", fractions=(0.7, 0.3), seed=11),
+    evaluation=Evaluation(
+        slices={"age band": model.age_band, "sex": model.sex},
+        intended_use=model.INTENDED_USE,
+    ),
     trainers=model.trainers,
     metrics=model.metrics,
     gates=Gates(

@@ -3,6 +3,7 @@ a logistic regression on standardised features; metrics and slices."""
 
 from __future__ import annotations
 
+import pandas as pd
 import polars as pl
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -63,3 +64,25 @@ metrics: dict[str, Metric] = {
     "brier": brier,
     "calibration_error": calibration_error,
 }
+
+
+AGE_BANDS = (0, 60, 70, 80, 200)
+INTENDED_USE = (
+    "Flags adults whose serum free light chain sample and age put them at high "
+    "risk of dying within five years, so a clinician reviews them earlier. It "
+    "supports, never replaces, clinical judgement; it is not for diagnosis, "
+    "triage of emergencies, insurance or employment decisions. Trained on "
+    "residents of one US county sampled 1995-2003 (flchain): risk levels may "
+    "not transfer to other populations or eras."
+)
+
+
+def age_band(frame: pd.DataFrame) -> pd.Series:
+    """Slice: age at sampling, in bands (<60, 60-69, 70-79, 80+)."""
+    labels = ["<60", "60-69", "70-79", "80+"]
+    return pd.cut(frame["age"], AGE_BANDS, right=False, labels=labels).astype(str)
+
+
+def sex(frame: pd.DataFrame) -> pd.Series:
+    """Slice: sex as recorded (F, M)."""
+    return frame["sex"].astype(str)
