@@ -57,6 +57,7 @@ use_case = UseCase(
         metric_floors={"roc_auc": 0.8, "calibration_error": 0.05},
         irrelevant_columns=("national_id",),
         monotonic={"age": "increasing"},
+        max_latency_ms=200.0,  # a review list, not a real-time decision
     ),
     serving=Serving(request=contract.PatientRequest, threshold=0.5),
 )

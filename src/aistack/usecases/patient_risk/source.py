@@ -116,7 +116,11 @@ def extract(frame: pd.DataFrame, seed: int) -> pa.Table:
 
 
 def read_sources(params: PatientParams, seed: int) -> Iterator[Batch]:
-    """The first `patients` rows of the extract, in batches of 1,000."""
-    table = extract(flchain().iloc[: params.patients], seed)
+    """`patients` rows of the extract (a seeded sample: flchain's rows are not
+    in random order), in batches of 1,000."""
+    frame = flchain()
+    if params.patients < len(frame):
+        frame = frame.sample(params.patients, random_state=seed).sort_index()
+    table = extract(frame, seed)
     for k, start in enumerate(range(0, table.num_rows, BATCH_ROWS)):
         yield Batch(SOURCE, f"extract-{k:03d}", table.slice(start, BATCH_ROWS))
