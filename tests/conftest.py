@@ -12,6 +12,7 @@ from aistack.contract import get_use_case
 from aistack.features.online import materialize, open_store
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
+from aistack.governance.pii import new_key_file
 from aistack.registry.aliases import Registry
 from aistack.runner import RunReport, run
 from aistack.settings import load_settings
@@ -45,8 +46,6 @@ def fraud_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, RunR
 def pii_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh PII master key, set in AISTACK_PII_KEY for the session (servers and
     CLI subprocesses inherit it); the key never lies in a workspace."""
-    from aistack.governance.pii import new_key_file
-
     key = new_key_file(tmp_path_factory.mktemp("keys") / "pii.key").read_text().strip()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AISTACK_PII_KEY", key)

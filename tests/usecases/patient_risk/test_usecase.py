@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pandas as pd
+import polars as pl
 
 from aistack.contract import get_use_case
 from aistack.training.explain import explain
@@ -15,8 +16,6 @@ from aistack.usecases.patient_risk.source import flchain, synthetic_identity
 
 
 def test_label_is_death_within_the_horizon_and_unknown_when_censored() -> None:
-    import polars as pl
-
     raw = pl.DataFrame(
         {
             "futime": [str(HORIZON_DAYS - 1), str(HORIZON_DAYS + 1), "100", "x"],
