@@ -118,9 +118,9 @@ def extract(frame: pd.DataFrame, seed: int) -> pa.Table:
 def read_sources(params: PatientParams, seed: int) -> Iterator[Batch]:
     """`patients` rows of the extract (a seeded sample: flchain's rows are not
     in random order), in batches of 1,000."""
-    frame = flchain()
-    if params.patients < len(frame):
-        frame = frame.sample(params.patients, random_state=seed).sort_index()
-    table = extract(frame, seed)
+    table = extract(flchain(), seed)  # identities per patient, whatever is sampled
+    if params.patients < table.num_rows:
+        rng = np.random.default_rng([seed, 14])
+        table = table.take(np.sort(rng.choice(table.num_rows, params.patients, False)))
     for k, start in enumerate(range(0, table.num_rows, BATCH_ROWS)):
         yield Batch(SOURCE, f"extract-{k:03d}", table.slice(start, BATCH_ROWS))

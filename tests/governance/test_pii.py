@@ -1,0 +1,186 @@
+"""PII protection: keys, encryption, masked reads, and a scan of every file of a
+workspace after a full patient-risk run, serving, monitoring, a card and
+`aistack forget`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+
+from aistack.contract import get_use_case
+from aistack.errors import ConfigError
+from aistack.governance.pii import (
+    MASK,
+    PiiCipher,
+    load_cipher,
+    new_key_file,
+    read_table,
+)
+from aistack.monitoring.monitor import run_monitor
+from aistack.settings import load_settings
+from aistack.usecases.patient_risk.source import flchain, synthetic_identity
+from conftest import make_workspace
+from servers import aistack_server
+
+IDENTITY = ["national_id", "full_name", "date_of_birth", "address", "phone"]
+
+
+def source_pii(seed: int) -> list[str]:
+    """Every raw PII string the source can carry for this seed (all patients)."""
+    identities = synthetic_identity(flchain(), seed)
+    return [v for c in IDENTITY for v in identities[c]]
+
+
+def files_holding(root: Path, needles: list[str], tmp: Path) -> list[str]:
+    """Files under `root` holding any of `needles` byte for byte (GNU grep -F,
+    Aho-Corasick over every file, binary ones included)."""
+    patterns = tmp / "needles.txt"
+    patterns.write_text("\n".join(needles) + "\n")
+    found = subprocess.run(
+        ["grep", "-rFal", "-f", str(patterns), str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert found.returncode in (0, 1), found.stderr  # 1: nothing found
+    return found.stdout.split()
+
+
+def test_cipher_round_trips_with_a_fresh_nonce_and_stable_pseudonyms() -> None:
+    cipher = PiiCipher(bytes(range(32)))
+    sealed = cipher.encrypt(["Astrid Lockhart", "Astrid Lockhart", None])
+    assert sealed[0] != sealed[1] and sealed[2] is None
+    assert "Astrid" not in "".join(s for s in sealed if s)
+    assert cipher.decrypt(sealed) == ["Astrid Lockhart", "Astrid Lockhart", None]
+    first, again = cipher.pseudonym(["NID-1"]), cipher.pseudonym(["NID-1"])
+    assert first == again and first != PiiCipher(bytes(32)).pseudonym(["NID-1"])
+    with pytest.raises(ConfigError, match="not the one it was encrypted with"):
+        PiiCipher(bytes(32)).decrypt(sealed[:1])
+
+
+def test_a_missing_or_misplaced_key_is_an_error_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(workspace=tmp_path / "ws")
+    with pytest.raises(ConfigError, match="pii_key_env: the environment variable"):
+        load_cipher(settings, {})
+    with pytest.raises(ConfigError, match="must be 64 hex digits"):
+        load_cipher(settings, {"AISTACK_PII_KEY": "abc"})
+    (tmp_path / "ws").mkdir()
+    inside = new_key_file(tmp_path / "ws" / "pii.key")
+    placed = settings.model_copy(update={"pii_key_file": inside})
+    with pytest.raises(ConfigError, match=r"pii_key_file: .* inside the workspace"):
+        load_cipher(placed, {})
+    outside = settings.model_copy(update={"pii_key_file": tmp_path / "absent.key"})
+    with pytest.raises(ConfigError, match=r"pii_key_file: .* does not exist"):
+        load_cipher(outside, {})
+
+
+def test_reads_are_masked_unless_pii_is_revealed(patient_run, pii_key) -> None:
+    ws, _ = patient_run
+    uc = get_use_case("patient_risk")
+    cipher = PiiCipher(bytes.fromhex(pii_key))
+    masked = read_table(ws.lake, uc, "silver.patients", reveal_pii=False)
+    assert set(masked.column("full_name").to_pylist()) == {MASK}
+    shown = read_table(
+        ws.lake, uc, "silver.patients", reveal_pii=True, cipher=cipher
+    ).to_pandas()
+    source = synthetic_identity(flchain(), ws.settings.seed)
+    assert set(shown["full_name"]) <= set(source["full_name"])
+    assert set(shown["address"]) <= set(source["address"])
+    # the key column is a pseudonym in silver, the national id in bronze
+    assert not set(shown["national_id"]) & set(source["national_id"])
+    bronze = read_table(ws.lake, uc, "bronze.patients", reveal_pii=True, cipher=cipher)
+    ids = set(bronze.column("national_id").to_pylist())
+    assert len(ids) == 1500 and ids <= set(source["national_id"])
+    with pytest.raises(ConfigError, match="needs the PII key"):
+        read_table(ws.lake, uc, "silver.patients", reveal_pii=True)
+
+
+def request_of(row: dict) -> dict:
+    fields = ["national_id", "age", "sex", "kappa_flc", "lambda_flc", "mgus"]
+    return {
+        **{f: row[f] for f in fields},
+        "creatinine": row["creatinine"],
+        "sampled_at": row["sampled_at"].isoformat(),
+    }
+
+
+def test_no_raw_pii_anywhere_after_a_full_run_then_nothing_of_a_forgotten_subject(
+    patient_run, pii_key, tmp_path: Path
+) -> None:
+    source, _ = patient_run
+    root = tmp_path / "ws"
+    shutil.copytree(source.settings.workspace, root)
+    ws = make_workspace(root)
+    uc = get_use_case("patient_risk")
+    cipher = PiiCipher(bytes.fromhex(pii_key))
+    silver = ws.lake.read("silver.patients").to_pylist()
+    subject_row = silver[0]
+    pseudonym = subject_row["national_id"]
+    bronze = read_table(ws.lake, uc, "bronze.patients", reveal_pii=True, cipher=cipher)
+    subject = next(
+        n
+        for n in bronze.column("national_id").to_pylist()
+        if cipher.pseudonym([n])[0] == pseudonym
+    )
+    with aistack_server(root, use_case="patient_risk") as (base, _):
+        for row in silver[:5]:
+            answer = httpx.post(
+                f"{base}/v1/patient_risk/predict?explain=true", json=request_of(row)
+            )
+            assert answer.status_code == 200, answer.text
+            assert "explanation" in answer.json()
+    assert ws.lake.rows("ops.patient_risk_prediction_log") == 5
+    run_monitor(ws, uc, window=None, report_path=root / "reports" / "monitor.html")
+    cli = [sys.executable, "-m", "aistack"]
+    card = subprocess.run(
+        [*cli, "card", "patient_risk", "-w", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert card.returncode == 0, card.stderr
+
+    raw = source_pii(ws.settings.seed)
+    assert files_holding(root, raw, tmp_path) == []
+    control = tmp_path / "control" / "leak.txt"  # the scan can fail
+    control.parent.mkdir()
+    control.write_bytes(b"\x00binary " + raw[len(raw) // 2].encode() + b"\x00")
+    assert files_holding(control.parent, raw, tmp_path) == [str(control)]
+    # before erasure the subject's pseudonym is in data files and the log
+    assert files_holding(root / "tables", [pseudonym], tmp_path)
+
+    forget = subprocess.run(
+        [*cli, "forget", "patient_risk", subject, "-w", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert forget.returncode == 0, forget.stderr
+    for table in (
+        "bronze.patients",
+        "silver.patients",
+        "gold.patient_risk_predictions",
+        "ops.patient_risk_prediction_log",
+    ):
+        assert table in forget.stdout
+    # no file but Delta's commit log (file statistics) holds the pseudonym:
+    # every data file of every version that held the subject is vacuumed
+    left = files_holding(root, [pseudonym, subject], tmp_path)
+    assert [f for f in left if "/_delta_log/" not in f] == []
+    assert not any(subject in Path(f).read_text() for f in left)
+    after = read_table(ws.lake, uc, "bronze.patients", reveal_pii=True, cipher=cipher)
+    assert subject not in after.column("national_id").to_pylist()
+    assert after.num_rows == 1499
+    with pytest.raises(Exception):  # noqa: B017  (files of v0 are gone)
+        ws.lake.read("silver.patients", version=0)
+    tags = ws.registry.client.get_model_version("patient_risk", "1").tags
+    assert any(t.startswith("aistack.erasure.") for t in tags)
+    assert isinstance(after, pa.Table)
