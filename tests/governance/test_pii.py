@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import httpx
-import pyarrow as pa
+import pandera.polars as pa_pl
+import polars as pl
 import pytest
 
-from aistack.contract import get_use_case
+from aistack.contract import SilverTable, get_use_case
 from aistack.errors import ConfigError
 from aistack.governance.pii import (
     MASK,
@@ -22,6 +23,7 @@ from aistack.governance.pii import (
     new_key_file,
     read_table,
 )
+from aistack.lake.silver import REDACTED, protect_pii
 from aistack.monitoring.monitor import run_monitor
 from aistack.settings import load_settings
 from aistack.usecases.patient_risk.source import flchain, synthetic_identity
@@ -183,4 +185,33 @@ def test_no_raw_pii_anywhere_after_a_full_run_then_nothing_of_a_forgotten_subjec
         ws.lake.read("silver.patients", version=0)
     tags = ws.registry.client.get_model_version("patient_risk", "1").tags
     assert any(t.startswith("aistack.erasure.") for t in tags)
-    assert isinstance(after, pa.Table)
+    recard = subprocess.run(
+        [*cli, "card", "patient_risk", "--version", "1", "-w", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert recard.returncode == 0, recard.stderr
+    text = (root / "reports" / "patient_risk-card-v1.html").read_text()
+    assert "Erasures since training" in text
+
+
+def test_quarantine_keeps_pii_encrypted_and_reasons_redacted() -> None:
+    class Person(pa_pl.DataFrameModel):
+        person_id: pl.String = pa_pl.Field(metadata={"pii": "key"})
+        name: pl.String = pa_pl.Field(metadata={"pii": "encrypt"})
+
+    spec = SilverTable("people", "people", lambda f: f, Person, key=("person_id",))
+    cipher = PiiCipher(bytes(range(32)))
+    good = pl.DataFrame({"person_id": ["p1"], "name": ["Osric Ormsby"]})
+    bad = pl.DataFrame(
+        {
+            "person_id": ["p2"],
+            "name": ["Ulla Underhill"],
+            "_reason": ["column 'name' failed str_length (value Ulla Underhill)"],
+        }
+    )
+    good, bad = protect_pii(good, bad, spec, cipher)
+    assert cipher.decrypt(good["name"].to_list()) == ["Osric Ormsby"]
+    assert cipher.decrypt(bad["name"].to_list()) == ["Ulla Underhill"]
+    assert bad["_reason"][0] == f"column 'name' failed str_length (value {REDACTED})"

@@ -15,7 +15,7 @@ from monitoring.test_report import chromium
 
 
 def test_training_writes_a_card_per_model_with_every_section(patient_run) -> None:
-    ws, report = patient_run
+    _, report = patient_run
     assert len(report.model_cards) == len(report.candidates) == 2
     text = report.model_cards[0].read_text(encoding="utf-8")
     for heading in (
