@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
+
 import mlflow
 import numpy as np
 import pandas as pd
 import polars as pl
 
 from aistack.contract import get_use_case
+from aistack.runner import default_score_range
+from aistack.serving.batch import score_range
 from aistack.training.explain import explain
 from aistack.training.sets import build_training_set
 from aistack.training.tracking import tracking
 from aistack.usecases.patient_risk.contract import HORIZON_DAYS, patients
 from aistack.usecases.patient_risk.source import flchain, synthetic_identity
+from conftest import make_workspace
 
 
 def test_label_is_death_within_the_horizon_and_unknown_when_censored() -> None:
@@ -73,3 +80,25 @@ def test_contributions_plus_base_equal_the_margin(patient_run) -> None:
             # age carries risk: its contribution rises with age
             age = uc.feature_names.index("age")
             assert np.corrcoef(matrix[:, age], contributions[:, age])[0, 1] > 0.5
+
+
+def test_batch_scoring_writes_explanations_that_add_up(patient_run, tmp_path) -> None:
+    source, _ = patient_run
+    shutil.copytree(source.settings.workspace, tmp_path / "ws")
+    ws = make_workspace(tmp_path / "ws")
+    uc = get_use_case("patient_risk")
+    shutil.rmtree(ws.lake.path(uc.predictions_table))  # scored without explanations
+    with tracking(ws.settings.mlflow_uri):
+        start, end = default_score_range(ws, uc)
+        score_range(ws.lake, uc, ws.registry, start=start, end=end, explain=True)
+    rows = ws.lake.read(uc.predictions_table).to_pylist()
+    assert len(rows) == 1500 - ws.lake.rows("quarantine.patients")
+    for row in rows[:200]:
+        found = json.loads(row["explanation"])
+        total = (
+            found["base_value"]
+            + sum(c["contribution"] for c in found["contributions"])
+            + found["rest"]
+        )
+        assert abs(total - found["margin"]) < 1e-9
+        assert abs(1 / (1 + math.exp(-total)) - row["score"]) < 1e-6
