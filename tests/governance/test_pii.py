@@ -4,9 +4,11 @@ workspace after a full patient-risk run, serving, monitoring, a card and
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,7 @@ from aistack.errors import ConfigError
 from aistack.governance.pii import (
     MASK,
     PiiCipher,
+    forget,
     load_cipher,
     new_key_file,
     read_table,
@@ -114,7 +117,73 @@ def request_of(row: dict) -> dict:
     }
 
 
-def test_no_raw_pii_anywhere_after_a_full_run_then_nothing_of_a_forgotten_subject(
+def subject_of(ws, cipher: PiiCipher) -> tuple[str, str]:
+    """(national id, pseudonym) of the first patient in silver."""
+    uc = get_use_case("patient_risk")
+    pseudonym = ws.lake.read("silver.patients").column("national_id")[0].as_py()
+    bronze = read_table(ws.lake, uc, "bronze.patients", reveal_pii=True, cipher=cipher)
+    subject = next(
+        n
+        for n in bronze.column("national_id").to_pylist()
+        if cipher.pseudonym([n])[0] == pseudonym
+    )
+    return subject, pseudonym
+
+
+def check_no_raw_pii(root: Path, seed: int, tmp: Path) -> None:
+    """No file under `root` holds a raw PII string of the source; the scan
+    finds a planted one (it can fail)."""
+    raw = source_pii(seed)
+    assert files_holding(root, raw, tmp) == []
+    control = tmp / "control" / "leak.txt"
+    control.parent.mkdir(exist_ok=True)
+    control.write_bytes(b"\x00binary " + raw[len(raw) // 2].encode() + b"\x00")
+    assert files_holding(control.parent, raw, tmp) == [str(control)]
+
+
+def check_forgotten(ws, subject: str, pseudonym: str, tmp: Path) -> None:
+    """Only Delta's commit logs (file statistics) may still hold the subject's
+    pseudonym: every data file of every version that held it is vacuumed."""
+    uc = get_use_case("patient_risk")
+    root = ws.settings.workspace
+    left = files_holding(root, [pseudonym, subject], tmp)
+    assert [f for f in left if "/_delta_log/" not in f] == []
+    assert not any(subject in Path(f).read_text() for f in left)
+    cipher = load_cipher(ws.settings, os.environ)
+    after = read_table(ws.lake, uc, "bronze.patients", reveal_pii=True, cipher=cipher)
+    assert subject not in after.column("national_id").to_pylist()
+    assert after.num_rows == 1499
+    with pytest.raises(Exception):  # noqa: B017  (files of v0 are gone)
+        ws.lake.read("silver.patients", version=0)
+    tags = ws.registry.client.get_model_version("patient_risk", "1").tags
+    assert any(t.startswith("aistack.erasure.") for t in tags)
+
+
+def test_no_raw_pii_in_any_file_after_a_run_and_nothing_of_a_forgotten_subject(
+    patient_run, pii_key, tmp_path: Path
+) -> None:
+    source, _ = patient_run
+    shutil.copytree(source.settings.workspace, tmp_path / "ws")
+    ws = make_workspace(tmp_path / "ws")
+    cipher = PiiCipher(bytes.fromhex(pii_key))
+    check_no_raw_pii(tmp_path / "ws", ws.settings.seed, tmp_path)
+    subject, pseudonym = subject_of(ws, cipher)
+    assert files_holding(tmp_path / "ws" / "tables", [pseudonym], tmp_path)
+    uc = get_use_case("patient_risk")
+    result = forget(ws, uc, subject, cipher=cipher, now=datetime.now(UTC))
+    assert result.rows == {
+        "bronze.patients": 1,
+        "silver.patients": 1,
+        "gold.patient_risk_predictions": 1,
+    }
+    assert all(result.vacuumed_files[t] >= 1 for t in result.rows)
+    check_forgotten(ws, subject, pseudonym, tmp_path)
+    again = forget(ws, uc, subject, cipher=cipher, now=datetime.now(UTC))
+    assert again.total_rows == 0
+
+
+@pytest.mark.slow  # a server, monitoring and three CLI runs: ~4 min on busy cores
+def test_no_raw_pii_after_serving_monitoring_and_cards_then_forget_through_the_cli(
     patient_run, pii_key, tmp_path: Path
 ) -> None:
     source, _ = patient_run
@@ -122,16 +191,8 @@ def test_no_raw_pii_anywhere_after_a_full_run_then_nothing_of_a_forgotten_subjec
     shutil.copytree(source.settings.workspace, root)
     ws = make_workspace(root)
     uc = get_use_case("patient_risk")
-    cipher = PiiCipher(bytes.fromhex(pii_key))
+    subject, pseudonym = subject_of(ws, PiiCipher(bytes.fromhex(pii_key)))
     silver = ws.lake.read("silver.patients").to_pylist()
-    subject_row = silver[0]
-    pseudonym = subject_row["national_id"]
-    bronze = read_table(ws.lake, uc, "bronze.patients", reveal_pii=True, cipher=cipher)
-    subject = next(
-        n
-        for n in bronze.column("national_id").to_pylist()
-        if cipher.pseudonym([n])[0] == pseudonym
-    )
     with aistack_server(root, use_case="patient_risk") as (base, _):
         for row in silver[:5]:
             answer = httpx.post(
@@ -149,42 +210,24 @@ def test_no_raw_pii_anywhere_after_a_full_run_then_nothing_of_a_forgotten_subjec
         check=False,
     )
     assert card.returncode == 0, card.stderr
-
-    raw = source_pii(ws.settings.seed)
-    assert files_holding(root, raw, tmp_path) == []
-    control = tmp_path / "control" / "leak.txt"  # the scan can fail
-    control.parent.mkdir()
-    control.write_bytes(b"\x00binary " + raw[len(raw) // 2].encode() + b"\x00")
-    assert files_holding(control.parent, raw, tmp_path) == [str(control)]
-    # before erasure the subject's pseudonym is in data files and the log
+    check_no_raw_pii(root, ws.settings.seed, tmp_path)
     assert files_holding(root / "tables", [pseudonym], tmp_path)
 
-    forget = subprocess.run(
+    forget_cli = subprocess.run(
         [*cli, "forget", "patient_risk", subject, "-w", str(root)],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert forget.returncode == 0, forget.stderr
+    assert forget_cli.returncode == 0, forget_cli.stderr
     for table in (
         "bronze.patients",
         "silver.patients",
         "gold.patient_risk_predictions",
         "ops.patient_risk_prediction_log",
     ):
-        assert table in forget.stdout
-    # no file but Delta's commit log (file statistics) holds the pseudonym:
-    # every data file of every version that held the subject is vacuumed
-    left = files_holding(root, [pseudonym, subject], tmp_path)
-    assert [f for f in left if "/_delta_log/" not in f] == []
-    assert not any(subject in Path(f).read_text() for f in left)
-    after = read_table(ws.lake, uc, "bronze.patients", reveal_pii=True, cipher=cipher)
-    assert subject not in after.column("national_id").to_pylist()
-    assert after.num_rows == 1499
-    with pytest.raises(Exception):  # noqa: B017  (files of v0 are gone)
-        ws.lake.read("silver.patients", version=0)
-    tags = ws.registry.client.get_model_version("patient_risk", "1").tags
-    assert any(t.startswith("aistack.erasure.") for t in tags)
+        assert table in forget_cli.stdout
+    check_forgotten(ws, subject, pseudonym, tmp_path)
     recard = subprocess.run(
         [*cli, "card", "patient_risk", "--version", "1", "-w", str(root)],
         capture_output=True,
