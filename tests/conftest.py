@@ -12,12 +12,14 @@ from aistack.contract import get_use_case
 from aistack.features.online import materialize, open_store
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
+from aistack.governance.pii import new_key_file
 from aistack.registry.aliases import Registry
 from aistack.runner import RunReport, run
 from aistack.settings import load_settings
 from aistack.workspace import Workspace
 from servers import postgres_server
 
+SMALL_PATIENTS = {"patients": 1500}
 SMALL_FRAUD = {"customers": 400, "terminals": 800, "days": 60, "bad_rows": 2}
 
 
@@ -38,6 +40,26 @@ def fraud_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, RunR
     uc = get_use_case("fraud")
     report = run(uc, ws, uc.params(**SMALL_FRAUD))
     return ws, report
+
+
+@pytest.fixture(scope="session")
+def pii_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh PII master key, set in AISTACK_PII_KEY for the session (servers and
+    CLI subprocesses inherit it); the key never lies in a workspace."""
+    key = new_key_file(tmp_path_factory.mktemp("keys") / "pii.key").read_text().strip()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AISTACK_PII_KEY", key)
+        yield key
+
+
+@pytest.fixture(scope="session")
+def patient_run(
+    tmp_path_factory: pytest.TempPathFactory, pii_key: str
+) -> tuple[Workspace, RunReport]:
+    """One small patient-risk run (1,500 patients), shared read-only."""
+    ws = make_workspace(tmp_path_factory.mktemp("patients") / "ws")
+    uc = get_use_case("patient_risk")
+    return ws, run(uc, ws, uc.params(**SMALL_PATIENTS))
 
 
 @pytest.fixture

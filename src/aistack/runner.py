@@ -7,6 +7,7 @@ versions, so re-running a stage on the same inputs changes nothing.
 from __future__ import annotations
 
 import getpass
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,10 +30,12 @@ from aistack.contract import Batch, PostgresTable, RankingUseCase, UseCase
 from aistack.errors import ConfigError
 from aistack.features.gold import GoldResult, build_gold
 from aistack.flow import STAGES, Stage
+from aistack.governance.pii import cipher_for, source_pii
 from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
 from aistack.serving.batch import ScoreResult, score_range, score_recommendations
 from aistack.sql import quote
+from aistack.training.card import log_card_scores, write_model_card
 from aistack.training.fit import (
     Candidate,
     champion_metric,
@@ -74,6 +77,7 @@ class RunReport:
     scoring: ScoreResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     evaluation_report: Path | None = None
+    model_cards: list[Path] = field(default_factory=list)
 
 
 def new_progress(*, enabled: bool = True) -> Progress:
@@ -193,18 +197,28 @@ def _land(
     now: datetime,
 ) -> None:
     """Ingest -> bronze -> silver: the same for every kind of use case."""
+    landing = {"ingest", "silver"} & set(stages)
+    codec = cipher_for(use_case, ws.settings, os.environ) if landing else None
     if "ingest" in stages:
         with _timed(report, "ingest"):
             task = progress.add_task("ingest -> bronze", total=None)
             batches = _ticking(
                 use_case.read_sources(params, ws.settings.seed), progress, task
             )
-            report.ingest = ingest(ws.lake, batches, ingested_at=now)
+            report.ingest = ingest(
+                ws.lake,
+                batches,
+                ingested_at=now,
+                pii=source_pii(use_case),
+                codec=codec,
+            )
     if "silver" in stages:
         with _timed(report, "silver"):
             task = progress.add_task("bronze -> silver", total=len(use_case.silver))
             for spec in use_case.silver:
-                report.silver.append(build_silver(ws.lake, spec, processed_at=now))
+                report.silver.append(
+                    build_silver(ws.lake, spec, processed_at=now, codec=codec)
+                )
                 progress.advance(task)
 
 
@@ -331,11 +345,25 @@ def _train(
             if (h := tuning_history(experiment, t.name)) is not None
         },
     )
+    client = ws.registry.client
     for candidate in report.candidates:  # every trained model's run links to it
         if not candidate.reused:
-            ws.registry.client.log_artifact(
-                candidate.run_id, str(report.evaluation_report)
+            client.log_artifact(candidate.run_id, str(report.evaluation_report))
+        if candidate.test_scores is not None:
+            log_card_scores(client, candidate.run_id, use_case, candidate.test_scores)
+            card = write_model_card(
+                client,
+                use_case,
+                candidate.version,
+                card_path(ws, use_case, candidate.version),
             )
+            client.log_artifact(candidate.run_id, str(card))
+            report.model_cards.append(card)
+
+
+def card_path(ws: Workspace, use_case: UseCase, version: int) -> Path:
+    """Where the model card of `version` is written in the workspace."""
+    return ws.settings.workspace / "reports" / f"{use_case.name}-card-v{version}.html"
 
 
 def tune(

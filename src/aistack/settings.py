@@ -139,6 +139,23 @@ class Settings(BaseSettings):
         description="OTLP/HTTP traces endpoint (http://collector:4318/v1/traces); "
         "none: tracing off.",
     )
+    pii_key_env: str = Field(
+        default="AISTACK_PII_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the PII master key (64 hex "
+        "digits); read only when a use case declares PII columns.",
+    )
+    pii_key_file: Path | None = Field(
+        default=None,
+        description="File holding the PII master key (64 hex digits), outside the "
+        "workspace; wins over pii_key_env.",
+    )
+    erasure_retention_hours: float = Field(
+        default=0.0,
+        ge=0,
+        description="`aistack forget` vacuums files removed more than this long "
+        "ago; 0 removes the erased rows' old files at once.",
+    )
     stream_failpoint: str | None = Field(
         default=None,
         pattern=r"^(after_state|after_commit):[1-9][0-9]*$",

@@ -35,7 +35,7 @@ RANKING = [n for n in REGISTERED if isinstance(discover()[n], RankingUseCase)]
 
 
 def test_the_shipped_use_cases_are_registered() -> None:
-    assert "fraud" in LABELLED and "recommendations" in RANKING
+    assert {"fraud", "patient_risk"} <= set(LABELLED) and "recommendations" in RANKING
 
 
 @pytest.mark.parametrize("name", RANKING)
@@ -62,6 +62,8 @@ def test_use_case_contract(name: str) -> None:
     silver = {f"silver.{s.name}" for s in uc.silver}
     for spec in uc.silver:
         assert spec.columns, f"{spec.name}: contract declares no column"
+        # a PII column is never a feature nor a request column (keys: the id only)
+        assert not set(spec.pii) & {*uc.feature_names, *uc.labels.columns}
     for view in uc.views:
         assert set(view.inputs) <= silver
         if isinstance(view, AggregationView):

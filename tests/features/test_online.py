@@ -81,3 +81,11 @@ def test_use_cases_sharing_a_sqlite_file_keep_their_own_views(tmp_path) -> None:
     ea, eb = (open_event_state(None, tmp_path, name) for name in ("churn", "fraud"))
     ea.write("spending", [("1", Event(10, 1, (1.0,)))], {})
     assert eb.size("spending", "1") == 0 and ea.size("spending", "1") == 1
+
+
+def test_delete_erases_an_entity_and_leaves_the_others(store_url, tmp_path) -> None:
+    store = open_store(store_url, tmp_path, "erasure")
+    store.put("view", [("a", OnlineRow(1, (1.0,))), ("b", OnlineRow(2, (2.0,)))])
+    assert store.delete("view", ["a", "missing"]) == 1
+    assert store.get("view", ["a", "b"]) == [None, OnlineRow(2, (2.0,))]
+    assert store.delete("view", []) == 0

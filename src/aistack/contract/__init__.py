@@ -49,13 +49,21 @@ from aistack.contract.monitoring import (
 )
 from aistack.contract.ranking import RankingGates, RankingUseCase
 from aistack.contract.serving import Serving
-from aistack.contract.tables import Batch, PostgresTable, SilverTable
+from aistack.contract.tables import (
+    PII_MODES,
+    Batch,
+    Pii,
+    PiiCodec,
+    PostgresTable,
+    SilverTable,
+)
 from aistack.contract.tuning import Choice, Distribution, FloatRange, IntRange, Tuning
 from aistack.contract.usecase import UseCase
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "FUNCTIONS",
+    "PII_MODES",
     "Aggregation",
     "AggregationView",
     "AlertRule",
@@ -77,6 +85,8 @@ __all__ = [
     "Metric",
     "Monitoring",
     "Op",
+    "Pii",
+    "PiiCodec",
     "PostgresTable",
     "RankingGates",
     "RankingUseCase",

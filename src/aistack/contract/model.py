@@ -179,9 +179,19 @@ class Evaluation:
     already blocked in production and its rows would never be scored (the fraud
     handbook's protocol, `get_train_test_set`). It needs a time split by days.
     Every metric and gate reads the test part formed this way.
+
+    `slices` name groupings of the test rows (a function of the scored test
+    frame giving each row's group, e.g. an age band): the model card reports
+    every metric per group and the gaps in true and false positive rates
+    between groups. `intended_use` is the card's statement of what the model
+    is for and not for.
     """
 
     exclude_known_positives: str | None = None
+    slices: Mapping[str, Callable[[pd.DataFrame], pd.Series]] = field(
+        default_factory=dict
+    )
+    intended_use: str = ""
 
     def record(self) -> dict[str, object]:
         """The declaration, as recorded on a training run and in the training key."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, Protocol, get_args
 
 import pandera.polars as pa_pl
 import polars as pl
@@ -11,6 +12,33 @@ import pyarrow as pa
 
 from aistack.contract.names import _ident
 from aistack.errors import DeclarationError
+
+Pii = Literal["key", "encrypt"]
+"""How a personal column is protected, declared on the contract column as
+`pa_pl.Field(metadata={"pii": "key"})`.
+
+key: silver keeps a keyed pseudonym (HMAC-SHA256), equal for equal values, so
+the column still joins and identifies a subject; encrypt: silver keeps the value
+encrypted (AES-GCM), recoverable with the key. Bronze encrypts both. A PII
+column keeps its source name and is text (the protected value is text).
+"""
+PII_MODES: tuple[Pii, ...] = get_args(Pii)
+
+
+class PiiCodec(Protocol):
+    """What the lake needs to protect PII columns (keys held by governance)."""
+
+    def pseudonym(self, values: Sequence[str | None]) -> list[str | None]:
+        """Keyed pseudonym of each value (None stays None)."""
+        ...
+
+    def encrypt(self, values: Sequence[str | None]) -> list[str | None]:
+        """Each value encrypted with its own random nonce (None stays None)."""
+        ...
+
+    def decrypt(self, values: Sequence[str | None]) -> list[str | None]:
+        """Each encrypted value in clear (None stays None)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -88,6 +116,7 @@ class SilverTable:
             if column not in columns:
                 msg = f"silver.{self.name}: column {column!r} is not in the contract"
                 raise DeclarationError(msg)
+        self._check_pii()
         for column, target in self.references.items():
             if target.count(".") != 2 or not target.startswith("silver."):  # noqa: PLR2004
                 msg = (
@@ -95,6 +124,42 @@ class SilverTable:
                     "expected 'silver.table.column'"
                 )
                 raise DeclarationError(msg)
+
+    def _check_pii(self) -> None:
+        for name, mode in self.pii.items():
+            if mode not in PII_MODES:
+                msg = (
+                    f"silver.{self.name}: column {name!r} declares pii={mode!r}, "
+                    f"expected one of {', '.join(PII_MODES)}"
+                )
+                raise DeclarationError(msg)
+            if self.columns[name] not in (pl.String, pl.Utf8):
+                msg = (
+                    f"silver.{self.name}: pii column {name!r} is "
+                    f"{self.columns[name]}, expected String (protected values "
+                    "are stored as text)"
+                )
+                raise DeclarationError(msg)
+        for name in (*self.key, *self.references):
+            if self.pii.get(name, "key") != "key":
+                msg = (
+                    f"silver.{self.name}: key or reference column {name!r} must be "
+                    "pii='key' (a pseudonym joins; an encrypted value does not)"
+                )
+                raise DeclarationError(msg)
+        if self.latest_by in self.pii:
+            msg = f"silver.{self.name}: latest_by {self.latest_by!r} cannot be pii"
+            raise DeclarationError(msg)
+
+    @property
+    def pii(self) -> dict[str, Pii]:
+        """Contract columns declaring `pii` in their metadata, and how."""
+        schema = self.contract.to_schema()
+        return {
+            name: (col.metadata or {})["pii"]
+            for name, col in schema.columns.items()
+            if "pii" in (col.metadata or {})
+        }
 
     @property
     def columns(self) -> dict[str, pl.DataType]:

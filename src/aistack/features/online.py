@@ -60,6 +60,10 @@ class OnlineStore(Protocol):
         """Upsert rows; returns how many were written."""
         ...
 
+    def delete(self, view: str, entities: Sequence[object]) -> int:
+        """Erase the rows of `entities` (right to erasure); returns how many."""
+        ...
+
     def state(self, view: str) -> ViewState | None:
         """The gold version a view was last materialized from."""
         ...
@@ -140,6 +144,23 @@ class SQLiteStore:
         con.execute("COMMIT")
         return len(data)
 
+    def delete(self, view: str, entities: Sequence[object]) -> int:
+        """Erase the rows of `entities`, overwriting the freed pages (secure_delete)
+        and truncating the write-ahead log; returns how many rows went."""
+        if not entities:
+            return 0
+        view = f"{self.namespace}.{view}"
+        table = self._table(view)
+        con = self._connect()
+        con.execute("PRAGMA secure_delete = ON")
+        marks = ",".join("?" * len(entities))
+        gone = con.execute(
+            f"DELETE FROM {table} WHERE entity IN ({marks})",
+            [_key(e) for e in entities],
+        ).rowcount
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(gone)
+
     def state(self, view: str) -> ViewState | None:
         """The gold version a view was last materialized from."""
         view = f"{self.namespace}.{view}"
@@ -202,6 +223,12 @@ class RedisStore:
                 pipe.execute()
         pipe.execute()
         return count
+
+    def delete(self, view: str, entities: Sequence[object]) -> int:
+        """Erase the rows of `entities`; returns how many keys went."""
+        if not entities:
+            return 0
+        return int(self.client.delete(*(self._k(view, e) for e in entities)))
 
     def state(self, view: str) -> ViewState | None:
         """The gold version a view was last materialized from."""

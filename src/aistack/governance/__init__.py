@@ -1,1 +1,2 @@
-"""Governance: principals and grants, the audit log, retention."""
+"""Governance: principals and grants, PII protection, erasure, the audit log,
+retention."""

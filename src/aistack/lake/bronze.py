@@ -8,13 +8,14 @@ the table already holds is a no-op: no new version, no duplicate rows.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pyarrow as pa
 
-from aistack.contract import Batch, PostgresTable
+from aistack.contract import Batch, PiiCodec, PostgresTable
+from aistack.errors import ConfigError
 from aistack.lake.delta import Lake
 from aistack.lake.postgres import pull
 
@@ -40,10 +41,23 @@ def bronze_table(source: str) -> str:
     return f"bronze.{source}"
 
 
-def as_bronze_rows(batch: Batch, *, ingested_at: datetime) -> pa.Table:
-    """The batch's columns as strings, plus the ingestion metadata columns."""
+def as_bronze_rows(
+    batch: Batch,
+    *,
+    ingested_at: datetime,
+    encrypt: Collection[str] = (),
+    codec: PiiCodec | None = None,
+) -> pa.Table:
+    """The batch's columns as strings, plus the ingestion metadata columns.
+
+    Columns named in `encrypt` (PII) are stored encrypted by `codec`.
+    """
     data = batch.data
     columns = {name: data.column(name).cast(pa.string()) for name in data.column_names}
+    for name in (c for c in encrypt if c in columns):
+        if codec is None:
+            raise ConfigError(f"bronze.{batch.source}: PII column {name!r} needs a key")
+        columns[name] = pa.array(codec.encrypt(columns[name].to_pylist()), pa.string())
     n = data.num_rows
     columns[BATCH_ID] = pa.array([batch.id] * n, pa.string())
     columns[SOURCE] = pa.array([batch.source] * n, pa.string())
@@ -53,13 +67,20 @@ def as_bronze_rows(batch: Batch, *, ingested_at: datetime) -> pa.Table:
 
 
 def ingest(
-    lake: Lake, batches: Iterable[Batch | PostgresTable], *, ingested_at: datetime
+    lake: Lake,
+    batches: Iterable[Batch | PostgresTable],
+    *,
+    ingested_at: datetime,
+    pii: Mapping[str, Collection[str]] | None = None,
+    codec: PiiCodec | None = None,
 ) -> IngestResult:
     """Append every batch not yet in its bronze table, one commit per table.
 
     A `PostgresTable` is pulled here: its rows after bronze's watermark, as one
-    batch (none when nothing is new).
+    batch (none when nothing is new). `pii` maps a source to its PII columns,
+    stored encrypted by `codec` (a raw value never reaches the table).
     """
+    pii = pii or {}
     result = IngestResult()
     known: dict[str, set[str]] = {}
     pending: dict[str, list[pa.Table]] = defaultdict(list)
@@ -77,7 +98,14 @@ def ingest(
             result.skipped_batches[table] = result.skipped_batches.get(table, 0) + 1
             continue
         known[table].add(batch.id)
-        pending[table].append(as_bronze_rows(batch, ingested_at=ingested_at))
+        pending[table].append(
+            as_bronze_rows(
+                batch,
+                ingested_at=ingested_at,
+                encrypt=pii.get(batch.source, ()),
+                codec=codec,
+            )
+        )
     for table, parts in pending.items():
         data = pa.concat_tables(parts, promote_options="permissive")
         result.versions[table] = lake.write(

@@ -338,6 +338,27 @@ class Lake:
         merger.execute()
         return self._table(name).version()
 
+    def delete(self, name: str, predicate: str) -> tuple[int, int]:
+        """Delete the rows matching `predicate` (SQL) in one commit.
+
+        Returns (rows deleted, version after). Deleted rows stay in the files of
+        earlier versions until `vacuum` removes them.
+        """
+        table = self._table(name)
+        metrics = table.delete(predicate)
+        return int(metrics.get("num_deleted_rows", 0)), self._table(name).version()
+
+    def vacuum(self, name: str, *, retention_hours: float) -> int:
+        """Remove files no longer in the current version and older than
+        `retention_hours` (0: every one, so older versions stop being readable).
+        Returns how many files were removed."""
+        removed = self._table(name).vacuum(
+            retention_hours=int(retention_hours),
+            enforce_retention_duration=False,
+            dry_run=False,
+        )
+        return len(removed)
+
     def last_inputs(self, name: str) -> dict[str, int | str] | None:
         """Inputs recorded on the latest commit of `name`, None if none were."""
         if not self.exists(name):

@@ -23,8 +23,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aistack.contract import SilverTable
-from aistack.errors import ContractError, DeclarationError
+from aistack.contract import PiiCodec, SilverTable
+from aistack.errors import ConfigError, ContractError, DeclarationError
 from aistack.lake.bronze import BATCH_ID, INGESTED_AT, METADATA_COLUMNS, ROW, SOURCE
 from aistack.lake.delta import Lake
 from aistack.sql import quote
@@ -411,11 +411,68 @@ def _write_silver(
         )
 
 
+REDACTED = "<pii>"
+
+
+def reveal_pii(raw: pl.DataFrame, spec: SilverTable, codec: PiiCodec) -> pl.DataFrame:
+    """Bronze rows with PII decrypted, key columns already pseudonymised (so a
+    key is deduplicated and joined on its pseudonym, as silver stores it)."""
+    changed = []
+    for name, mode in spec.pii.items():
+        if name not in raw.columns:
+            continue
+        clear = codec.decrypt(raw.get_column(name).to_list())
+        values = codec.pseudonym(clear) if mode == "key" else clear
+        changed.append(pl.Series(name, values, dtype=pl.String))
+    return raw.with_columns(changed)
+
+
+def protect_pii(
+    good: pl.DataFrame, bad: pl.DataFrame, spec: SilverTable, codec: PiiCodec
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Encrypt the `encrypt` PII columns of silver and quarantine rows; a
+    quarantine reason quoting one of its row's values gets it redacted."""
+    hidden = [n for n, mode in spec.pii.items() if mode == "encrypt"]
+    good = good.with_columns(
+        pl.Series(n, codec.encrypt(good.get_column(n).to_list()), dtype=pl.String)
+        for n in hidden
+    )
+    present = [n for n in hidden if n in bad.columns]
+    if not bad.height or not present:
+        return good, bad
+    reasons = []
+    for row in bad.select("_reason", *present).iter_rows():
+        reason = row[0]
+        for value in row[1:]:
+            if value and reason:
+                reason = reason.replace(value, REDACTED)
+        reasons.append(reason)
+    bad = bad.with_columns(
+        pl.Series("_reason", reasons, dtype=pl.String),
+        *(
+            pl.Series(n, codec.encrypt(bad.get_column(n).to_list()), dtype=pl.String)
+            for n in present
+        ),
+    )
+    return good, bad
+
+
 def build_silver(
-    lake: Lake, spec: SilverTable, *, processed_at: datetime
+    lake: Lake,
+    spec: SilverTable,
+    *,
+    processed_at: datetime,
+    codec: PiiCodec | None = None,
 ) -> SilverResult:
-    """Bring `silver.<name>` and `quarantine.<name>` up to date with bronze."""
+    """Bring `silver.<name>` and `quarantine.<name>` up to date with bronze.
+
+    A spec declaring PII needs `codec`: bronze's encrypted values are read in
+    memory only, and silver and quarantine store them protected.
+    """
     target, quarantine = silver_table(spec), quarantine_table(spec)
+    if spec.pii and codec is None:
+        msg = f"{target}: PII columns {', '.join(spec.pii)} need the PII key"
+        raise ConfigError(msg)
     bronze = f"bronze.{spec.source}"
     result = SilverResult(table=target)
     bronze_version = lake.version(bronze)
@@ -447,9 +504,13 @@ def build_silver(
                 params={"chunk": chunk},
             ).to_arrow_table()
         )
+        if codec is not None and spec.pii:
+            raw = reveal_pii(raw, spec, codec)
         good, bad = validate_rows(
             raw, spec, existing_keys=existing, references=references
         )
+        if codec is not None and spec.pii:
+            good, bad = protect_pii(good, bad, spec, codec)
         counts.append(
             _account(
                 raw,

@@ -115,8 +115,11 @@ def request_features(
         c: [p[c] for p in payloads] for c in request_columns(use_case)
     }
     values = _request_time(use_case, payloads, columns)
-    values[labels.id] = np.array(
-        [i if i is not None else 0 for i in ids], dtype=np.float64
+    numeric = all(i is None or isinstance(i, int | float) for i in ids)
+    values[labels.id] = (  # never a feature: ids of text (pseudonyms) stay text
+        np.array([i if i is not None else 0 for i in ids], dtype=np.float64)
+        if numeric
+        else np.array(["" if i is None else str(i) for i in ids], dtype=object)
     )
     # rows without a clock have no event time (monitoring uses logged_at)
     times = list(columns[labels.timestamp]) if labels.timestamp else [None] * n

@@ -319,9 +319,7 @@ def train_candidate(
         )
         mlflow.log_dict(profile, PROFILE_ARTIFACT)
         # A synthetic example (column medians), never real rows: rows can be PII.
-        example = pd.DataFrame(
-            [holdout.astype("float64").median(numeric_only=True)] * 2
-        ).reset_index(drop=True)
+        example = synthetic_example(holdout)
         # MLflow prints registration notices to stderr itself; the CLI reports them
         with contextlib.redirect_stderr(io.StringIO()):
             info = mlflow.sklearn.log_model(
@@ -345,6 +343,17 @@ def train_candidate(
     )
     candidate.test_scores = scored
     return candidate
+
+
+def synthetic_example(holdout: pd.DataFrame) -> pd.DataFrame:
+    """Two rows of column medians, text columns (ids, pseudonyms) a placeholder:
+    an input example built from no real row (rows can be PII)."""
+    text = holdout.select_dtypes(exclude=["number", "bool"]).columns
+    numeric = holdout.drop(columns=text).astype("float64").median()
+    example = pd.DataFrame([numeric] * 2).reset_index(drop=True)
+    for column in text:
+        example[column] = "example"
+    return example[list(holdout.columns)]
 
 
 def log_verdict(

@@ -137,3 +137,26 @@ mae = lower_is_better(_mae)
 def r2(frame: pd.DataFrame) -> float:
     """Coefficient of determination: 1 - SS_res / SS_tot."""
     return float(r2_score(frame["label"], frame["score"]))
+
+
+# Calibration of binary scores read as probabilities.
+
+CALIBRATION_BINS = 10
+
+
+def _brier(frame: pd.DataFrame) -> float:
+    return float(((frame["score"] - frame["label"]) ** 2).mean())
+
+
+def _calibration_error(frame: pd.DataFrame) -> float:
+    bins = pd.cut(frame["score"].clip(0, 1), CALIBRATION_BINS, labels=False)
+    grouped = frame.groupby(bins, observed=True)
+    gaps = (grouped["score"].mean() - grouped["label"].mean()).abs()
+    return float((gaps * grouped.size() / len(frame)).sum())
+
+
+brier = lower_is_better(_brier)
+"""Brier score: mean squared gap between probability and outcome (lower is better)."""
+calibration_error = lower_is_better(_calibration_error)
+"""Expected calibration error over 10 equal-width score bins: the row-weighted
+mean |mean score - positive rate| (lower is better)."""

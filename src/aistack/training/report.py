@@ -169,7 +169,7 @@ def _daily_section(use_case: UseCase, scored: Sequence[Candidate]) -> str:
             assert frame is not None
             days = pd.to_datetime(frame[ts]).dt.floor("D")
             values = pd.Series(
-                {day: _safe(metric, part) for day, part in frame.groupby(days)}
+                {day: safe_metric(metric, part) for day, part in frame.groupby(days)}
             )
             ax.plot(
                 values.index,
@@ -241,7 +241,8 @@ def _thin(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, POINTS)).astype(np.int64))
 
 
-def _safe(metric: object, frame: pd.DataFrame) -> float:
+def safe_metric(metric: object, frame: pd.DataFrame) -> float:
+    """The metric on `frame`, NaN where it is undefined (e.g. one class)."""
     try:
         return float(metric(frame))  # type: ignore[operator]
     except (ValueError, ZeroDivisionError):

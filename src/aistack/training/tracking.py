@@ -12,6 +12,8 @@ from aistack.contract import RankingUseCase, UseCase
 LINEAGE_TAG = "aistack.lineage"
 PROFILE_ARTIFACT = "reference_profile.json"
 KEY_TAG = "aistack.training_key"
+ERASURE_TAG = "aistack.erasure"
+"""Model-version and run tag prefix listing an erasure in a model's lineage."""
 
 
 @contextlib.contextmanager
