@@ -106,6 +106,7 @@ def test_bad_payloads_get_422_with_the_field(
     assert all(e["msg"] for e in errors)
 
 
+@pytest.mark.slow  # suite budget; the fuzz and 422 tests stay in the default run
 def test_batch_over_the_limit_is_422(served_workspace) -> None:
     env = {"AISTACK_MAX_BATCH_ROWS": "10"}
     with aistack_server(served_workspace.settings.workspace, env=env) as (base, _):
@@ -159,6 +160,7 @@ def test_metrics_cover_requests_scores_lookups_and_model(served_workspace) -> No
     assert 'aistack_model_info{batch_path="' in text
 
 
+@pytest.mark.slow  # suite budget (20 min on 2 cores)
 def test_champion_swap_under_load_drops_nothing(served_workspace) -> None:
     ws = served_workspace
     registry = ws.registry
@@ -274,6 +276,7 @@ def test_redis_store_serves_and_ready_flips_when_it_goes_down(
                 again.wait()
 
 
+@pytest.mark.slow  # two workers; the one-worker SIGTERM flush test stays default
 def test_two_workers_serve_share_metrics_and_flush_on_sigterm(served_workspace) -> None:
     ws = served_workspace
     token = 'to"ken\\'  # quotes and backslashes reach the workers intact
@@ -310,6 +313,7 @@ def test_two_workers_serve_share_metrics_and_flush_on_sigterm(served_workspace) 
     assert log.height == 60
 
 
+@pytest.mark.slow  # suite budget (20 min on 2 cores)
 def test_health_answers_while_a_big_batch_is_scored(served_workspace) -> None:
     rows = [
         {
@@ -346,6 +350,7 @@ def test_health_answers_while_a_big_batch_is_scored(served_workspace) -> None:
         assert healthy_during >= 5  # the event loop was free while the batch scored
 
 
+@pytest.mark.slow  # two servers; the port-held-by-a-program test stays default
 def test_a_second_serve_on_a_port_in_use_is_refused(served_workspace) -> None:
     workspace = served_workspace.settings.workspace
     # the first with SO_REUSEPORT workers, which a second would silently share

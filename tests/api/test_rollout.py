@@ -84,9 +84,9 @@ def drive(base: str, until, *, seconds: float = 90) -> tuple[list[int], list[str
     ("kind", "mode", "reason"),
     [
         ("raising", "canary", "error rate"),
-        ("slow", "canary", "latency p99"),
+        pytest.param("slow", "canary", "latency p99", marks=pytest.mark.slow),
         ("shifted", "canary", "score PSI"),
-        ("raising", "shadow", "error rate"),
+        pytest.param("raising", "shadow", "error rate", marks=pytest.mark.slow),
     ],
 )
 def test_bad_challenger_is_rolled_back_without_failed_requests(

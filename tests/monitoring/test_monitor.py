@@ -86,6 +86,7 @@ def test_monitor_tests_drift_measures_performance_and_writes_the_report(
     assert prediction_frame(ws, uc, since=now + timedelta(minutes=1)).empty
 
 
+@pytest.mark.slow  # its own replay; run_monitor is tested in the default run
 def test_cli_monitor_and_abtest(replayed, tmp_path) -> None:
     ws, _ = replayed
     run = [sys.executable, "-m", "aistack"]

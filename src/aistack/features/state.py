@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -482,7 +484,7 @@ class RedisEventState:
             for e in entities
         ]
         names = [k for k, _, _ in keys]
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             with self.client.pipeline(transaction=True) as pipe:
                 try:
                     if names:
@@ -503,6 +505,9 @@ class RedisEventState:
                     pipe.execute()
                     return
                 except redis.WatchError:
+                    # another writer won this round: back off a random while
+                    # (growing, capped) so a slower writer is not starved
+                    time.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
                     continue
                 except redis.RedisError as exc:
                     raise StoreUnavailableError(f"redis at {self.url}: {exc}") from exc
