@@ -12,7 +12,7 @@ from aistack.contract import get_use_case
 from aistack.features.online import materialize, open_store
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
-from aistack.governance.pii import new_key_file
+from aistack.governance.keys import new_key_file
 from aistack.registry.aliases import Registry
 from aistack.runner import RunReport, run
 from aistack.settings import load_settings

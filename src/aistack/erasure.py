@@ -202,7 +202,7 @@ def audit_erasure(ws: Workspace, result: ErasureResult, principal: str) -> None:
     """The erasure's record in the hash-chained audit log: who, the erasure id,
     rows per table; never the subject (the id is what lineage tags name)."""
     audit_event(
-        ws,
+        ws.audit,
         principal,
         "erase",
         use_case=result.use_case,

@@ -150,6 +150,17 @@ class Settings(BaseSettings):
         description="File holding the PII master key (64 hex digits), outside the "
         "workspace; wins over pii_key_env.",
     )
+    audit_key_env: str = Field(
+        default="AISTACK_AUDIT_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the audit signing key (64 hex "
+        "digits, HMAC-SHA256 over checkpoints); unset: the audit log is unsigned.",
+    )
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="File holding the audit signing key (64 hex digits), outside "
+        "the workspace; wins over audit_key_env.",
+    )
     erasure_retention_hours: float = Field(
         default=0.0,
         ge=0,

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from aistack.engine import DaskEngine, EmbeddedEngine, open_engine
 from aistack.errors import ConfigError, RegistryError
-from aistack.governance.audit import audit_path
+from aistack.governance.audit import AuditLog, audit_log
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.settings import Settings
@@ -28,6 +28,7 @@ class Workspace:
     settings: Settings
     lake: Lake = field(init=False)
     registry: Registry = field(init=False)
+    audit: AuditLog = field(init=False)
     engine: EmbeddedEngine | DaskEngine = field(init=False)
 
     def __post_init__(self) -> None:
@@ -35,9 +36,8 @@ class Workspace:
         self.lake = Lake(self.settings.tables_dir)
         self.engine = open_engine(self.settings)  # a cluster connects on first use
         create_tracking_db(self.settings.mlflow_uri)
-        self.registry = Registry(
-            self.lake, self.settings.mlflow_uri, audit=audit_path(self.settings)
-        )
+        self.audit = audit_log(self.settings, os.environ)
+        self.registry = Registry(self.lake, self.settings.mlflow_uri, audit=self.audit)
 
     @contextmanager
     def exclusive(self, what: str) -> Iterator[None]:

@@ -214,7 +214,7 @@ def test_api_grants_audit_and_trace_of_a_served_request(fraud_run, tmp_path) -> 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     path = audit_path(ws.settings)
-    assert verify(path)[1] is None
+    assert verify(path).broken is None
     predictions = [r for r in read(path) if r["action"] == "predict"]
     assert sorted(
         (r["principal"], r["details"]["request_id"]) for r in predictions

@@ -14,6 +14,7 @@ import pytest
 
 from aistack.governance.audit import (
     AuditBuffer,
+    Verdict,
     append,
     audit_event,
     audit_path,
@@ -32,7 +33,7 @@ def log(tmp_path: Path) -> Path:
 
 
 def test_an_untouched_chain_verifies(log: Path) -> None:
-    assert verify(log) == (6, None)
+    assert verify(log) == Verdict(6, None, signed=False, seals=0)
     assert [r["seq"] for r in read(log)] == [1, 2, 3, 4, 5, 6]
     assert [r["details"]["version"] for r in read(log)] == [0, 1, 2, 3, 4, 5]
 
@@ -45,7 +46,8 @@ def test_one_changed_byte_breaks_the_chain_at_that_record(log: Path, offset) -> 
     line[at] = ord("X") if line[at] != ord("X") else ord("Y")
     lines[3] = bytes(line)
     log.write_bytes(b"".join(lines))
-    checked, broken = verify(log)
+    found = verify(log)
+    checked, broken = found.checked, found.broken
     assert checked == 3
     assert broken is not None and broken.line == 4
     assert "edited" in broken.reason
@@ -55,7 +57,7 @@ def test_a_deleted_record_is_named(log: Path) -> None:
     lines = log.read_bytes().splitlines(keepends=True)
     del lines[2]
     log.write_bytes(b"".join(lines))
-    _, broken = verify(log)
+    broken = verify(log).broken
     assert broken is not None
     assert str(broken) == "line 3: record 3 deleted (record 4 follows record 2)"
 
@@ -64,13 +66,13 @@ def test_reordered_records_are_named(log: Path) -> None:
     lines = log.read_bytes().splitlines(keepends=True)
     lines[1], lines[2] = lines[2], lines[1]
     log.write_bytes(b"".join(lines))
-    _, broken = verify(log)
+    broken = verify(log).broken
     assert broken is not None and broken.line == 2
     assert broken.reason == "records reordered: record 3 comes before record 2"
     lines[1], lines[2] = lines[2], lines[1]
     lines[4], lines[5] = lines[5], lines[4]  # the last two, swapped
     log.write_bytes(b"".join(lines))
-    _, broken = verify(log)
+    broken = verify(log).broken
     assert broken is not None and broken.line == 5
     assert broken.reason == "records reordered: record 6 comes before record 5"
 
@@ -79,7 +81,7 @@ def test_a_rewritten_tail_still_fails_the_next_link(log: Path) -> None:
     lines = log.read_bytes().splitlines(keepends=True)
     lines[-1] = lines[-1].replace(b'"version":5', b'"version":9')
     log.write_bytes(b"".join(lines))
-    assert verify(log)[1] is not None
+    assert verify(log).broken is not None
 
 
 def test_pruning_leaves_a_checkpoint_and_a_verifiable_chain(tmp_path: Path) -> None:
@@ -94,13 +96,13 @@ def test_pruning_leaves_a_checkpoint_and_a_verifiable_chain(tmp_path: Path) -> N
     records = list(read(path))
     assert [r["action"] for r in records] == ["checkpoint", "promote", "rollback"]
     assert records[0]["seq"] == 5 and records[0]["details"]["pruned"] == 5
-    assert verify(path) == (2, None)
+    assert verify(path) == Verdict(2, None, signed=False, seals=0)
     audit_event(tmp_path, "ana", "promote", version=4)  # appends continue the chain
-    assert verify(path) == (3, None)
+    assert verify(path) == Verdict(3, None, signed=False, seals=0)
     lines = path.read_bytes().splitlines(keepends=True)
     log_without_first_kept = lines[0] + b"".join(lines[2:])
     path.write_bytes(log_without_first_kept)
-    _, broken = verify(path)
+    broken = verify(path).broken
     assert broken is not None and "record 6 deleted" in broken.reason
 
 
@@ -127,5 +129,5 @@ def test_written_ahead_predictions_survive_a_kill(tmp_path: Path) -> None:
     buffer.close()
     ids = [r["details"]["request_id"] for r in read(path)]
     assert ids == [*map(str, range(50)), "late"]
-    assert verify(path) == (51, None)
+    assert verify(path) == Verdict(51, None, signed=False, seals=0)
     assert list((path.parent / "wal").glob("*.jsonl")) == []

@@ -20,11 +20,11 @@ from aistack.contract import SilverTable, get_use_case
 from aistack.erasure import forget
 from aistack.errors import ConfigError
 from aistack.governance.audit import audit_path, read, verify
+from aistack.governance.keys import new_key_file
 from aistack.governance.pii import (
     MASK,
     PiiCipher,
     load_cipher,
-    new_key_file,
     read_table,
 )
 from aistack.lake.silver import REDACTED, protect_pii
@@ -178,7 +178,7 @@ def test_no_raw_pii_in_any_file_after_a_run_and_nothing_of_a_forgotten_subject(
     erased = [r for r in read(audit_path(ws)) if r["action"] == "erase"]
     assert [r["details"]["erasure_id"] for r in erased] == [result.erasure_id]
     assert erased[0]["principal"] == "t" and subject not in str(erased[0])
-    assert verify(audit_path(ws))[1] is None
+    assert verify(audit_path(ws)).broken is None
     assert result.rows == {
         "bronze.patients": 1,
         "silver.patients": 1,
@@ -314,4 +314,4 @@ def test_pii_reads_are_masked_unless_revealed_by_read_pii_and_audited(
     assert [(r["principal"], r["details"]["table"]) for r in decrypts] == [
         ("root", "silver.patients")
     ]
-    assert verify(audit_path(ws))[1] is None
+    assert verify(audit_path(ws)).broken is None

@@ -68,7 +68,8 @@ def test_vacuum_command_enforces_declared_retention(tmp_path: Path) -> None:
     assert [(r["action"], r["details"]["deleted_rows"]) for r in records] == [
         ("vacuum", 1)
     ]
-    assert verify(audit_path(ws)) == (1, None)
+    assert verify(audit_path(ws)).checked == 1
+    assert verify(audit_path(ws)).broken is None
     bad = subprocess.run(
         [sys.executable, "-m", "aistack", "vacuum"],
         env={**env, "AISTACK_RETENTION_DAYS": '{"logs": 5}'},

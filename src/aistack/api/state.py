@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from aistack.errors import ConfigError, LogUnavailableError
 from aistack.features.online import OnlineStore, open_store, versions
 from aistack.features.realtime import LabelResult, apply_labels
 from aistack.features.state import EventState, open_event_state
-from aistack.governance.audit import AuditBuffer, audit_path, entry
+from aistack.governance.audit import AuditBuffer, audit_log, entry
 from aistack.governance.principals import Policy
 from aistack.lake.delta import Lake
 from aistack.monitoring.alerts import evaluate_alerts, firing
@@ -95,10 +96,10 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.policy = Policy.load(self.settings.policy)
+        log = audit_log(self.settings, os.environ)
         self.audit = (
             AuditBuffer(
-                audit_path(self.settings),
-                flush_seconds=self.settings.audit_flush_seconds,
+                log.path, flush_seconds=self.settings.audit_flush_seconds, key=log.key
             )
             if self.settings.audit_predictions
             else None
@@ -114,9 +115,7 @@ class ServerState:
             if self.use_case.aggregation_views
             else None
         )
-        self.registry = Registry(
-            self.lake, self.settings.mlflow_uri, audit=audit_path(self.settings)
-        )
+        self.registry = Registry(self.lake, self.settings.mlflow_uri, audit=log)
         self.tracing = Tracing(
             self.settings.otlp_endpoint, service=f"aistack-{self.use_case.name}"
         )

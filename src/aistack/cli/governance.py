@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from typing import Annotated
@@ -42,7 +43,7 @@ def _settings(workspace: WorkspaceOpt) -> Settings:
 
 def _grant_change(settings: Settings, name: str, what: str, **details: object) -> None:
     """Check the caller may manage grants (bootstrap: none yet), then audit."""
-    from aistack.governance.audit import audit_event
+    from aistack.governance.audit import audit_event, audit_log
     from aistack.governance.principals import Policy, local_admin
 
     policy = Policy.load(settings.policy)
@@ -51,7 +52,8 @@ def _grant_change(settings: Settings, name: str, what: str, **details: object) -
         if policy.principals
         else local_admin().name  # bootstrap: the file's first principal
     )
-    audit_event(settings, actor, "grant", subject=name, change=what, **details)
+    log = audit_log(settings, os.environ)
+    audit_event(log, actor, "grant", subject=name, change=what, **details)
 
 
 @principal_app.command("add")
@@ -168,18 +170,32 @@ def whoami_command(workspace: WorkspaceOpt = None) -> None:
 @audit_app.command("verify")
 def audit_verify(workspace: WorkspaceOpt = None) -> None:
     """Check the hash chain; name the first edited, deleted or reordered record."""
-    from aistack.governance.audit import audit_path, verify
+    from aistack.governance.audit import audit_log, verify
 
     settings = load_settings(workspace=workspace)
     authorize(settings, "audit")
-    path = audit_path(settings)
+    log = audit_log(settings, os.environ)
     started = time.perf_counter()
-    checked, broken = verify(path)
+    found = verify(log.path, key=log.key)
     seconds = time.perf_counter() - started
-    if broken is not None:
-        msg = f"audit log {path}: chain broken at {broken} ({checked:,} records hold)"
+    if found.broken is not None:
+        msg = (
+            f"audit log {log.path}: chain broken at {found.broken} "
+            f"({found.checked:,} records hold)"
+        )
         raise AuditError(msg)
-    console.print(f"audit log {path}: {checked:,} records verified in {seconds:.2f} s")
+    console.print(
+        f"audit log {log.path}: {found.checked:,} records verified in {seconds:.2f} s"
+    )
+    if found.signed:
+        console.print(f"signed: {found.seals:,} seals checked with the audit key")
+    else:
+        console.print(
+            f"unsigned: no audit key configured (audit_key_file, or the variable "
+            f"{settings.audit_key_env} named by audit_key_env); the hash chain "
+            "detects an edited, deleted or reordered record but not a rewrite of "
+            f"the whole chain ({found.seals:,} seals not checked)"
+        )
 
 
 @audit_app.command("show")
@@ -254,7 +270,7 @@ def vacuum_command(
     seed: SeedOpt = None,
 ) -> None:
     """Enforce retention: delete expired rows, compact, vacuum; prune the audit log."""
-    from aistack.governance.audit import audit_event, audit_path, prune
+    from aistack.governance.audit import audit_event, prune
     from aistack.governance.retention import expire, kind_of
 
     ws = open_workspace(workspace, tracking_uri, seed, ("write", "*"))
@@ -283,13 +299,16 @@ def vacuum_command(
             str(done.removed_files),
         )
         audit_event(
-            ws.settings, who, "vacuum", table=info.name, deleted_rows=done.deleted_rows
+            ws.audit, who, "vacuum", table=info.name, deleted_rows=done.deleted_rows
         )
     if "audit" in days:
         from datetime import timedelta
 
         pruned = prune(
-            audit_path(ws.settings), now - timedelta(days=days["audit"]), principal=who
+            ws.audit.path,
+            now - timedelta(days=days["audit"]),
+            principal=who,
+            key=ws.audit.key,
         )
         table.add_row("audit log", "audit", f"{days['audit']:g}", str(pruned), "-", "-")
     console.print(table)

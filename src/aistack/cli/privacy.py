@@ -156,7 +156,7 @@ def show_command(
     rows = data.slice(0, limit).select(column) if column else data.slice(0, limit)
     if reveal:
         audit_event(
-            ws,
+            ws.audit,
             principal,
             "pii_decrypt",
             use_case=uc.name,

@@ -8,12 +8,21 @@ Prediction records are batched: `AuditBuffer` writes each to a per-process
 write-ahead segment (one `write`, no fsync, as the prediction log does) and a
 flusher chains them into the log; segments of a killed process are chained at
 the next start, so an acknowledged prediction is never lost (at least once).
+
+Anyone who can write the file can also rewrite the whole chain consistently
+(recomputing every hash). With an audit key (`audit_key_file` /
+`audit_key_env`, outside the workspace) every append ends with a `seal`
+record whose `mac` is HMAC-SHA256 over its own `prev` and `seq`: it signs the
+chain head, hence every record before it. `verify` with the key checks every
+seal, and that every record is covered by a later one; a rewrite without the
+key breaks the first seal after the change.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,6 +33,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from aistack.governance.keys import read_key
 from aistack.governance.principals import Principal
 from aistack.settings import Settings
 from aistack.wal import new_segment, orphan_segments
@@ -31,6 +41,10 @@ from aistack.wal import new_segment, orphan_segments
 GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
 """Action of the first record after a prune: its `prev` is the last pruned hash."""
+SEAL = "seal"
+"""Action of a signed checkpoint: `details.mac` signs its `prev` and `seq`."""
+SIGNER = "aistack"
+"""Principal of seal records (the platform, not a caller)."""
 
 
 class _HasSettings(Protocol):
@@ -43,6 +57,26 @@ def audit_path(where: Settings | _HasSettings | Path) -> Path:
         return where if where.suffix == ".jsonl" else where / "audit" / "audit.jsonl"
     settings = where if isinstance(where, Settings) else where.settings
     return settings.workspace / "audit" / "audit.jsonl"
+
+
+@dataclass(frozen=True)
+class AuditLog:
+    """The audit log file and the key its checkpoints are signed with."""
+
+    path: Path
+    key: bytes | None = field(default=None, repr=False)
+    """HMAC-SHA256 key of the seals; None: the log is unsigned."""
+
+
+def audit_log(settings: Settings, environ: Mapping[str, str]) -> AuditLog:
+    """The workspace's audit log, signed when settings name an audit key."""
+    return AuditLog(audit_path(settings), read_key(settings, "audit", environ))
+
+
+def mac(key: bytes, action: str, prev: str, seq: int) -> str:
+    """The signature of a seal or checkpoint of link `prev` and number `seq`."""
+    message = f"aistack-audit-v1:{action}:{prev}:{seq}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def _name(principal: Principal | str) -> str:
@@ -76,19 +110,29 @@ def _seq(body: bytes) -> int:
 
 
 def chain_lines(
-    entries: Iterable[Mapping[str, Any]], prev: str, seq: int
+    entries: Iterable[Mapping[str, Any]],
+    prev: str,
+    seq: int,
+    *,
+    key: bytes | None = None,
 ) -> Iterator[bytes]:
-    """Lines chaining `entries` after the record of hash `prev` and number `seq`."""
+    """Lines chaining `entries` after the record of hash `prev` and number `seq`;
+    with `key`, then a seal signing the last of them."""
     for e in entries:
         seq += 1
         head = f'{{"prev":"{prev}","seq":{seq},'.encode()
         body = head + orjson.dumps(e, option=orjson.OPT_SORT_KEYS)[1:]
         prev = hashlib.sha256(body).hexdigest()
         yield prev.encode() + b" " + body + b"\n"
+    if key is not None:
+        seal = entry(SIGNER, SEAL, {"mac": mac(key, SEAL, prev, seq + 1)})
+        yield from chain_lines([seal], prev, seq)
 
 
-def append(path: Path, entries: list[Mapping[str, Any]]) -> None:
-    """Chain `entries` onto the log at `path` (locked, fsync-ed)."""
+def append(
+    path: Path, entries: list[Mapping[str, Any]], *, key: bytes | None = None
+) -> None:
+    """Chain `entries` onto the log at `path` (locked, fsync-ed), sealed with `key`."""
     if not entries:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,19 +143,21 @@ def append(path: Path, entries: list[Mapping[str, Any]]) -> None:
             (GENESIS, 0) if last is None else (last[:64].decode(), _seq(last[65:]))
         )
         handle.seek(0, os.SEEK_END)
-        handle.write(b"".join(chain_lines(entries, prev, seq)))
+        handle.write(b"".join(chain_lines(entries, prev, seq, key=key)))
         handle.flush()
         os.fsync(handle.fileno())
 
 
 def audit_event(
-    where: Settings | _HasSettings | Path,
+    where: AuditLog | Path,
     principal: Principal | str,
     action: str,
     **details: Any,  # noqa: ANN401
 ) -> None:
-    """Record one action in the audit log (PII decrypts, erasures, promotions...)."""
-    append(audit_path(where), [entry(principal, action, details)])
+    """Record one action in the audit log (PII decrypts, erasures, promotions...);
+    a bare path (a workspace or the file) is an unsigned log."""
+    log = where if isinstance(where, AuditLog) else AuditLog(audit_path(where))
+    append(log.path, [entry(principal, action, details)], key=log.key)
 
 
 @dataclass(frozen=True)
@@ -125,34 +171,94 @@ class Break:
         return f"line {self.line}: {self.reason}"
 
 
-def verify(path: Path) -> tuple[int, Break | None]:
-    """Records checked, and the first break (None: the chain holds).
+@dataclass(frozen=True)
+class Verdict:
+    """What `verify` found."""
+
+    checked: int
+    """Records that hold, before the first break (a prune's checkpoint excluded)."""
+    broken: Break | None
+    signed: bool
+    """Signatures were checked (a key was given)."""
+    seals: int
+    """Seal records seen (each checked when `signed`)."""
+
+
+def verify(path: Path, *, key: bytes | None = None) -> Verdict:
+    """Check the chain and, with `key`, its signatures; name the first break.
 
     The fast path only hashes and compares `prev`: the links alone fix the
-    order; sequence numbers are read to explain a break.
+    order; sequence numbers are read to explain a break. With `key`, every
+    seal's signature is checked (in constant time) and every record must be
+    covered by a signed one at or after it.
     """
     if not path.exists():
-        return 0, None
-    data = path.read_bytes()
+        return Verdict(0, None, key is not None, 0)
+    with path.open("rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)  # not half of a concurrent append
+        data = handle.read()
     lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
+    return _walk(lines, key)
+
+
+def _walk(lines: list[bytes], key: bytes | None) -> Verdict:
+    """`verify` over the log's lines (a break or signature failure returns early)."""
     prev, seq, first = GENESIS.encode(), 0, 1
+    signed_seq, signed_line, seals = 0, 0, 0
     if lines and b'"action":"checkpoint"' in lines[0]:
         # pruned before: the checkpoint holds the last pruned record's hash and number
         head, body = lines[0][:64], lines[0][65:]
         if hashlib.sha256(body).hexdigest().encode() != head:
-            return 0, Break(1, "checkpoint edited: its hash does not match it")
+            broken = Break(1, "checkpoint edited: its hash does not match it")
+            return Verdict(0, broken, key is not None, 0)
         prev, seq, first = body[9:73], _seq(body), 2
+        if key is not None:
+            if not _signed(key, CHECKPOINT, body):
+                broken = Break(1, "checkpoint not signed with the audit key")
+                return Verdict(0, broken, True, 0)
+            signed_seq, signed_line = seq, 1
     sha256 = hashlib.sha256
     for n, line in enumerate(lines[first - 1 :], start=first):
         body = line[65:]
         digest = sha256(body).hexdigest().encode()
         if digest != line[:64] or body[9:73] != prev:
             reason = _why(line[:64], body, prev, seq, lines[n:])
-            return n - first, Break(n, reason)
+            return Verdict(n - first, Break(n, reason), key is not None, seals)
         prev, seq = digest, seq + 1
-    return len(lines) - first + 1, None
+        if b'"action":"seal"' not in body[80:120]:
+            continue
+        seals += 1
+        if key is None:
+            continue
+        if not _signed(key, SEAL, body):
+            since = f"record {signed_seq}" if signed_seq else "the first record"
+            reason = (
+                f"seal record {seq}: signature does not match; the records after "
+                f"{since} up to record {seq} were rewritten without the audit key "
+                "(or signed with another key)"
+            )
+            return Verdict(n - first, Break(n, reason), True, seals)
+        signed_seq, signed_line = seq, n
+    if key is not None and signed_line < len(lines):
+        reason = (
+            f"records {signed_seq + 1}-{seq} are not covered by a signed seal: "
+            "appended without the audit key, or their seals were removed"
+        )
+        n = signed_line + 1
+        return Verdict(n - first, Break(n, reason), True, seals)
+    return Verdict(len(lines) - first + 1, None, key is not None, seals)
+
+
+def _signed(key: bytes, action: str, body: bytes) -> bool:
+    """`body` (a seal or checkpoint) carries the signature of its prev and seq."""
+    record = orjson.loads(body)
+    given = record.get("details", {}).get("mac")
+    if not isinstance(given, str):
+        return False
+    expected = mac(key, action, record["prev"], record["seq"])
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _why(digest: bytes, body: bytes, prev: bytes, seq: int, rest: list[bytes]) -> str:
@@ -174,11 +280,14 @@ def _why(digest: bytes, body: bytes, prev: bytes, seq: int, rest: list[bytes]) -
     return f"record {got}: its previous hash does not match record {seq}"
 
 
-def prune(path: Path, before: datetime, *, principal: str) -> int:
+def prune(
+    path: Path, before: datetime, *, principal: str, key: bytes | None = None
+) -> int:
     """Drop records older than `before`; a checkpoint keeps the rest verifiable.
 
     The checkpoint carries the last pruned record's hash (as its `prev`) and
-    number, so the first kept record still links to it. Rewritten in place
+    number, so the first kept record still links to it; with `key` it is signed
+    (a forged checkpoint cannot cut the front of the log). Rewritten in place
     under the append lock: writers wait, none appends to a stale file.
     """
     if not path.exists():
@@ -194,11 +303,15 @@ def prune(path: Path, before: datetime, *, principal: str) -> int:
         if cut == start:
             return 0
         last = lines[cut - 1]
-        details = {"pruned_before": before.isoformat(), "pruned": cut - start}
+        last_hash, last_seq = last[:64].decode(), _seq(last[65:])
+        details: dict[str, Any] = {
+            "pruned_before": before.isoformat(),
+            "pruned": cut - start,
+        }
+        if key is not None:
+            details["mac"] = mac(key, CHECKPOINT, last_hash, last_seq)
         mark = chain_lines(
-            [entry(principal, CHECKPOINT, details)],
-            last[:64].decode(),
-            _seq(last[65:]) - 1,
+            [entry(principal, CHECKPOINT, details)], last_hash, last_seq - 1
         )
         handle.seek(0)
         handle.truncate()
@@ -229,6 +342,8 @@ class AuditBuffer:
 
     path: Path
     flush_seconds: float = 1.0
+    key: bytes | None = field(default=None, repr=False)
+    """Seals each flush when set (see `AuditLog.key`)."""
     _handle: IO[bytes] | None = None
     _segment: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -283,7 +398,7 @@ class AuditBuffer:
         self._segment, self._handle = new_segment(self.wal_dir)
 
     def _drain(self, segment: Path, handle: IO[bytes]) -> None:
-        append(self.path, _read_segment(segment))
+        append(self.path, _read_segment(segment), key=self.key)
         segment.unlink(missing_ok=True)
         handle.close()
 

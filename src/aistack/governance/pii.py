@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import pyarrow as pa
 from cryptography.exceptions import InvalidTag
@@ -22,10 +21,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aistack.contract import RankingUseCase, UseCase
 from aistack.errors import ConfigError
+from aistack.governance.keys import read_key
 from aistack.lake.delta import Lake
 from aistack.settings import Settings
 
-KEY_HEX_DIGITS = 64
 NONCE_BYTES = 12
 PREFIX = "enc1:"
 """Marks an encrypted value (version 1: base64 of nonce + ciphertext + tag)."""
@@ -93,40 +92,15 @@ def load_cipher(settings: Settings, environ: Mapping[str, str]) -> PiiCipher:
     `pii_key_file` wins over the variable `pii_key_env` of `environ`. The key
     file must lie outside the workspace (a copied workspace must not carry it).
     """
-    if settings.pii_key_file is not None:
-        path = settings.pii_key_file.resolve()
-        if path.is_relative_to(settings.workspace.resolve()):
-            msg = f"pii_key_file: {path} is inside the workspace; keep the key outside"
-            raise ConfigError(msg)
-        if not path.is_file():
-            msg = f"pii_key_file: {path} does not exist (the PII master key file)"
-            raise ConfigError(msg)
-        text, where = path.read_text().strip(), f"pii_key_file {path}"
-    else:
-        name = settings.pii_key_env
-        if not environ.get(name):
-            msg = (
-                f"pii_key_env: the environment variable {name} holding the PII "
-                "master key is not set (or set pii_key_file); this use case "
-                "declares PII columns and cannot run without it"
-            )
-            raise ConfigError(msg)
-        text, where = environ[name].strip(), f"pii_key_env {name}"
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(text) != KEY_HEX_DIGITS or len(key) * 2 != KEY_HEX_DIGITS:
-        msg = f"{where}: the PII master key must be {KEY_HEX_DIGITS} hex digits"
+    key = read_key(settings, "pii", environ)
+    if key is None:
+        msg = (
+            f"pii_key_env: the environment variable {settings.pii_key_env} holding "
+            "the PII master key is not set (or set pii_key_file); this use case "
+            "declares PII columns and cannot run without it"
+        )
         raise ConfigError(msg)
     return PiiCipher(key)
-
-
-def new_key_file(path: Path) -> Path:
-    """Write a fresh random master key to `path` (mode 0600) and return it."""
-    path.write_text(os.urandom(KEY_HEX_DIGITS // 2).hex() + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def source_pii(use_case: UseCase | RankingUseCase) -> dict[str, set[str]]:

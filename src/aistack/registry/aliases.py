@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
@@ -24,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
 from aistack.errors import RegistryError
-from aistack.governance.audit import audit_event
+from aistack.governance.audit import AuditLog, audit_event
 from aistack.lake.delta import Lake
 
 ALIAS_EVENTS = "ops.alias_events"
@@ -61,7 +60,7 @@ class Registry:
     """Aliases of registered models, with every move recorded."""
 
     def __init__(
-        self, lake: Lake, tracking_uri: str, *, audit: Path | None = None
+        self, lake: Lake, tracking_uri: str, *, audit: AuditLog | None = None
     ) -> None:
         self.lake = lake
         self.uri = tracking_uri
