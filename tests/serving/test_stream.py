@@ -10,6 +10,7 @@ offline values.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import signal
 import subprocess
@@ -27,6 +28,8 @@ from aistack.contract import get_use_case
 from aistack.errors import ConfigError
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
+from aistack.governance.audit import audit_path, verify
+from aistack.governance.audit import read as read_audit
 from aistack.monitoring.consistency import check_consistency
 from aistack.serving.stream import (
     RedisStreamSource,
@@ -105,8 +108,12 @@ def streamed(served_workspace, tmp_path):
         yield found
 
 
-def test_killed_consumers_leave_every_event_scored_exactly_once(streamed) -> None:
+def test_killed_consumers_leave_every_event_scored_exactly_once(
+    streamed, monkeypatch
+) -> None:
     ws, uc, url, pushed = streamed
+    key = os.urandom(32)
+    monkeypatch.setenv("AISTACK_AUDIT_KEY", key.hex())  # the consumers sign
     for failpoint in ("after_state:2", "after_commit:3"):
         proc = consume(ws, url, name="c1", failpoint=failpoint)
         out, _ = proc.communicate(timeout=300)
@@ -126,6 +133,25 @@ def test_killed_consumers_leave_every_event_scored_exactly_once(streamed) -> Non
     table = report.frame()
     assert report.compared == pushed.events
     assert table["mismatch_rate"].max() == 0.0, table.to_string()
+    # every prediction audited at least once (a batch killed before its commit
+    # is scored, and audited, again), signed, without the payload
+    audited = [
+        r
+        for r in read_audit(audit_path(ws.settings))
+        if r["action"] == "predict" and r["details"]["route"] == "stream:c1"
+    ]
+    assert {r["details"]["stream_id"] for r in audited} == set(log["stream_id"])
+    assert len(audited) >= pushed.events
+    by_stream = {r["details"]["stream_id"]: r for r in audited}
+    for row in log.itertuples():
+        record = by_stream[row.stream_id]
+        assert record["principal"] == getpass.getuser()
+        assert record["details"]["use_case"] == "fraud"
+        assert record["details"]["model_version"] == row.model_version
+        assert record["details"]["request_id"] == row.request_id
+    assert b"tx_amount" not in audit_path(ws.settings).read_bytes()
+    found = verify(audit_path(ws.settings), key=key)
+    assert found.broken is None and found.seals >= 3, found
 
 
 @pytest.mark.timeout(900)

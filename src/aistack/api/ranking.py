@@ -13,6 +13,7 @@ challenger, and the answer names its arm.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.contract import RankingUseCase
+from aistack.governance.audit import AuditBuffer, audit_log, entry
 from aistack.governance.principals import Policy
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
@@ -91,6 +93,7 @@ class UserRecommendations(BaseModel):
     arm: str = Field(
         default="champion", description="champion, or challenger under a canary."
     )
+    request_id: str = Field(description="This answer's id (log, audit, trace).")
 
 
 class Session(BaseModel):
@@ -107,6 +110,7 @@ class SessionRecommendations(BaseModel):
     unknown_items: list[int] = Field(description="Session items not in the catalogue.")
     model_name: str
     model_version: int
+    request_id: str = Field(description="This answer's id (log, audit, trace).")
 
 
 class _Metrics:
@@ -189,6 +193,14 @@ class RankingState:
             wal_dir=settings.workspace / "wal" / use_case.log_table,
             schema=RECOMMENDATION_LOG_SCHEMA,
         )
+        audit = audit_log(settings, os.environ)
+        self.audit = (
+            AuditBuffer(
+                audit.path, flush_seconds=settings.audit_flush_seconds, key=audit.key
+            )
+            if settings.audit_predictions
+            else None
+        )
         self.loaded: Loaded | None = None
         self.canary: tuple[Rollout, Loaded] | None = None
         self._stop = threading.Event()
@@ -224,12 +236,32 @@ class RankingState:
         cold_start: bool,
         version: int,
         arm: str,
-    ) -> None:
-        """Log one served answer (its item ids, best first)."""
+        principal: str,
+    ) -> str:
+        """Log and audit one served answer (its item ids, best first); its id.
+
+        The audit record (who, model version, answer id; not the user or the
+        items) is written ahead before the answer leaves: 503 when it cannot be.
+        """
+        request_id = uuid.uuid4().hex
+        if self.audit is not None:
+            details = {
+                "use_case": self.use_case.name,
+                "model_version": version,
+                "request_id": request_id,
+                "route": route,
+                "arm": arm,
+            }
+            try:
+                self.audit.record([entry(principal, "predict", details)])
+            except OSError as exc:
+                raise HTTPException(
+                    http.HTTP_503_SERVICE_UNAVAILABLE, f"audit log: {exc}"
+                ) from exc
         self.log.append_records(
             [
                 {
-                    "request_id": uuid.uuid4().hex,
+                    "request_id": request_id,
                     "logged_at": datetime.now(UTC),
                     "route": route,
                     "user_id": user_id,
@@ -241,10 +273,13 @@ class RankingState:
                 }
             ]
         )
+        return request_id
 
     def start(self) -> None:
-        """Start the log, load now, then poll the registry in the background."""
+        """Start the log and audit, load now, then poll the registry."""
         self.log.start()
+        if self.audit is not None:
+            self.audit.start()
         try:
             self.refresh()
         except Exception:
@@ -260,11 +295,13 @@ class RankingState:
                 log.exception("registry poll failed")
 
     def stop(self) -> None:
-        """Stop polling; flush the log."""
+        """Stop polling; flush the log and the audit records."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.log.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def _items(
@@ -339,13 +376,14 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
             items = loaded.cold_answer[:k]
         else:
             items = loaded.answers[row][:k]
-        state.record(
+        request_id = state.record(
             "user",
             items,
             user_id=user_id,
             cold_start=row is None,
             version=loaded.version,
             arm=arm,
+            principal=request.state.principal,
         )
         body = {  # precomputed answers, serialised directly (no revalidation)
             "user_id": user_id,
@@ -354,6 +392,7 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
             "model_name": use_case.name,
             "model_version": loaded.version,
             "arm": arm,
+            "request_id": request_id,
         }
         return Response(orjson.dumps(body), media_type="application/json")
 
@@ -365,19 +404,21 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
             list(payload.items), payload.k
         )
         items = _items(loaded.model, top, scores)
-        state.record(
+        request_id = state.record(
             "session",
             items,
             user_id=None,
             cold_start=not payload.items,
             version=loaded.version,
             arm="champion",
+            principal=request.state.principal,
         )
         return SessionRecommendations(
             items=[RankedItem(**i) for i in items],
             unknown_items=[int(i) for i in unknown],  # type: ignore[call-overload]
             model_name=use_case.name,
             model_version=loaded.version,
+            request_id=request_id,
         )
 
     return router

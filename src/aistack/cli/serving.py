@@ -137,7 +137,7 @@ def stream_command(
         online_url=online_url,
         stream_partitions=partitions,
     )
-    authorize(settings, "predict", uc.name)
+    principal = authorize(settings, "predict", uc.name)
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
     source = RedisStreamSource(
         stream_url(settings),
@@ -146,7 +146,9 @@ def stream_command(
         partition=partition,
         partitions=settings.stream_partitions,
     )
-    worker = Consumer(uc, settings, source, name, batch_size=batch)
+    worker = Consumer(
+        uc, settings, source, name, principal=principal.name, batch_size=batch
+    )
     if metrics_port is not None:
         start_http_server(  # AISTACK_HOST=0.0.0.0 in a pod: scraped from outside
             metrics_port, addr=settings.host, registry=worker.metrics.registry

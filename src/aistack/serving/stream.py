@@ -54,6 +54,7 @@ from aistack.errors import ConfigError
 from aistack.features.online import OnlineStore, open_store, to_us
 from aistack.features.realtime import apply_labels
 from aistack.features.state import EventState, open_event_state
+from aistack.governance.audit import AuditBuffer, audit_log, entry
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.serving.inference import Predictor, load_version
@@ -420,6 +421,8 @@ class Consumer:
     settings: Settings
     source: EventSource
     consumer: str
+    principal: str = "stream"
+    """Who scores (the principal granted `predict`), as the audit log names it."""
     batch_size: int = 500
     block_ms: int = 200
     metrics: StreamMetrics = field(default_factory=StreamMetrics)
@@ -429,6 +432,7 @@ class Consumer:
     store: OnlineStore = field(init=False)
     events: EventState | None = field(init=False)
     registry: Registry = field(init=False)
+    audit: AuditBuffer | None = field(init=False)
     predictor: Predictor | None = field(init=False, default=None)
     _checked: float = field(init=False, default=0.0)
     _progress_us: int = field(init=False, default=0)
@@ -443,6 +447,12 @@ class Consumer:
             else None
         )
         self.registry = Registry(self.lake, s.mlflow_uri)
+        log = audit_log(s, os.environ)
+        self.audit = (
+            AuditBuffer(log.path, flush_seconds=s.audit_flush_seconds, key=log.key)
+            if s.audit_predictions
+            else None
+        )
         self.table = prediction_log_table(self.use_case)
         self.schema = log_schema(self.use_case.feature_names)
         key = partition_key(self.use_case) if s.stream_partitions > 1 else ""
@@ -465,6 +475,15 @@ class Consumer:
         """Recover pending messages, then consume until `stop` (or idle)."""
         mlflow.set_tracking_uri(self.settings.mlflow_uri)
         mlflow.set_registry_uri(self.settings.mlflow_uri)
+        if self.audit is not None:
+            self.audit.start()  # chains what a killed consumer wrote ahead
+        try:
+            return self._consume(stop, until_idle=until_idle)
+        finally:
+            if self.audit is not None:
+                self.audit.close()
+
+    def _consume(self, stop: threading.Event, *, until_idle: bool) -> int:
         while not stop.is_set():
             pending = self.source.pending(self.batch_size)
             if not pending:
@@ -496,6 +515,7 @@ class Consumer:
                 self._labels(run)
             else:
                 self._score(run, predictor, records, outputs)
+        self._audit(records)
         self._failpoint("after_state")
         if records:
             self.lake.write(
@@ -516,6 +536,29 @@ class Consumer:
         self.metrics.events.inc(len(records))
         self.processed += len(records)
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
+
+    def _audit(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """One audit record per prediction, written ahead before the commit (at
+        least once: a batch killed before its commit is audited again when it is
+        scored again): who, model version, event and stream ids; not the payload."""
+        if self.audit is None or not records:
+            return
+        self.audit.record(
+            [
+                entry(
+                    self.principal,
+                    "predict",
+                    {
+                        "use_case": self.use_case.name,
+                        "model_version": r["model_version"],
+                        "request_id": r["request_id"],
+                        "stream_id": r["stream_id"],
+                        "route": r["route"],
+                    },
+                )
+                for r in records
+            ]
+        )
 
     def _labels(self, run: Sequence[Message]) -> None:
         items = []

@@ -4,6 +4,7 @@ served top-K over HTTP (exactly the batch ranking, rated items left out)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -13,7 +14,10 @@ import httpx
 import orjson
 import pytest
 
+from aistack.api.auth import API_PRINCIPAL
 from aistack.contract import get_any_use_case
+from aistack.governance.audit import audit_path, verify
+from aistack.governance.audit import read as read_audit
 from aistack.monitoring.ranking import ranking_ab_test
 from aistack.monitoring.recommendations import monitor_recommendations
 from aistack.registry.rollout import (
@@ -80,9 +84,11 @@ def test_batch_top_k_leaves_out_rated_items(trained) -> None:
 
 
 def test_served_top_k_is_the_batch_ranking_and_unknown_users_are_cold(
-    trained, tmp_path: Path
+    trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uc, ws, _ = trained
+    key = os.urandom(32)
+    monkeypatch.setenv("AISTACK_AUDIT_KEY", key.hex())  # the server signs
     con = ws.lake.connect(ws.lake.versions([uc.recommendations_table]))
     expected = [
         r[0]
@@ -118,6 +124,21 @@ def test_served_top_k_is_the_batch_ranking_and_unknown_users_are_cold(
         assert "aistack_cold_start_requests_total 1.0" in metrics
     with tracking(ws.settings.mlflow_uri):
         assert ws.registry.version_of(uc.name, "champion") == body["model_version"]
+    # every answer audited once (flushed at shutdown): who, model version, id
+    answers = {a["request_id"]: a for a in (body, cold, session)}
+    audited = [
+        r
+        for r in read_audit(audit_path(ws.settings))
+        if r["action"] == "predict" and r["details"]["request_id"] in answers
+    ]
+    assert sorted(r["details"]["route"] for r in audited) == ["session", "user", "user"]
+    for r in audited:
+        assert r["principal"] == API_PRINCIPAL
+        assert r["details"]["use_case"] == uc.name
+        assert r["details"]["model_version"] == body["model_version"]
+        assert "user_id" not in r["details"] and "items" not in r["details"]
+    found = verify(audit_path(ws.settings), key=key)
+    assert found.broken is None and found.seals >= 1, found
 
 
 MONITOR = (sys.executable, "-m", "aistack", "monitor")
