@@ -8,8 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import logit
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import IsolationForest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from xgboost import XGBClassifier
 
 from aistack.contract import get_use_case
 from aistack.errors import SchemaError
@@ -88,3 +93,57 @@ def test_models_it_cannot_explain_raise_a_schema_error() -> None:
     forest.task = "anomaly"
     with pytest.raises(SchemaError, match="not the anomaly task"):
         explain(forest, x)
+
+
+def _cancer() -> tuple[np.ndarray, np.ndarray]:
+    data = load_breast_cancer()
+    columns = [list(data.feature_names).index(f.replace("_", " ")) for f in FEATURES]
+    return data.data[:, columns], 1 - data.target
+
+
+def _calibrated(method: str = "sigmoid", *, ensemble: bool = False, inner=None):
+    inner = inner or make_pipeline(StandardScaler(), LogisticRegression(C=0.05))
+    model = ScoringModel(
+        CalibratedClassifierCV(inner, method=method, cv=5, ensemble=ensemble),
+        list(FEATURES),
+        {},
+        supervised=True,
+    )
+    x, y = _cancer()
+    return model.fit(pd.DataFrame(x, columns=list(FEATURES)), y), x
+
+
+def test_sigmoid_calibrated_contributions_add_up_to_the_calibrated_log_odds() -> None:
+    model, x = _calibrated()
+    base, contributions = explain(model, x)
+    calibrated = model.predict_matrix(x)
+    unsaturated = (calibrated > 1e-9) & (calibrated < 1 - 1e-9)
+    assert unsaturated.mean() > 0.9
+    np.testing.assert_allclose(
+        (base + contributions.sum(axis=1))[unsaturated],
+        logit(calibrated[unsaturated]),
+        atol=1e-6,
+    )
+    # the calibration moved the log-odds: the uncalibrated margin differs
+    inner = model.estimator.calibrated_classifiers_[0].estimator
+    assert np.abs(inner.decision_function(x) - logit(calibrated)).max() > 0.1
+    # each contribution is the linear one scaled by the sigmoid's slope
+    linear = inner[:-1].transform(x) * inner[-1].coef_[0]
+    slope = -model.estimator.calibrated_classifiers_[0].calibrators[0].a_
+    np.testing.assert_allclose(contributions, slope * linear, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "why"),
+    [
+        ({"method": "isotonic"}, "method='isotonic'"),
+        ({"ensemble": True}, "ensemble=True"),
+        ({"inner": XGBClassifier(n_estimators=5)}, "no margin"),
+    ],
+)
+def test_calibrations_that_are_not_affine_in_the_margin_are_refused(
+    kwargs, why
+) -> None:
+    model, x = _calibrated(**kwargs)
+    with pytest.raises(SchemaError, match=why):
+        explain(model, x)

@@ -2,9 +2,13 @@
 
 Boosted trees (XGBoost, LightGBM) give exact TreeSHAP values; a linear model
 (alone, or after per-column scalers in a Pipeline) gives `coef_j * z_j`, with
-`z` the input the linear step reads and its intercept as the base value. For
-every row, `base + contributions.sum() == margin`: the log-odds of a binary
-classifier (its decision function), the prediction of a regressor.
+`z` the input the linear step reads and its intercept as the base value. A
+linear model calibrated by `CalibratedClassifierCV(method="sigmoid",
+ensemble=False)` has log-odds `a * margin + b` (one Platt sigmoid over the
+refitted model's margin), so its contributions are the linear ones times `a`
+and its base value `a * intercept + b`. For every row, `base +
+contributions.sum() == margin`: the log-odds of a binary classifier, the
+prediction of a regressor.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.preprocessing import (
@@ -42,6 +47,9 @@ def check_explainable(model: ScoringModel) -> None:
     estimator = model.estimator
     if type(estimator).__name__ in _TREES:
         return
+    calibrated = _calibration(estimator)
+    if calibrated is not None:
+        estimator = calibrated[0]
     steps = list(getattr(estimator, "steps", [("model", estimator)]))
     *before, (_, final) = steps
     kinds = [type(step).__name__ for _, step in before]
@@ -73,6 +81,11 @@ def explain(model: ScoringModel, matrix: Matrix) -> tuple[Matrix, Matrix]:
     """
     check_explainable(model)
     estimator = model.estimator
+    calibrated = _calibration(estimator)
+    if calibrated is not None:
+        inner, slope, offset = calibrated
+        base, contributions = _linear_contributions(inner, matrix)
+        return slope * base + offset, slope * contributions
     kind = type(estimator).__name__
     if kind.startswith("XGB"):
         full = _xgboost_contributions(estimator, matrix)
@@ -81,6 +94,31 @@ def explain(model: ScoringModel, matrix: Matrix) -> tuple[Matrix, Matrix]:
     else:
         return _linear_contributions(estimator, matrix)
     return full[:, -1].copy(), full[:, :-1].copy()
+
+
+def _calibration(estimator: Any) -> tuple[Any, float, float] | None:  # noqa: ANN401
+    """(fitted inner model, a, b) when `estimator` is a sigmoid-calibrated model,
+    whose log-odds are `a * inner margin + b`; None when it is not calibrated."""
+    if not isinstance(estimator, CalibratedClassifierCV):
+        return None
+    fitted = getattr(estimator, "calibrated_classifiers_", [])
+    if estimator.method != "sigmoid" or len(fitted) != 1:
+        msg = (
+            f"cannot explain CalibratedClassifierCV(method={estimator.method!r}, "
+            f"ensemble={estimator.ensemble!r}): only method='sigmoid' with "
+            "ensemble=False keeps the log-odds an affine map (a * margin + b) of "
+            "one model's margin"
+        )
+        raise SchemaError(msg)
+    only = fitted[0]
+    if not hasattr(only.estimator, "decision_function"):
+        msg = (
+            f"cannot explain a calibrated {type(only.estimator).__name__}: it has "
+            "no margin (decision_function) to calibrate"
+        )
+        raise SchemaError(msg)
+    sigmoid = only.calibrators[0]  # p = 1 / (1 + exp(a_ * margin + b_))
+    return only.estimator, -float(sigmoid.a_), -float(sigmoid.b_)
 
 
 def _xgboost_contributions(estimator: Any, matrix: Matrix) -> Matrix:  # noqa: ANN401
