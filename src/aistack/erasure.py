@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from aistack.contract import RankingUseCase, UseCase
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aistack.contract import RankingUseCase, UseCase, Value
 from aistack.errors import ConfigError
 from aistack.features.online import open_store
+from aistack.features.state import open_event_state
 from aistack.governance.audit import audit_event
 from aistack.governance.pii import PiiCipher
 from aistack.lake.bronze import BATCH_ID, ROW
 from aistack.lake.delta import Lake
+from aistack.lake.silver import ACCOUNTING
 from aistack.serving.log import prediction_log_table
 from aistack.sql import quote
 from aistack.training.tracking import ERASURE_TAG, LINEAGE_TAG
@@ -40,6 +46,10 @@ class ErasureResult:
     versions: dict[str, int] = field(default_factory=dict)
     vacuumed_files: dict[str, int] = field(default_factory=dict)
     online_rows: int = 0
+    state_events: int = 0
+    """Events removed from the online aggregation state (every view)."""
+    accounted_batches: int = 0
+    """Batches whose `ops.batch_accounting` counts dropped by the erased rows."""
     models: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +95,8 @@ def forget(
     result = ErasureResult(use_case.name, uuid.uuid4().hex, now)
     pseudonym = str(cipher.pseudonym([subject_id])[0])
     lake = ws.lake
+    in_state = _state_targets(lake, use_case, keys, pseudonym)  # before silver goes
+    erased: dict[str, Counter[str]] = {}  # per bronze and quarantine table, batch
     for spec in use_case.silver:
         spec_keys = [c for c, mode in spec.pii.items() if mode == "key"]
         if spec_keys:
@@ -95,6 +107,7 @@ def forget(
                 subject_id=subject_id,
                 cipher=cipher,
                 result=result,
+                erased=erased,
             )
     log = prediction_log_table(use_case) if isinstance(use_case, UseCase) else None
     for table in _derived_tables(lake, use_case, log):
@@ -104,12 +117,22 @@ def forget(
         ]
         if table == log and "payload" in columns:  # the request as served, JSON
             matches.append(f"{quote('payload')} LIKE {_literal(f'%{pseudonym}%')}")
-        if matches:
-            _delete(lake, table, " OR ".join(matches), result)
+        if not matches:
+            continue
+        if table.startswith("quarantine."):
+            erased[table] = _per_batch(lake, table, " OR ".join(matches))
+        _delete(lake, table, " OR ".join(matches), result)
     store = open_store(ws.settings.online_url, ws.settings.workspace, use_case.name)
     for view in getattr(use_case, "views", ()):
         if view.entity in keys:
             result.online_rows += store.delete(view.name, [pseudonym])
+    if in_state:
+        state = open_event_state(
+            ws.settings.online_url, ws.settings.workspace, use_case.name
+        )
+        for name, (entities, events) in in_state.items():
+            result.state_events += state.erase(name, entities, events)
+    result.accounted_batches = _recount(lake, use_case, erased)
     for table in result.versions:
         result.vacuumed_files[table] = lake.vacuum(
             table, retention_hours=ws.settings.erasure_retention_hours
@@ -117,6 +140,82 @@ def forget(
     _list_in_lineage(ws, result)
     audit_erasure(ws, result, principal)
     return result
+
+
+def _state_targets(
+    lake: Lake, use_case: UseCase | RankingUseCase, keys: set[str], pseudonym: str
+) -> dict[str, tuple[list[str], list[tuple[str, Value]]]]:
+    """Per aggregation view: the subject's own entity (a view keyed by a subject
+    key), and (entity, event id) of the subject's events in silver, which other
+    entities' windows hold (e.g. a clinic's visits)."""
+    targets: dict[str, tuple[list[str], list[tuple[str, Value]]]] = {}
+    for view in getattr(use_case, "aggregation_views", ()):
+        own = [pseudonym] if view.entity in keys else []
+        events: list[tuple[str, Value]] = []
+        if lake.exists(view.source):
+            match = sorted(keys & set(lake.dataset(view.source).schema.names))
+            if match:
+                con = lake.connect(lake.versions([view.source]))
+                where = " OR ".join(f"{quote(c)} = $subject" for c in match)
+                rows = con.sql(
+                    f"SELECT CAST({quote(view.entity)} AS VARCHAR), {quote(view.id)} "
+                    f"FROM {view.source} WHERE {where}",
+                    params={"subject": pseudonym},
+                ).fetchall()
+                events = [(str(entity), ident) for entity, ident in rows]
+        if own or events:
+            targets[view.name] = (own, events)
+    return targets
+
+
+def _per_batch(lake: Lake, table: str, predicate: str) -> Counter[str]:
+    """Rows of `table` matching `predicate`, per ingestion batch."""
+    con = lake.connect(lake.versions([table]))
+    rows = con.sql(
+        f"SELECT {quote(BATCH_ID)}, count(*) FROM {table} WHERE {predicate} GROUP BY 1"
+    ).fetchall()
+    return Counter({str(batch): int(n) for batch, n in rows})
+
+
+def _recount(
+    lake: Lake, use_case: UseCase | RankingUseCase, erased: dict[str, Counter[str]]
+) -> int:
+    """Lower each touched batch's `ops.batch_accounting` counts by its erased
+    rows, so bronze = silver + quarantine still holds per batch; batches changed.
+
+    Per silver table reading an erased bronze source: bronze_rows drop by the
+    batch's erased bronze rows, quarantined_rows by its erased quarantine rows,
+    silver_rows by the difference (the rows it had accepted).
+    """
+    if not lake.exists(ACCOUNTING):
+        return 0
+    accounting = lake.read(ACCOUNTING)
+    fixed: list[dict[str, object]] = []
+    for spec in use_case.silver:
+        bronze = erased.get(f"bronze.{spec.source}")
+        if not bronze:
+            continue
+        held = erased.get(f"quarantine.{spec.name}", Counter())
+        mine = accounting.filter(
+            pc.and_(
+                pc.equal(accounting["table"], f"silver.{spec.name}"),
+                pc.is_in(accounting[BATCH_ID], pa.array(sorted(bronze))),
+            )
+        )
+        for row in mine.to_pylist():
+            batch = row[BATCH_ID]
+            row["bronze_rows"] -= bronze[batch]
+            row["quarantined_rows"] -= held[batch]
+            row["silver_rows"] -= bronze[batch] - held[batch]
+            fixed.append(row)
+    if fixed:
+        lake.merge_matched(
+            ACCOUNTING,
+            pa.Table.from_pylist(fixed, schema=accounting.schema),
+            key=("table", BATCH_ID),
+            action="update",
+        )
+    return len(fixed)
 
 
 def _derived_tables(
@@ -143,9 +242,11 @@ def _erase_bronze(
     subject_id: str,
     cipher: PiiCipher,
     result: ErasureResult,
+    erased: dict[str, Counter[str]],
 ) -> None:
     """Bronze holds the key encrypted (a fresh nonce per value): decrypt the key
-    columns to find the subject's rows, then delete them by batch and row."""
+    columns to find the subject's rows, then delete them by batch and row
+    (counted per batch in `erased[table]`)."""
     if not lake.exists(table):
         return
     present = [k for k in keys if k in lake.dataset(table).schema.names]
@@ -160,6 +261,7 @@ def _erase_bronze(
             if v == subject_id
         }
     if hits:
+        erased.setdefault(table, Counter()).update(b for b, _ in hits)
         predicate = " OR ".join(
             f"({quote(BATCH_ID)} = {_literal(b)} AND {quote(ROW)} = {int(r)})"
             for b, r in sorted(hits)
@@ -209,5 +311,7 @@ def audit_erasure(ws: Workspace, result: ErasureResult, principal: str) -> None:
         erasure_id=result.erasure_id,
         rows=result.rows,
         online_rows=result.online_rows,
+        state_events=result.state_events,
+        accounted_batches=result.accounted_batches,
         models=result.models,
     )

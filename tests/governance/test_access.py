@@ -168,6 +168,21 @@ GOOD = {
 }
 
 
+def metrics_need_predict(base: str, tokens: dict[str, str], use_case: str) -> None:
+    """With a policy, /metrics answers a principal granted predict only (a
+    scraper needs a service token); health stays open."""
+    metrics = f"{base}/metrics"
+    assert httpx.get(metrics).status_code == 401
+    refused = httpx.get(metrics, headers={"Authorization": f"Bearer {tokens['aud']}"})
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == (
+        f"refused: principal aud lacks grant predict on {use_case}"
+    )
+    allowed = httpx.get(metrics, headers={"Authorization": f"Bearer {tokens['svc']}"})
+    assert allowed.status_code == 200 and "aistack_requests" in allowed.text
+    assert httpx.get(f"{base}/health").status_code == 200
+
+
 @pytest.mark.slow  # 85 s at load average 11 on 2 cores (fraud run + 10 CLI calls)
 def test_api_grants_audit_and_trace_of_a_served_request(fraud_run, tmp_path) -> None:
     ws = served_copy(fraud_run, tmp_path / "served")
@@ -197,6 +212,7 @@ def test_api_grants_audit_and_trace_of_a_served_request(fraud_run, tmp_path) -> 
     with aistack_server(ws.settings.workspace, env=serving) as (base, proc):
         url = f"{base}/v1/fraud/predict"
         assert httpx.post(url, json=GOOD).status_code == 401
+        metrics_need_predict(base, tokens, "fraud")
         for k, (name, expected) in enumerate(sorted(API_STATUS.items())):
             answer = httpx.post(
                 url,

@@ -456,9 +456,10 @@ def create_ranking_app(use_case: RankingUseCase, settings: Settings) -> FastAPI:
             return JSONResponse({"ready": False}, status_code=503)
         return JSONResponse({"ready": True, "model_version": state.loaded.version})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(require_token)], responses=UNAUTHORIZED)
     async def metrics() -> PlainTextResponse:
-        """Prometheus metrics."""
+        """Prometheus metrics (with a policy: for principals granted predict, as
+        every route but health and readiness)."""
         return PlainTextResponse(
             generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )

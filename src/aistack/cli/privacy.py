@@ -73,6 +73,10 @@ def forget_command(
         )
     console.print(table)
     console.print(f"online store rows deleted: {result.online_rows}")
+    console.print(f"online aggregation state events deleted: {result.state_events}")
+    console.print(
+        f"batches recounted in ops.batch_accounting: {result.accounted_batches}"
+    )
     models = ", ".join(result.models) or "none"
     console.print(f"erasure listed in the lineage of: {models}", soft_wrap=True)
     if not result.total_rows:

@@ -55,6 +55,17 @@ class EntityState:
         self.events = [e for e in self.events if e.ts_us >= before_us]
         self.labels = {k: v for k, v in self.labels.items() if v[1] >= before_us}
 
+    def forget(self, ids: set[str] | None) -> list[str]:
+        """Drop the events and labels of `ids` (None: all of them); the ids of
+        the events dropped (erasure)."""
+        gone = [str(e.id) for e in self.events if ids is None or str(e.id) in ids]
+        if ids is None:
+            self.events, self.labels = [], {}
+        else:
+            self.events = [e for e in self.events if str(e.id) not in ids]
+            self.labels = {k: v for k, v in self.labels.items() if k not in ids}
+        return gone
+
 
 def _column(values: Sequence[Value], *, numeric: bool = True) -> bytes:
     """`numeric`: ints may come back as floats (values; never for ids)."""

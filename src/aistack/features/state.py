@@ -133,6 +133,13 @@ class EventState(Protocol):
         """Forget the view's events, labels and index (before a bootstrap as of)."""
         ...
 
+    def erase(
+        self, view: str, entities: Sequence[str], events: Sequence[tuple[str, Value]]
+    ) -> int:
+        """Forget whole `entities` and the (entity, event id) `events`, with their
+        labels and index entries (right to erasure); events removed."""
+        ...
+
     def size(self, view: str, entity: str) -> int:
         """Events held for one entity (tests, diagnostics)."""
         ...
@@ -172,6 +179,33 @@ def _label_edit(
             state.label(ident, ts, value)
 
     return by_entity, edit
+
+
+def _erase_edit(
+    entities: Sequence[str], events: Sequence[tuple[str, Value]]
+) -> tuple[list[str], Edit, dict[str, list[str]]]:
+    """The entities an erasure touches, its edit, and (filled by the edit) the
+    ids of the events it removed per entity (a retried edit overwrites them)."""
+    wanted: dict[str, set[str] | None] = dict.fromkeys(entities)
+    for entity, ident in events:
+        held = wanted.setdefault(entity, set())
+        if held is not None:
+            held.add(str(ident))
+    removed: dict[str, list[str]] = {}
+
+    def edit(entity: str, state: EntityState) -> None:
+        removed[entity] = state.forget(wanted[entity])
+
+    return list(wanted), edit, removed
+
+
+def _erased_ids(
+    removed: Mapping[str, list[str]], events: Sequence[tuple[str, Value]]
+) -> list[str]:
+    """Index entries to drop: every removed event, and every named one."""
+    return sorted(
+        {i for ids in removed.values() for i in ids} | {str(i) for _, i in events}
+    )
 
 
 def _empty(state: EntityState) -> bool:
@@ -398,6 +432,22 @@ class SQLiteEventState:
             con.execute(f'DELETE FROM "{table}:{view}"')
         con.execute("DELETE FROM aistack_watermarks WHERE view = ?", (view,))
 
+    def erase(
+        self, view: str, entities: Sequence[str], events: Sequence[tuple[str, Value]]
+    ) -> int:
+        """Forget whole `entities` and the (entity, event id) `events`, with their
+        labels and index entries, in one transaction; events removed."""
+        view = f"{self.namespace}.{view}"
+        self._tables(view)
+        touched, edit, removed = _erase_edit(entities, events)
+        with self._writing() as con:
+            self._update(con, view, touched, edit)
+            con.executemany(
+                f'DELETE FROM "ix:{view}" WHERE id = ?',
+                [(i,) for i in _erased_ids(removed, events)],
+            )
+        return sum(len(ids) for ids in removed.values())
+
     def size(self, view: str, entity: str) -> int:
         """Events held for one entity (tests, diagnostics)."""
         return len(self.read(view, [entity], label_index=None)[0])
@@ -613,6 +663,20 @@ class RedisEventState:
             if batch:
                 self.client.delete(*batch)
         self.client.delete(f"{self.prefix}:watermark:{view}")
+
+    def erase(
+        self, view: str, entities: Sequence[str], events: Sequence[tuple[str, Value]]
+    ) -> int:
+        """Forget whole `entities` and the (entity, event id) `events`, with their
+        labels and index keys, in one MULTI/EXEC; events removed."""
+        touched, edit, removed = _erase_edit(entities, events)
+
+        def unindex(pipe: redis.client.Pipeline) -> None:
+            for ident in _erased_ids(removed, events):
+                pipe.delete(self._k("ix", view, ident))
+
+        self._update([(view, touched, edit)], unindex)
+        return sum(len(ids) for ids in removed.values())
 
     def size(self, view: str, entity: str) -> int:
         """Events held for one entity (tests, diagnostics)."""

@@ -18,6 +18,7 @@ from aistack.api.auth import API_PRINCIPAL
 from aistack.contract import get_any_use_case
 from aistack.governance.audit import audit_path, verify
 from aistack.governance.audit import read as read_audit
+from aistack.governance.principals import Policy, Principal, hash_token, new_token
 from aistack.monitoring.ranking import ranking_ab_test
 from aistack.monitoring.recommendations import monitor_recommendations
 from aistack.registry.rollout import (
@@ -29,6 +30,7 @@ from aistack.registry.rollout import (
 from aistack.runner import run
 from aistack.training.tracking import tracking
 from conftest import make_workspace
+from governance.test_access import metrics_need_predict
 from servers import aistack_server
 
 
@@ -139,6 +141,29 @@ def test_served_top_k_is_the_batch_ranking_and_unknown_users_are_cold(
         assert "user_id" not in r["details"] and "items" not in r["details"]
     found = verify(audit_path(ws.settings), key=key)
     assert found.broken is None and found.seals >= 1, found
+
+
+def test_with_a_policy_answers_and_metrics_need_predict(trained, tmp_path) -> None:
+    uc, ws, _ = trained
+    policy = Policy(tmp_path / "policy.toml")
+    tokens = {name: new_token() for name in ("root", "svc", "aud")}
+    for name, role in (("root", "admin"), ("svc", "service"), ("aud", "auditor")):
+        policy.principals[name] = Principal(name, (role,), (), hash_token(tokens[name]))
+    policy.save()
+    env = {"AISTACK_POLICY": str(policy.path), "AISTACK_TOKEN": tokens["svc"]}
+    with aistack_server(ws.settings.workspace, use_case=uc.name, env=env) as (base, _):
+        url = f"{base}/v1/recommendations/users/7/items"
+        assert httpx.get(url).status_code == 401
+        bearer = {"Authorization": f"Bearer {tokens['svc']}"}
+        answer = httpx.get(url, headers=bearer)
+        assert answer.status_code == 200, answer.text
+        metrics_need_predict(base, tokens, uc.name)
+    audited = [
+        r
+        for r in read_audit(audit_path(ws.settings))
+        if r["details"].get("request_id") == answer.json()["request_id"]
+    ]
+    assert [r["principal"] for r in audited] == ["svc"]
 
 
 MONITOR = (sys.executable, "-m", "aistack", "monitor")
