@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -186,11 +187,18 @@ def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> 
             config.host, config.port = settings.host, settings.port
             uvicorn.Server(config).run()
             return
-        # metrics from every worker, merged on /metrics
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="aistack-prom-")
-        )
-        _supervise(settings.host, settings.port, http, workers)
+        # metrics from every worker, merged on /metrics; a folder we made is ours
+        # to remove when the server stops (the operator's own one is left alone)
+        made = None
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            made = tempfile.mkdtemp(prefix="aistack-prom-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        try:
+            _supervise(settings.host, settings.port, http, workers)
+        finally:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _supervise(host: str, port: int, http: str, workers: int) -> None:
