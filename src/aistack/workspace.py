@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import sqlite3
@@ -19,6 +18,7 @@ from aistack.engine import DaskEngine, EmbeddedEngine, open_engine
 from aistack.errors import ConfigError, RegistryError
 from aistack.governance.audit import audit_path
 from aistack.lake.delta import Lake
+from aistack.locks import file_lock, postgres_lock
 from aistack.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,27 +58,17 @@ class Workspace:
         lock is an advisory `flock`: it ends with the process, even on SIGKILL.
         """
         path = self.settings.workspace / ".run.lock"
-        with path.open("a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                msg = (
-                    f"workspace {self.settings.workspace} is busy: {holder}; "
-                    "wait for it to finish (one run per workspace at a time)"
-                )
-                raise ConfigError(msg) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} running {what}")
-            handle.flush()
-            try:
-                yield
-            finally:
-                handle.seek(0)
-                handle.truncate()
-                fcntl.flock(handle, fcntl.LOCK_UN)
+
+        def refuse(holder: str) -> ConfigError:
+            msg = (
+                f"workspace {self.settings.workspace} is busy: "
+                f"{holder or 'another process'}; wait for it to finish "
+                "(one run per workspace at a time)"
+            )
+            return ConfigError(msg)
+
+        with file_lock(path, holder=f"pid {os.getpid()} running {what}", refuse=refuse):
+            yield
 
 
 # one PostgreSQL advisory lock key for MLflow's schema setup (any fixed bigint)
@@ -162,17 +152,11 @@ def _create_postgres_schema(uri: str) -> None:
     import psycopg
     from sqlalchemy.engine import make_url
 
-    url = make_url(uri)
-    libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
     try:
-        with psycopg.connect(libpq, autocommit=True, connect_timeout=10) as con:
-            con.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
-            try:
-                _mlflow_schema(uri)
-            finally:
-                con.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+        with postgres_lock(uri, _SCHEMA_LOCK):
+            _mlflow_schema(uri)
     except psycopg.Error as exc:
-        where = url.render_as_string(hide_password=True)
+        where = make_url(uri).render_as_string(hide_password=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
         msg = f"tracking_uri: cannot use the database at {where}: {first}"
         raise RegistryError(msg) from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -26,6 +25,7 @@ from prometheus_client import multiprocess
 
 from aistack.api.main import USE_CASE_ENV
 from aistack.errors import ConfigError, CrashLoopError
+from aistack.locks import file_lock
 from aistack.settings import Settings
 
 
@@ -125,13 +125,11 @@ def port_claim(host: str, port: int) -> Iterator[None]:
     bind without SO_REUSEPORT refuses any other listener.
     """
     path = Path(tempfile.gettempdir()) / f"aistack-serve-{host}-{port}.lock"
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another aistack serve"
-            raise ConfigError(_in_use(host, port, holder)) from None
+
+    def refuse(holder: str) -> ConfigError:
+        return ConfigError(_in_use(host, port, holder or "another aistack serve"))
+
+    with file_lock(path, holder=f"pid {os.getpid()} (aistack serve)", refuse=refuse):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -142,16 +140,7 @@ def port_claim(host: str, port: int) -> Iterator[None]:
                     raise ConfigError(f"cannot bind {host}:{port}: {exc}") from None
                 holder = _listener(port) or "another process"
                 raise ConfigError(_in_use(host, port, holder)) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} (aistack serve)")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
