@@ -16,7 +16,15 @@ import redis
 from aistack.contract import Value
 from aistack.errors import ConfigError
 from aistack.features.aggregations import Event
-from aistack.features.blob import EntityState, add_events, decode, encode, events_of
+from aistack.features.blob import (
+    EntityState,
+    _appended,
+    add_events,
+    decode,
+    encode,
+    events_of,
+    frame,
+)
 from aistack.features.state import StateWrite, open_event_state
 from servers import redis_server
 
@@ -142,14 +150,14 @@ def _random_events(rng: random.Random, n: int, *, kinds: str) -> list[Event]:
     return events
 
 
-@pytest.mark.parametrize("kinds", ["numbers", "text values", "text-ids"])
+@pytest.mark.parametrize("kinds", ["numbers", "text values", "text-ids", "appends"])
 def test_the_columnar_edit_equals_the_event_path(kinds: str) -> None:
     """`add_events` (the write path) holds what decoding, adding, pruning and
     encoding held, over random histories with ties, retries, NULLs and labels.
     (Equal values: an int kept in a float column after its floats were pruned
     reads back as 2.0, which equals 2 for every aggregation and filter.)"""
     rng = random.Random(7)
-    unchanged = 0
+    unchanged = appended = 0
     for _ in range(300):
         state = EntityState()
         state.add(_random_events(rng, rng.randrange(0, 12), kinds=kinds))
@@ -157,6 +165,15 @@ def test_the_columnar_edit_equals_the_event_path(kinds: str) -> None:
             state.label(e.id, e.ts_us, float(rng.randrange(2)))
         blob = encode(state) if state.events or state.labels else None
         new = _random_events(rng, rng.randrange(0, 6), kinds=kinds)
+        if kinds == "appends":  # the common write: newer events, fresh ids
+            new = sorted(
+                (e._replace(ts_us=e.ts_us + 20, id=e.id + 100) for e in new),
+                key=lambda e: (e.ts_us, e.id),
+            )
+            appended += (
+                blob is not None
+                and _appended(frame(blob, where="t"), new, None) is not None
+            )
         cutoff = rng.choice([None, rng.randrange(25)])
         expected = decode(blob, where="t") if blob is not None else EntityState()
         expected.add(new)
@@ -170,3 +187,4 @@ def test_the_columnar_edit_equals_the_event_path(kinds: str) -> None:
             assert decode(got, where="t") == expected
             unchanged += got is blob
     assert unchanged > 0  # a retry or an empty write rewrites nothing
+    assert kinds != "appends" or appended > 100  # the shortcut was exercised

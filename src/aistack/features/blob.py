@@ -11,6 +11,7 @@ event. A blob of another format is refused, never misread.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -250,6 +251,7 @@ class Frame:
     label_ids: Col
     label_ts: np.ndarray  # int64
     label_values: np.ndarray  # float64
+    labels: bytes = b""  # the labels' encoded bytes, as read (reused unchanged)
 
     def take(self, index: np.ndarray) -> Frame:
         """The events at `index` (labels unchanged)."""
@@ -307,12 +309,20 @@ def frame(blob: bytes | str, *, where: str) -> Frame:
     for _ in range(width):
         column, at = _read_col(blob, at, n)
         values.append(column)
+    labels_at = at
     label_ids, at = _read_col(blob, at, m)
     label_ts = np.frombuffer(blob, np.int64, m, at)
     at += 8 * m
     label_values = np.frombuffer(blob, np.float64, m, at)
     return Frame(
-        ts, anonymous.astype(bool), ids, values, label_ids, label_ts, label_values
+        ts,
+        anonymous.astype(bool),
+        ids,
+        values,
+        label_ids,
+        label_ts,
+        label_values,
+        blob[labels_at:],
     )
 
 
@@ -361,6 +371,9 @@ def add_events(
     per stored event."""
     width = len(events[0].values) if events else 0
     held = _empty_frame(width) if blob is None else frame(blob, where=where)
+    appended = _appended(held, events, cutoff)
+    if appended is not None:
+        return appended
     width = len(held.values) if len(held.ts) else width
     fresh = _fresh(held.ids, events)
     changed = bool(fresh)
@@ -392,6 +405,78 @@ def add_events(
     if not len(state.ts) and not len(state.label_ts):
         return None
     return frame_bytes(state)
+
+
+def _appendable(held: Frame, events: Sequence[Event], cutoff: int | None) -> bool:
+    """New events with integer ids, all after the held ones in key order and none
+    past the retention, onto held events with integer ids (no anonymous one)."""
+    if not len(held.ts) or not events or held.ids.tag != b"q":
+        return False
+    ids = [e.id for e in events]
+    if not all(type(i) is int for i in ids) or any(e.anonymous for e in events):
+        return False
+    keys = [
+        (int(held.ts[-1]), int(held.ids.data[-1])),
+        *((e.ts_us, e.id) for e in events),
+    ]
+    if not all(a < b for a, b in itertools.pairwise(keys)):
+        return False  # out of order
+    if cutoff is not None and events[0].ts_us < cutoff:
+        return False  # a new event already past the retention
+    held_ids = set(held.ids.data.tolist())
+    fresh = len(set(ids)) == len(ids) and not any(i in held_ids for i in ids)
+    return fresh and not held.anonymous.any()
+
+
+def _appended(held: Frame, events: Sequence[Event], cutoff: int | None) -> bytes | None:
+    """The common write, the same state as the general path without building the
+    merged one: `_appendable` events onto numeric columns; the pruned events are
+    a prefix (events are sorted by time). None when the write is not that one."""
+    if not _appendable(held, events, cutoff):
+        return None
+    ids = [e.id for e in events]
+    ts = [e.ts_us for e in events]
+    n, k = len(held.ts), len(events)
+    new = [col_of([e.values[j] for e in events]) for j in range(len(held.values))]
+    if any(c.tag == b"j" for c in new) or any(c.tag == b"j" for c in held.values):
+        return None
+    start = 0 if cutoff is None else int(np.searchsorted(held.ts, cutoff, "left"))
+    labels = held.labels
+    if cutoff is not None and bool((held.label_ts < cutoff).any()):
+        keep = held.label_ts >= cutoff
+        labels = b"".join(
+            (
+                _col_bytes(held.label_ids.take(keep)),
+                held.label_ts[keep].tobytes(),
+                held.label_values[keep].tobytes(),
+            )
+        )
+    total = n - start + k
+    parts = [
+        _HEAD.pack(FORMAT, total, _label_count(held, cutoff), len(new)),
+        held.ts[start:].tobytes(),
+        np.array(ts, dtype=np.int64).tobytes(),
+        bytes((total + 7) // 8),  # no anonymous event
+        _col_bytes(
+            concat(
+                held.ids.take(np.arange(start, n)),
+                col_of(ids, numeric=False),
+                numeric=False,
+            )
+        ),
+    ]
+    parts.extend(
+        _col_bytes(concat(c.take(np.arange(start, n)), d))
+        for c, d in zip(held.values, new, strict=True)
+    )
+    parts.append(labels)
+    return b"".join(parts)
+
+
+def _label_count(held: Frame, cutoff: int | None) -> int:
+    if cutoff is None:
+        return len(held.label_ts)
+    return int((held.label_ts >= cutoff).sum())
 
 
 def _fresh(held: Col, events: Sequence[Event]) -> list[Event]:
