@@ -6,6 +6,14 @@ offline SQL (`aistack.features.aggregations`). After scoring, the event joins
 the state (idempotent per event id). A request older than the entity's latest
 stored event by more than the view's `allowed_lateness` is flagged late; it is
 still computed from the events before it only, never from its future.
+
+A batch (more than a few requests) is evaluated columnar (`_columnar`): the
+entities' blobs become flat arrays and `evaluate_flat` finds every window by
+binary search, with no Python object per stored event. Measured in process on
+the default fraud simulation (1,000-row batches of new events, CPU per row, 2
+cores shared with other work): features 760 -> 180 us, the state write 950 ->
+340 us (`blob.add_events`), 550 -> 1,500 rows/s in all. What is left is mostly
+SQLite rewriting each touched entity's whole blob (~2.5 kB at 75 events).
 """
 
 from __future__ import annotations
