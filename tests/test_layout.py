@@ -27,7 +27,7 @@ FLOW = [
     "serving",
     "monitoring",
 ]
-SHARED = {"errors", "settings", "sql", "htmlpage", "wal"}
+SHARED = {"errors", "settings", "sql", "htmlpage", "wal", "locks"}
 ABOVE = {"workspace": "registry"}  # a shared module sits at the stage it needs
 
 

@@ -277,12 +277,15 @@ def test_redis_store_serves_and_ready_flips_when_it_goes_down(
 
 
 @pytest.mark.slow  # two workers; the one-worker SIGTERM flush test stays default
-def test_two_workers_serve_share_metrics_and_flush_on_sigterm(served_workspace) -> None:
+def test_two_workers_serve_share_metrics_and_flush_on_sigterm(
+    served_workspace, tmp_path
+) -> None:
     ws = served_workspace
     token = 'to"ken\\'  # quotes and backslashes reach the workers intact
     env = {
         "AISTACK_LOG_FLUSH_SECONDS": "3600",
         "AISTACK_API_TOKENS": json.dumps([token]),
+        "TMPDIR": str(tmp_path),  # where the workers' metrics folder is made
     }
     auth = {"Authorization": f"Bearer {token}"}
     with aistack_server(ws.settings.workspace, env=env, args=("--workers", "2")) as (
@@ -307,10 +310,12 @@ def test_two_workers_serve_share_metrics_and_flush_on_sigterm(served_workspace) 
             'aistack_requests_total{route="/v1/fraud/predict",status="200"} 60.0'
             in text
         )
+        assert len(list(tmp_path.glob("aistack-prom-*"))) == 1
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     log = pl.from_arrow(ws.lake.read(prediction_log_table(get_use_case("fraud"))))
     assert log.height == 60
+    assert not list(tmp_path.glob("aistack-prom-*"))  # removed when serving stopped
 
 
 @pytest.mark.slow  # suite budget (20 min on 2 cores)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -25,6 +25,7 @@ from prometheus_client import multiprocess
 
 from aistack.api.main import USE_CASE_ENV
 from aistack.errors import ConfigError, CrashLoopError
+from aistack.locks import file_lock
 from aistack.settings import Settings
 
 
@@ -124,13 +125,11 @@ def port_claim(host: str, port: int) -> Iterator[None]:
     bind without SO_REUSEPORT refuses any other listener.
     """
     path = Path(tempfile.gettempdir()) / f"aistack-serve-{host}-{port}.lock"
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another aistack serve"
-            raise ConfigError(_in_use(host, port, holder)) from None
+
+    def refuse(holder: str) -> ConfigError:
+        return ConfigError(_in_use(host, port, holder or "another aistack serve"))
+
+    with file_lock(path, holder=f"pid {os.getpid()} (aistack serve)", refuse=refuse):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -141,16 +140,7 @@ def port_claim(host: str, port: int) -> Iterator[None]:
                     raise ConfigError(f"cannot bind {host}:{port}: {exc}") from None
                 holder = _listener(port) or "another process"
                 raise ConfigError(_in_use(host, port, holder)) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} (aistack serve)")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -186,11 +176,18 @@ def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> 
             config.host, config.port = settings.host, settings.port
             uvicorn.Server(config).run()
             return
-        # metrics from every worker, merged on /metrics
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="aistack-prom-")
-        )
-        _supervise(settings.host, settings.port, http, workers)
+        # metrics from every worker, merged on /metrics; a folder we made is ours
+        # to remove when the server stops (the operator's own one is left alone)
+        made = None
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            made = tempfile.mkdtemp(prefix="aistack-prom-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        try:
+            _supervise(settings.host, settings.port, http, workers)
+        finally:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _supervise(host: str, port: int, http: str, workers: int) -> None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from aistack.contract import RankingUseCase, UseCase
-from aistack.lake.delta import TableInfo
-from aistack.monitoring.abtest import ABResult
-from aistack.monitoring.monitor import MonitorResult
-from aistack.registry.aliases import AliasEvent
-from aistack.runner import RunReport
-from aistack.workspace import Workspace
+
+if TYPE_CHECKING:  # types only: `aistack tables` must not load MLflow or pandas
+    import pandas as pd
+
+    from aistack.lake.delta import TableInfo
+    from aistack.monitoring.abtest import ABResult
+    from aistack.monitoring.monitor import MonitorResult
+    from aistack.registry.aliases import AliasEvent
+    from aistack.runner import RunReport
+    from aistack.workspace import Workspace
 
 
 def tables_table(tables: Sequence[TableInfo], title: str = "Delta tables") -> Table:
@@ -188,6 +192,8 @@ def candidates_table(use_case: UseCase | RankingUseCase, report: RunReport) -> T
 
 def frame_table(frame: pd.DataFrame, *, title: str) -> Table:
     """A data frame as a table: numbers right-aligned, floats to 4 digits."""
+    import pandas as pd
+
     table = Table(title=title)
     for column in frame.columns:
         numeric = pd.api.types.is_numeric_dtype(frame[column])

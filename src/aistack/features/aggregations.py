@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from operator import itemgetter
@@ -186,12 +186,22 @@ def _series(
 
     valid, values = column(events)
     current_valid, current = column(currents)
-    count = np.zeros(len(events) + 1, dtype=np.int64)
+    return _prefixed(valid, values, current_valid, current)
+
+
+def _prefixed(
+    valid: np.ndarray,
+    values: np.ndarray,
+    current_valid: np.ndarray,
+    current: np.ndarray,
+) -> _Series:
+    """The prefix arrays of one (column, filter) over flattened events."""
+    count = np.zeros(len(values) + 1, dtype=np.int64)
     np.cumsum(valid, out=count[1:])
-    total = np.zeros(len(events) + 1, dtype=np.longdouble)
+    total = np.zeros(len(values) + 1, dtype=np.longdouble)
     np.cumsum(values, dtype=np.longdouble, out=total[1:])
-    last = np.full(len(events) + 1, -1, dtype=np.int64)
-    last[1:] = np.where(valid, np.arange(len(events)), -1)
+    last = np.full(len(values) + 1, -1, dtype=np.int64)
+    last[1:] = np.where(valid, np.arange(len(values)), -1)
     np.maximum.accumulate(last, out=last)
     padded = np.append(values, 0.0)
     return _Series(valid, padded, count, total, last, current_valid, current)
@@ -293,6 +303,28 @@ def evaluate_many(
     keyed = np.repeat(np.arange(len(segments), dtype=np.int64), sizes) * (span + 1)
     keyed += np.clip(ts - base, 0, span)
     origin = seg * (span + 1) - base
+
+    def series(spec: Spec) -> _Series:
+        where = spec.where
+        ci = columns[spec.column] if spec.column is not None else -1
+        wi = columns[where.column] if where is not None else -1
+        return _series(events, currents, ci, where, wi)
+
+    _windows(compiled, (keyed, origin, t, pos), series, out)
+    return out
+
+
+def _windows(
+    compiled: Sequence[Spec],
+    at: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    series_of: Callable[[Spec], _Series],
+    out: np.ndarray,
+) -> None:
+    """Every feature into `out`: each spec's window [start, end) by binary search
+    on the (segment, time) keys, then its aggregate (series shared per column
+    and filter). `at`: sorted keys, each request's segment origin, time and
+    position."""
+    keyed, origin, t, pos = at
     cache: dict[tuple[str | None, Where | None], _Series] = {}
     for j, spec in enumerate(compiled):
         hi = t - spec.shift_us
@@ -304,19 +336,127 @@ def evaluate_many(
             if spec.shift_us == 0
             else np.minimum(np.searchsorted(keyed, origin + hi, "right"), pos)
         )
-        where = spec.where
-        series = cache.get((spec.column, where))
+        series = cache.get((spec.column, spec.where))
         if series is None:
-            ci = columns[spec.column] if spec.column is not None else -1
-            wi = columns[where.column] if where is not None else -1
-            series = _series(events, currents, ci, where, wi)
-            cache[(spec.column, where)] = series
+            series = cache[(spec.column, spec.where)] = series_of(spec)
         own = series.current_valid & (spec.shift_us == 0)
         column = _aggregate(spec.function, series, start, end, own)
         if spec.fill is not None:
             column = np.where(np.isnan(column), spec.fill, column)
         out[:, j] = column
+
+
+@dataclass
+class Flat:
+    """Events of several entities, columnar, for `evaluate_flat`.
+
+    `values` follow the view's value columns: (data, valid) with data int64 or
+    float64. `hidden` events hold a position only (a retried event, the twin of
+    a held one) and are never aggregated.
+    """
+
+    seg: np.ndarray  # int64: the entity's segment
+    ts: np.ndarray  # int64
+    ids: np.ndarray  # int64
+    values: list[tuple[np.ndarray, np.ndarray]]
+    hidden: np.ndarray  # bool
+
+
+_NUMERIC_OPS = {
+    "==": np.equal,
+    "!=": np.not_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+}
+
+
+def _number(v: object) -> bool:
+    return type(v) in (int, float)
+
+
+def vectorised(where: Where | None) -> bool:
+    """Whether `evaluate_flat` evaluates this filter (numeric targets)."""
+    if where is None:
+        return True
+    targets = where.value if isinstance(where.value, tuple) else (where.value,)
+    return all(_number(t) for t in targets)
+
+
+def _mask(where: Where | None, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """`where.test` of each value, vectorised (NULL never passes)."""
+    if where is None:
+        return valid
+    if isinstance(where.value, tuple):
+        return valid & np.isin(data, np.array(where.value))
+    passed: np.ndarray = valid & _NUMERIC_OPS[where.op](data, where.value)
+    return passed
+
+
+def evaluate_flat(
+    compiled: Sequence[Spec],
+    columns: Mapping[str, int],
+    stored: Flat,
+    requests: Flat,
+) -> np.ndarray:
+    """`evaluate_many` over columnar events: each request (not hidden: it joins
+    its entity's events) sees its segment's events strictly before it in
+    (timestamp, id) order, plus itself. Numeric value columns, integer ids and
+    numeric filters only (`vectorised`); the same windows and arithmetic."""
+    n, held = len(requests.ts), len(stored.ts)
+    out = np.full((n, len(compiled)), np.nan)
+    if n == 0:
+        return out
+    seg = np.concatenate([stored.seg, requests.seg])
+    ts = np.concatenate([stored.ts, requests.ts])
+    hidden = np.concatenate([stored.hidden, requests.hidden])
+    # a hidden twin sorts before its visible one: the window of a retry ends
+    # before both
+    order = np.lexsort((~hidden, np.concatenate([stored.ids, requests.ids]), ts, seg))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    pos = rank[held:]
+    seg, ts, hidden = seg[order], ts[order], hidden[order]
+    t = requests.ts
+    base = int(t.min()) - max(s.shift_us + s.window_us for s in compiled) - 1
+    span = int(t.max()) - base + 1
+    if (int(seg.max()) + 1) * (span + 1) >= _LIMIT:
+        msg = "a batch spanning ages: evaluate it per entity"
+        raise OverflowError(msg)
+    keyed = seg * (span + 1) + np.clip(ts - base, 0, span)
+    origin = requests.seg * (span + 1) - base
+
+    def series(spec: Spec) -> _Series:
+        return _flat_series(spec, columns, (stored, requests), order, hidden)
+
+    _windows(compiled, (keyed, origin, t, pos), series, out)
     return out
+
+
+def _flat_series(
+    spec: Spec,
+    columns: Mapping[str, int],
+    halves: tuple[Flat, Flat],
+    order: np.ndarray,
+    hidden: np.ndarray,
+) -> _Series:
+    def pick(flat: Flat) -> tuple[np.ndarray, np.ndarray]:
+        n = len(flat.ts)
+        if spec.column is None:
+            data, valid = np.ones(n), np.ones(n, dtype=bool)
+        else:
+            data, valid = flat.values[columns[spec.column]]
+        if spec.where is not None:
+            wdata, wvalid = flat.values[columns[spec.where.column]]
+            valid = _mask(spec.where, wdata, wvalid & valid)
+        return valid, np.where(valid, data, 0).astype(np.float64)
+
+    held_valid, held_values = pick(halves[0])
+    current_valid, current = pick(halves[1])
+    valid = np.concatenate([held_valid, current_valid])[order] & ~hidden
+    values = np.where(valid, np.concatenate([held_values, current])[order], 0.0)
+    return _prefixed(valid, values, current_valid, current)
 
 
 def _apply(function: Function, values: list[float], fill: float | None) -> float | None:

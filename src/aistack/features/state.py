@@ -49,7 +49,7 @@ import redis
 from aistack.contract import Value
 from aistack.errors import ConfigError, StoreUnavailableError
 from aistack.features.aggregations import Event
-from aistack.features.blob import EntityState, decode, encode, events_of
+from aistack.features.blob import EntityState, add_events, decode, encode, events_of
 
 _CHUNK = 500  # entities per SELECT ... IN (...)
 _RETRIES = 100  # Redis WATCH conflicts before a write gives up
@@ -89,6 +89,13 @@ class EventState(Protocol):
         self, view: str, entities: Sequence[str], *, label_index: int | None
     ) -> list[list[Event]]:
         """Each entity's events (labels merged at `label_index`), sorted by key."""
+        ...
+
+    def read_blobs(
+        self, view: str, entities: Sequence[str]
+    ) -> list[tuple[str, bytes | str | None]]:
+        """Each entity's state blob (None: no state) and where it lives (for
+        errors); decoded by the caller (`aistack.features.blob`)."""
         ...
 
     def write(
@@ -149,7 +156,10 @@ class EventState(Protocol):
         ...
 
 
-Edit = Callable[[str, EntityState], None]
+Blob = bytes | str | None
+Edit = Callable[[str, Blob, str], Blob]
+"""(entity, its blob or None, where for errors) -> the new blob, None to delete
+it, or the same object when nothing changed (no write)."""
 
 
 def _edits(change: StateWrite) -> tuple[list[str], Edit]:
@@ -158,11 +168,10 @@ def _edits(change: StateWrite) -> tuple[list[str], Edit]:
     for entity, e in change.events:
         added.setdefault(entity, []).append(e)
 
-    def edit(entity: str, state: EntityState) -> None:
-        state.add(added.get(entity, ()))
-        cutoff = change.prune.get(entity)
-        if cutoff is not None:
-            state.prune(cutoff)
+    def edit(entity: str, blob: Blob, where: str) -> Blob:
+        return add_events(
+            blob, added.get(entity, ()), change.prune.get(entity), where=where
+        )
 
     return list(dict.fromkeys([*added, *change.prune])), edit
 
@@ -174,9 +183,11 @@ def _label_edit(
     for entity, ident, ts, value in labels:
         by_entity.setdefault(entity, []).append((ident, ts, float(value)))
 
-    def edit(entity: str, state: EntityState) -> None:
+    def edit(entity: str, blob: Blob, where: str) -> Blob:
+        state = EntityState() if blob is None else decode(blob, where=where)
         for ident, ts, value in by_entity[entity]:
             state.label(ident, ts, value)
+        return encode(state) if state.events or state.labels else None
 
     return by_entity, edit
 
@@ -193,8 +204,13 @@ def _erase_edit(
             held.add(str(ident))
     removed: dict[str, list[str]] = {}
 
-    def edit(entity: str, state: EntityState) -> None:
+    def edit(entity: str, blob: Blob, where: str) -> Blob:
+        if blob is None:
+            removed[entity] = []
+            return blob
+        state = decode(blob, where=where)
         removed[entity] = state.forget(wanted[entity])
+        return encode(state) if state.events or state.labels else None
 
     return list(wanted), edit, removed
 
@@ -208,8 +224,13 @@ def _erased_ids(
     )
 
 
-def _empty(state: EntityState) -> bool:
-    return not state.events and not state.labels
+def _events(
+    blobs: Sequence[tuple[str, Blob]], label_index: int | None
+) -> list[list[Event]]:
+    return [
+        [] if blob is None else events_of(blob, where=at, label_index=label_index)
+        for at, blob in blobs
+    ]
 
 
 class SQLiteEventState:
@@ -308,36 +329,36 @@ class SQLiteEventState:
         self, view: str, entities: Sequence[str], *, label_index: int | None
     ) -> list[list[Event]]:
         """Each entity's events (labels merged at `label_index`), sorted by key."""
+        return _events(self.read_blobs(view, entities), label_index)
+
+    def read_blobs(
+        self, view: str, entities: Sequence[str]
+    ) -> list[tuple[str, bytes | str | None]]:
+        """Each entity's state blob (None: no state) and where it lives."""
         view = f"{self.namespace}.{view}"
         con = self._tables(view)
         keys = list(dict.fromkeys(entities))
         try:
-            found = {
-                entity: events_of(
-                    blob, where=f"{self.path} {view} {entity}", label_index=label_index
-                )
-                for entity, blob in self._blobs(con, view, keys)
-            }
+            found = dict(self._blobs(con, view, keys))
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"sqlite at {self.path}: {exc}") from exc
-        return [list(found.get(e, ())) for e in entities]
+        return [(f"{self.path} {view} {e}", found.get(e)) for e in entities]
 
     def _update(
         self, con: sqlite3.Connection, view: str, entities: Sequence[str], edit: Edit
     ) -> None:
         """Read, edit and write back each entity's state (inside a transaction)."""
-        found = {
-            entity: decode(blob, where=f"{self.path} {view} {entity}")
-            for entity, blob in self._blobs(con, view, entities)
-        }
+        found = dict(self._blobs(con, view, entities))
         put, drop = [], []
         for entity in entities:
-            state = found.get(entity) or EntityState()
-            edit(entity, state)
-            if _empty(state):
+            blob = found.get(entity)
+            new = edit(entity, blob, f"{self.path} {view} {entity}")
+            if new is blob:
+                continue
+            if new is None:
                 drop.append((entity,))
             else:
-                put.append((entity, encode(state)))
+                put.append((entity, new))
         con.executemany(f'INSERT OR REPLACE INTO "st:{view}" VALUES (?, ?)', put)
         con.executemany(f'DELETE FROM "st:{view}" WHERE entity = ?', drop)
 
@@ -510,16 +531,19 @@ class RedisEventState:
         self, view: str, entities: Sequence[str], *, label_index: int | None
     ) -> list[list[Event]]:
         """Each entity's events (labels merged at `label_index`), sorted by key."""
+        return _events(self.read_blobs(view, entities), label_index)
+
+    def read_blobs(
+        self, view: str, entities: Sequence[str]
+    ) -> list[tuple[str, bytes | str | None]]:
+        """Each entity's state blob (None: no state) and its key."""
         self._check_format()
         keys = [self._k("state", view, e) for e in entities]
         try:
             found = self.client.mget(keys) if keys else []
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"redis at {self.url}: {exc}") from exc
-        return [
-            [] if blob is None else events_of(blob, where=key, label_index=label_index)
-            for key, blob in zip(keys, found, strict=True)
-        ]
+        return list(zip(keys, found, strict=True))
 
     def _update(
         self,
@@ -542,14 +566,13 @@ class RedisEventState:
                     found = pipe.mget(names) if names else []
                     pipe.multi()
                     for (key, entity, edit), blob in zip(keys, found, strict=True):
-                        state = (
-                            EntityState() if blob is None else decode(blob, where=key)
-                        )
-                        edit(entity, state)
-                        if _empty(state):
+                        new = edit(entity, blob, key)
+                        if new is blob:
+                            continue
+                        if new is None:
                             pipe.delete(key)
                         else:
-                            pipe.set(key, encode(state))
+                            pipe.set(key, new)
                     if extra is not None:
                         extra(pipe)
                     pipe.execute()

@@ -7,7 +7,6 @@ a given date" has an answer.
 
 from __future__ import annotations
 
-import fcntl
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,16 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy.engine import make_url
 
 from aistack.errors import RegistryError
 from aistack.governance.audit import AuditLog, audit_event
 from aistack.lake.delta import Lake
+from aistack.locks import file_lock, postgres_lock
 
 ALIAS_EVENTS = "ops.alias_events"
 REFUSED_TAG = "refused"
@@ -79,23 +77,11 @@ class Registry:
         """
         key = zlib.crc32(f"aistack-decision:{model}".encode())
         if self.uri.startswith("postgresql"):
-            libpq = make_url(self.uri).set(drivername="postgresql")
-            dsn = libpq.render_as_string(hide_password=False)
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as con:
-                con.execute("SELECT pg_advisory_lock(%s)", (key,))
-                try:
-                    yield
-                finally:
-                    con.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            return
-        folder = self.lake.root.parent / ".locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / f"decision-{key:08x}.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
+            with postgres_lock(self.uri, key):
                 yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        with file_lock(self.lake.root.parent / ".locks" / f"decision-{key:08x}.lock"):
+            yield
 
     def version_of(self, model: str, alias: str) -> int | None:
         """Version the alias points to, None when unset or the model is unknown.
