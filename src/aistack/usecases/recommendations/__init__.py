@@ -132,6 +132,7 @@ use_case = RankingUseCase(
     user="user_id",
     item="item_id",
     timestamp="rated_at",
+    weight="rating",
     trainers=(
         Trainer(
             "popularity",
