@@ -24,6 +24,7 @@ from aistack.registry.rollout import (
 )
 from aistack.runner import run
 from aistack.training.tracking import tracking
+from aistack.usecases.recommendations.data import ml100k_folder
 from conftest import make_workspace
 from servers import aistack_server
 
@@ -54,6 +55,47 @@ def test_every_rating_is_accounted_for_and_models_are_gated(trained) -> None:
     assert champion.trainer == best.trainer
 
 
+def raw_ratings() -> list[tuple[int, int, float, int]]:
+    """(user, item, rating, unix time) straight from the recbole file."""
+    lines = (ml100k_folder() / "ml-100k.inter").read_text().splitlines()[1:]
+    return [
+        (int(u), int(i), float(r), int(float(t)))
+        for u, i, r, t in (line.split("\t") for line in lines)
+    ]
+
+
+def test_gold_tables_hold_history_popularity_and_content(trained) -> None:
+    uc, ws, report = trained
+    names = {g.name: uc.gold_table_name(g) for g in uc.gold}
+    assert [g.table for g in report.gold] == list(names.values())
+    assert ws.lake.rows(names["user_history"]) == 943
+    assert ws.lake.rows(names["item_popularity"]) == 1682
+    assert ws.lake.rows(names["item_content"]) == 1682
+    ratings = ws.lake.version("silver.ratings")
+    assert ws.lake.last_inputs(names["user_history"]) == {"silver.ratings": ratings}
+    # by hand from the raw file: user 1's ratings in time order, Star Wars' windows
+    raw = raw_ratings()
+    history = ws.lake.read(names["user_history"]).to_pandas().set_index("user_id")
+    mine = sorted((t, i) for u, i, _, t in raw if u == 1)
+    assert history.loc[1, "n_ratings"] == len(mine) == 272
+    assert list(history.loc[1, "items"]) == [i for _, i in mine]
+    as_of = max(t for *_, t in raw)
+    star_wars = [t for _, i, _, t in raw if i == 50]
+    popularity = ws.lake.read(names["item_popularity"]).to_pandas()
+    row = popularity.set_index("item_id").loc[50]
+    assert row["ratings_all"] == len(star_wars) == 583
+    for days in (7, 30, 90):
+        inside = sum(t > as_of - days * 86400 for t in star_wars)
+        assert row[f"ratings_{days}d"] == inside, days
+    assert popularity["ratings_90d"].sum() > popularity["ratings_30d"].sum() > 0
+    content = ws.lake.read(names["item_content"]).to_pandas().set_index("item_id")
+    toy_story = dict(
+        zip(content.loc[1, "terms"], content.loc[1, "weights"], strict=True)
+    )
+    assert {"toy", "story", "genre_animation", "genre_comedy"} <= set(toy_story)
+    assert sum(w * w for w in toy_story.values()) == pytest.approx(1.0)
+
+
 def test_a_rerun_on_the_same_inputs_trains_nothing(trained) -> None:
     uc, ws, report = trained
     again = run(uc, ws, uc.params())
@@ -62,6 +104,8 @@ def test_a_rerun_on_the_same_inputs_trains_nothing(trained) -> None:
         c.version for c in report.candidates
     ]
     assert again.scoring is not None and again.scoring.skipped
+    assert len(again.gold) == 3 and all(g.skipped for g in again.gold)
+    assert [g.version for g in again.gold] == [g.version for g in report.gold]
 
 
 def test_batch_top_k_leaves_out_rated_items(trained) -> None:
