@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from aistack.contract.model import Split, Trainer
+from aistack.contract.monitoring import RANKING_SIGNALS, AlertRule, RolloutGuards
 from aistack.contract.names import _ident
 from aistack.contract.tables import Batch, GoldTable, SilverTable
 from aistack.errors import DeclarationError
@@ -49,7 +50,10 @@ class RankingUseCase:
     `build(seed)` returns a recommender (`aistack.training.ranking.Recommender`:
     fit / score / score_items). The default split is RecBole's: each user's
     interactions in random order, cut 8:1:1. `gold` tables are derived from
-    silver before training (`gold_table_name` names them).
+    silver before training (`gold_table_name` names them). `alerts` are
+    checked by `aistack monitor` on the served answers (signals
+    `popularity_psi`, `coverage_drop`); `guards` judge a canary in the server,
+    its "scores" being the popularity of the items each arm shows.
     """
 
     name: str
@@ -69,6 +73,8 @@ class RankingUseCase:
     k: int = 10
     task: str = "ranking"
     gold: tuple[GoldTable, ...] = ()
+    alerts: tuple[AlertRule, ...] = ()
+    guards: RolloutGuards = field(default_factory=RolloutGuards)
 
     def __post_init__(self) -> None:
         _ident("use case", self.name)
@@ -98,6 +104,7 @@ class RankingUseCase:
                 )
                 raise DeclarationError(msg)
         self._check_gold(set(silver))
+        self._check_alerts()
         if self.split is None:
             split = Split(kind="group", group=self.user, fractions=(0.8, 0.1, 0.1))
             object.__setattr__(self, "split", split)
@@ -116,6 +123,16 @@ class RankingUseCase:
             undeclared = sorted(set(gold.inputs.values()) - silver)
             if undeclared:
                 msg = f"{self.name}: gold {gold.name} reads undeclared {undeclared}"
+                raise DeclarationError(msg)
+
+    def _check_alerts(self) -> None:
+        """Alert rules watch signals a ranking monitor observes."""
+        for rule in self.alerts:
+            if rule.signal not in RANKING_SIGNALS:
+                msg = (
+                    f"{self.name}: alert {rule.name} watches {rule.signal!r}, "
+                    f"expected one of {', '.join(RANKING_SIGNALS)}"
+                )
                 raise DeclarationError(msg)
 
     @property

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 
+from aistack.api.ranking import RECOMMENDATION_LOG_SCHEMA
 from aistack.contract import get_any_use_case
+from aistack.monitoring.alerts import firing
 from aistack.monitoring.ranking import ranking_ab_test
 from aistack.monitoring.recommendations import monitor_recommendations
 from aistack.registry.rollout import (
@@ -220,6 +225,7 @@ def test_served_recommendations_are_logged_and_monitored(trained, tmp_path) -> N
     )
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "popularity_psi" in cli.stdout and report.is_file()
+    assert "window: popularity_psi" in " ".join(cli.stdout.split())
 
 
 def test_canary_routes_sticky_users_and_the_ab_test_finds_the_better_arm(
@@ -264,3 +270,96 @@ def test_canary_routes_sticky_users_and_the_ab_test_finds_the_better_arm(
             end_rollout(
                 ws.registry, uc.name, status="stopped", reason="test", actor="t"
             )
+
+
+def log_answers(ws, uc, answers: list[tuple[int, list[int], bool]]) -> datetime:
+    """Append answers to the recommendation log as the server writes them."""
+    start = datetime.now(UTC)
+    rows = [
+        {
+            "request_id": uuid.uuid4().hex,
+            "logged_at": datetime.now(UTC),
+            "route": "user",
+            "user_id": user,
+            "items": orjson.dumps(items).decode(),
+            "cold_start": cold,
+            "model_name": uc.name,
+            "model_version": 1,
+            "arm": "champion",
+        }
+        for user, items, cold in answers
+    ]
+    table = pa.Table.from_pylist(rows, schema=RECOMMENDATION_LOG_SCHEMA)
+    ws.lake.write(uc.log_table, table, mode="append")
+    return start
+
+
+def test_popularity_and_coverage_alerts_fire_on_a_shifted_log_only(
+    trained, tmp_path
+) -> None:
+    uc, ws, _ = trained
+    batch = ws.lake.read(uc.recommendations_table).to_pandas()
+    lists = batch.sort_values([uc.user, "rank"]).groupby(uc.user)[uc.item].agg(list)
+    rules = {"popularity_drift", "coverage_drop"}
+    assert {r.name for r in uc.alerts} == rules
+    # each known user shown their own batch top-10: the reference's traffic
+    since = log_answers(ws, uc, [(u, lists[u], False) for u in range(1, 201)])
+    calm = monitor_recommendations(ws, uc, report_path=tmp_path / "a.html", since=since)
+    assert calm.observed["popularity_psi"] < 0.05
+    assert abs(calm.observed["coverage_drop"]) < 0.15
+    assert not any(e.state == "firing" for e in calm.alerts)
+    assert not rules & set(firing(ws.lake, uc.name))
+    # everyone shown the ten most popular movies (gold popularity): shifted
+    popularity = ws.lake.read("gold.recommendations_item_popularity").to_pandas()
+    top = popularity.nlargest(10, "ratings_all")[uc.item].tolist()
+    since = log_answers(ws, uc, [(u, top, True) for u in range(5000, 5100)])
+    shifted = monitor_recommendations(
+        ws, uc, report_path=tmp_path / "b.html", since=since
+    )
+    assert shifted.observed["popularity_psi"] > 1.0
+    assert shifted.observed["coverage_drop"] > 0.9
+    assert {e.rule for e in shifted.alerts if e.state == "firing"} == rules
+    assert set(firing(ws.lake, uc.name)) >= rules
+    page = (tmp_path / "b.html").read_text()
+    assert "Alerts" in page and "popularity_drift" in page
+    again = monitor_recommendations(ws, uc, report_path=None, since=since)
+    assert again.alerts == []  # the same episode fires once
+
+
+def canary_after_traffic(ws, uc, version: int, users: range):
+    """Start a 50 % canary of `version`, serve `users`, return how it stands."""
+    with tracking(ws.settings.mlflow_uri):
+        start_rollout(
+            ws.registry, uc.name, mode="canary", share=50.0, version=version, actor="t"
+        )
+    try:
+        with aistack_server(ws.settings.workspace, use_case=uc.name) as (base, _):
+            with httpx.Client() as client:
+                for user in users:
+                    client.get(f"{base}/v1/recommendations/users/{user}/items")
+            time.sleep(1.5)  # a few judging rounds (AISTACK_EVAL_SECONDS 0.3)
+            last = httpx.get(f"{base}/v1/recommendations/users/5/items").json()
+        with tracking(ws.settings.mlflow_uri):
+            rollout = read_rollout(ws.registry, uc.name)
+    finally:
+        with tracking(ws.settings.mlflow_uri):
+            if (now := read_rollout(ws.registry, uc.name)) and now.active:
+                end_rollout(
+                    ws.registry, uc.name, status="stopped", reason="test", actor="t"
+                )
+    assert rollout is not None
+    return rollout, last
+
+
+def test_a_canary_showing_blockbusters_is_rolled_back_a_close_one_is_not(
+    trained,
+) -> None:
+    uc, ws, report = trained
+    version = {c.trainer: c.version for c in report.candidates}
+    users = range(1, 601)  # about 300 per arm: above min_requests (100)
+    close, _ = canary_after_traffic(ws, uc, version["ease"], users)
+    assert close.status == "active", close.reason
+    shifted, last = canary_after_traffic(ws, uc, version["popularity"], users)
+    assert shifted.status == "rolled_back"
+    assert "score PSI vs champion" in shifted.reason
+    assert last["arm"] == "champion"  # user 5 is routed to the canary otherwise

@@ -19,6 +19,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from aistack.contract import (
+    AlertRule,
     Batch,
     GoldTable,
     RankingGates,
@@ -172,6 +173,10 @@ use_case = RankingUseCase(
             requirements=ContentTFIDF.requirements,
         ),
         Trainer("hybrid", _hybrid, requirements=Hybrid.requirements),
+    ),
+    alerts=(
+        AlertRule("popularity_drift", "popularity_psi", 0.2),
+        AlertRule("coverage_drop", "coverage_drop", 0.5),
     ),
     gates=RankingGates(
         primary_metric="ndcg_at_10",
