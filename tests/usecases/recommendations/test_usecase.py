@@ -326,19 +326,19 @@ def test_popularity_and_coverage_alerts_fire_on_a_shifted_log_only(
     assert again.alerts == []  # the same episode fires once
 
 
-def canary_after_traffic(ws, uc, version: int, users: range):
-    """Start a 50 % canary of `version`, serve `users`, return how it stands."""
+def canary_after_traffic(ws, uc, base: str, version: int, users: range):
+    """Start a 50 % canary of `version`, serve `users`, end it; how it stood."""
     with tracking(ws.settings.mlflow_uri):
         start_rollout(
             ws.registry, uc.name, mode="canary", share=50.0, version=version, actor="t"
         )
     try:
-        with aistack_server(ws.settings.workspace, use_case=uc.name) as (base, _):
-            with httpx.Client() as client:
-                for user in users:
-                    client.get(f"{base}/v1/recommendations/users/{user}/items")
-            time.sleep(1.5)  # a few judging rounds (AISTACK_EVAL_SECONDS 0.3)
-            last = httpx.get(f"{base}/v1/recommendations/users/5/items").json()
+        time.sleep(1.0)  # the server polls the registry every 0.3 s
+        with httpx.Client() as client:
+            for user in users:
+                client.get(f"{base}/v1/recommendations/users/{user}/items")
+        time.sleep(1.5)  # a few judging rounds (AISTACK_EVAL_SECONDS 0.3)
+        last = httpx.get(f"{base}/v1/recommendations/users/5/items").json()
         with tracking(ws.settings.mlflow_uri):
             rollout = read_rollout(ws.registry, uc.name)
     finally:
@@ -357,9 +357,10 @@ def test_a_canary_showing_blockbusters_is_rolled_back_a_close_one_is_not(
     uc, ws, report = trained
     version = {c.trainer: c.version for c in report.candidates}
     users = range(1, 601)  # about 300 per arm: above min_requests (100)
-    close, _ = canary_after_traffic(ws, uc, version["ease"], users)
-    assert close.status == "active", close.reason
-    shifted, last = canary_after_traffic(ws, uc, version["popularity"], users)
+    with aistack_server(ws.settings.workspace, use_case=uc.name) as (base, _):
+        close, _ = canary_after_traffic(ws, uc, base, version["ease"], users)
+        assert close.status == "active", close.reason
+        shifted, last = canary_after_traffic(ws, uc, base, version["popularity"], users)
     assert shifted.status == "rolled_back"
     assert "score PSI vs champion" in shifted.reason
     assert last["arm"] == "champion"  # user 5 is routed to the canary otherwise
