@@ -21,6 +21,7 @@ from aistack.usecases.recommendations.models import (
     REQUIREMENTS,
     ContentTFIDF,
     Hybrid,
+    ItemKNN,
     Popularity,
     UserEASE,
     reference_models,
@@ -222,6 +223,15 @@ def test_the_splits_carry_ratings_and_power_zero_ignores_them(splits: tuple) -> 
     on_ratings = ALS(power=0.0, seed=1).fit(train, None).score(users)
     on_binary = ALS(power=0.0, seed=1).fit(binary(train), None).score(users)
     assert np.array_equal(on_ratings, on_binary)
+
+
+def test_the_other_models_ignore_ratings(movielens: MovieLens, splits: tuple) -> None:
+    train, _, _ = splits
+    users = np.arange(30)
+    for model in (Popularity, ItemKNN, ContentTFIDF):
+        on_ratings = model().fit(train, movielens.items).score(users)
+        on_binary = model().fit(binary(train), movielens.items).score(users)
+        np.testing.assert_allclose(on_ratings, on_binary, atol=1e-12)
 
 
 def test_ease_weights_by_rating_power_by_hand() -> None:
