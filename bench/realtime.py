@@ -122,7 +122,7 @@ class Sizes:
 
 
 FULL = Sizes(40, 300, 600, 9, 10, 8, 20_000, 60)
-QUICK = Sizes(30, 150, 300, 2, 3, 2, 3_000, 8)
+QUICK = Sizes(60, 400, 800, 2, 3, 2, 3_000, 8)  # the tests' size: a champion
 
 WARMUP_S = 2
 SINGLE_CONCURRENCY = (1, 4, 16)  # 1 worker

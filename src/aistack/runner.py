@@ -28,6 +28,7 @@ from rich.progress import (
 
 from aistack.contract import Batch, PostgresTable, RankingUseCase, UseCase
 from aistack.errors import ConfigError
+from aistack.features.derived import build_derived
 from aistack.features.gold import GoldResult, build_gold
 from aistack.flow import STAGES, Stage
 from aistack.governance.pii import cipher_for, source_pii
@@ -231,8 +232,15 @@ def _run_ranking(
     progress: Progress,
     actor: str,
 ) -> None:
-    """Train + gate every recommender, then batch top-K for every known user."""
+    """Gold tables, train + gate every recommender, then batch top-K per user."""
     seed = ws.settings.seed
+    if "gold" in stages and uc.gold:
+        with _timed(report, "gold"):
+            task = progress.add_task("silver -> gold", total=len(uc.gold))
+            for gold in uc.gold:
+                table = uc.gold_table_name(gold)
+                report.gold.append(build_derived(ws.lake, gold, table=table))
+                progress.advance(task)
     with tracking(ws.settings.mlflow_uri):
         if "train" in stages:
             with _timed(report, "train"):

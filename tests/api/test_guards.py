@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aistack.api.guards import Window, broken_guards, score_shift
+from aistack.api.guards import RolloutJudge, Window, broken_guards, score_shift
 from aistack.contract import RolloutGuards
 
 REPEATS = 1000
@@ -43,3 +43,26 @@ def test_the_rollback_reason_names_the_statistics() -> None:
     pending = Window(requests=300, latencies=[0.001], scores=list(rng.beta(6, 4, 300)))
     (reason,) = broken_guards(RolloutGuards(), pending, champion)
     assert "score PSI vs champion" in reason and "chi-square p=" in reason
+
+
+def test_the_judge_waits_for_min_requests_then_rolls_back_or_promotes() -> None:
+    rng = np.random.default_rng(7)
+    guards = RolloutGuards(min_requests=100, promote_after=200)
+    champion = Window(requests=300, latencies=[0.001], scores=list(rng.random(300)))
+
+    def arm(n: int, high: float) -> Window:
+        return Window(requests=n, latencies=[0.001], scores=list(rng.random(n) * high))
+
+    judge = RolloutJudge(guards)
+    assert judge.judge(champion, arm(60, 1.0), mode="canary", version=2) is None
+    assert judge.judge(champion, arm(60, 1.0), mode="canary", version=2) is None
+    assert judge.judged == 120 and judge.pending.requests == 0  # judged, held
+    promoted = judge.judge(champion, arm(100, 1.0), mode="canary", version=2)
+    assert promoted is not None and promoted.status == "promoted"
+    assert promoted.reason == "canary version 2 held every guard for 220 requests"
+    shifted = RolloutJudge(guards).judge(
+        champion, arm(150, 0.3), mode="canary", version=3
+    )
+    assert shifted is not None and shifted.status == "rolled_back"
+    assert shifted.reason.startswith("automatic rollback of canary version 3: ")
+    assert "score PSI vs champion" in shifted.reason

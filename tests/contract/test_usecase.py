@@ -9,6 +9,7 @@ import pytest
 
 from aistack.contract import (
     AggregationView,
+    AlertRule,
     Feature,
     FeatureView,
     Gates,
@@ -51,6 +52,17 @@ def test_ranking_use_case_contract(name: str) -> None:
         assert all(hasattr(model, m) for m in ("fit", "score", "score_items"))
     with pytest.raises(DeclarationError, match="ranking use case: monitor does not"):
         get_use_case(name, action="monitor")
+    for gold in uc.gold:
+        assert set(gold.inputs.values()) <= silver
+    with pytest.raises(DeclarationError, match="expected one of popularity_psi"):
+        dataclasses.replace(uc, alerts=(AlertRule("x", "drift_share", 0.1),))
+    if uc.gold:
+        twice = (*uc.gold, uc.gold[0])
+        with pytest.raises(DeclarationError, match="gold table names repeat"):
+            dataclasses.replace(uc, gold=twice)
+        elsewhere = dataclasses.replace(uc.gold[0], inputs={"x": "silver.nowhere"})
+        with pytest.raises(DeclarationError, match="reads undeclared"):
+            dataclasses.replace(uc, gold=(elsewhere,))
 
 
 @pytest.mark.parametrize("name", LABELLED)

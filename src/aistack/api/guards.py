@@ -2,19 +2,26 @@
 
 A window collects one arm's requests, errors, latencies and scores between
 checks; `broken_guards` names every guard the challenger's accumulated window
-breaks against the champion's latest one.
+breaks against the champion's latest one, and a `RolloutJudge` says when a
+challenger is rolled back or promoted (the classifier and ranking servers
+both use it; what a "score" is differs: a model score, the popularity of an
+item shown).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy import stats
 
 from aistack.contract import RolloutGuards
+from aistack.registry.aliases import Registry
+from aistack.registry.rollout import Rollout, end_rollout
 from aistack.training.profile import bin_shares, psi_from_shares, reference_edges
 
 
@@ -51,6 +58,63 @@ class Window:
         self.errors += other.errors
         self.latencies += other.latencies
         self.scores += other.scores
+
+
+log = logging.getLogger("aistack.api.guards")
+SERVER_ACTOR = "aistack-server"
+"""Who ends a rollout the guards decided, in the alias history and audit."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The end of a rollout the guards decided, and why."""
+
+    status: Literal["rolled_back", "promoted"]
+    reason: str
+
+
+@dataclass
+class RolloutJudge:
+    """Accumulates a challenger's windows; judges them every `min_requests`."""
+
+    guards: RolloutGuards
+    pending: Window = field(default_factory=Window)
+    judged: int = 0
+
+    def judge(
+        self, champion: Window, challenger: Window, *, mode: str, version: int
+    ) -> Verdict | None:
+        """Roll back on a broken guard; promote after `promote_after` requests."""
+        self.pending.absorb(challenger)
+        if self.pending.requests < self.guards.min_requests:
+            return None
+        reasons = broken_guards(self.guards, self.pending, champion)
+        self.judged += self.pending.requests
+        self.pending = Window()
+        if reasons:
+            why = f"automatic rollback of {mode} version {version}: "
+            return Verdict("rolled_back", why + "; ".join(reasons))
+        if self.judged >= self.guards.promote_after:
+            return Verdict(
+                "promoted",
+                f"{mode} version {version} held every guard for {self.judged} requests",
+            )
+        return None
+
+
+def end_as_judged(
+    registry: Registry, model: str, verdict: Verdict, rollout: Rollout
+) -> None:
+    """End `rollout` with the verdict's status and reason, as the server."""
+    end_rollout(
+        registry,
+        model,
+        status=verdict.status,
+        reason=verdict.reason,
+        actor=SERVER_ACTOR,
+        judged=rollout,
+    )
+    (log.warning if verdict.status == "rolled_back" else log.info)(verdict.reason)
 
 
 def broken_guards(

@@ -7,7 +7,11 @@ go down the cold-start path (the recommender's scores for an empty history:
 popularity and content) and are flagged. A background thread polls the
 registry and swaps in a new champion atomically; under a canary rollout a
 sticky share of users (the same routing as every use case) is answered by the
-challenger, and the answer names its arm.
+challenger, and the answer names its arm. Every `eval_seconds` the canary is
+judged by the use case's rollout guards (`aistack.api.guards`, as every
+server): error rate, p99 latency, and the shift of the shown items'
+popularity (interactions per item) against the champion's answers; a broken
+guard rolls it back, `promote_after` healthy requests promote it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +30,7 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import scipy.sparse as sp
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi import status as http
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +46,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
+from aistack.api.guards import RolloutJudge, Window, end_as_judged
 from aistack.contract import RankingUseCase
 from aistack.governance.audit import AuditBuffer, audit_log, entry
 from aistack.governance.principals import Policy
@@ -151,6 +157,12 @@ class Loaded:
     cold_scores: np.ndarray
     answers: list[list[dict[str, Any]]]
     cold_answer: list[dict[str, Any]]
+    popularity: np.ndarray  # known users per item index: what the guards compare
+
+    def shown_popularity(self, row: int | None, n: int) -> list[float]:
+        """Popularity of the first `n` items answered to `row` (None: cold)."""
+        top = self.cold_top if row is None else self.top[row]
+        return self.popularity[top[:n]].tolist()  # type: ignore[no-any-return]
 
 
 def precompute(model: RankingModel, version: int) -> Loaded:
@@ -173,6 +185,7 @@ def precompute(model: RankingModel, version: int) -> Loaded:
         cold_scores,
         [_items(model, top[row], score[row]) for row in range(len(top))],
         _items(model, cold_top, cold_scores),
+        np.diff(sp.csc_matrix(model.seen).indptr).astype(np.float64),
     )
 
 
@@ -203,8 +216,10 @@ class RankingState:
         )
         self.loaded: Loaded | None = None
         self.canary: tuple[Rollout, Loaded] | None = None
+        self.windows = {"champion": Window(), "challenger": Window()}
+        self.judge: RolloutJudge | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def _load(self, version: int, current: Loaded | None) -> Loaded:
         if current is not None and current.version == version:
@@ -225,7 +240,27 @@ class RankingState:
                 self.canary = None
                 return
             current = self.canary[1] if self.canary else None
+            if current is None or current.version != rollout.version:
+                self.judge = RolloutJudge(self.use_case.guards)
+                self.windows["challenger"].take()
             self.canary = (rollout, self._load(rollout.version, current))
+
+    def evaluate(self) -> None:
+        """Judge a canary on the windows since the last call; end it if decided."""
+        champion = self.windows["champion"].take()
+        challenger = self.windows["challenger"].take()
+        canary, judge = self.canary, self.judge
+        if canary is None or judge is None:
+            return
+        rollout = canary[0]
+        verdict = judge.judge(
+            champion, challenger, mode=rollout.mode, version=rollout.version
+        )
+        if verdict is None:
+            return
+        self.canary, self.judge = None, None  # traffic back to the champion now
+        with tracking(self.settings.mlflow_uri):
+            end_as_judged(self.registry, self.use_case.name, verdict, rollout)
 
     def record(
         self,
@@ -284,21 +319,27 @@ class RankingState:
             self.refresh()
         except Exception:
             log.exception("could not load the champion")
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
+        for seconds, step in (
+            (self.settings.poll_seconds, self.refresh),
+            (self.settings.eval_seconds, self.evaluate),
+        ):
+            thread = threading.Thread(target=self._loop, args=(seconds, step))
+            thread.daemon = True
+            thread.start()
+            self._threads.append(thread)
 
-    def _poll(self) -> None:
-        while not self._stop.wait(self.settings.poll_seconds):
+    def _loop(self, seconds: float, step: Callable[[], None]) -> None:
+        while not self._stop.wait(seconds):
             try:
-                self.refresh()
+                step()
             except Exception:
-                log.exception("registry poll failed")
+                log.exception("background step failed; will retry")
 
     def stop(self) -> None:
-        """Stop polling; flush the log and the audit records."""
+        """Stop polling and judging; flush the log and the audit records."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self.log.close()
         if self.audit is not None:
             self.audit.close()
@@ -365,6 +406,7 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
         k: Annotated[int, Query(ge=1, le=MAX_K)] = use_case.k,
     ) -> Response:
         """The user's top-k items not yet rated; unknown users: cold start."""
+        start = time.perf_counter()
         state, loaded = served(request)
         arm = "champion"
         canary = state.canary
@@ -376,6 +418,9 @@ def build_ranking_router(use_case: RankingUseCase) -> APIRouter:
             items = loaded.cold_answer[:k]
         else:
             items = loaded.answers[row][:k]
+        state.windows[arm].record(
+            1, time.perf_counter() - start, loaded.shown_popularity(row, len(items))
+        )
         request_id = state.record(
             "user",
             items,

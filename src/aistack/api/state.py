@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 
 from aistack.api.auth import API_PRINCIPAL
-from aistack.api.guards import Window, broken_guards
+from aistack.api.guards import RolloutJudge, Window, end_as_judged
 from aistack.api.metrics import ServerMetrics, observe_many
 from aistack.api.tracing import Tracing
 from aistack.contract import UseCase
@@ -38,7 +38,6 @@ from aistack.monitoring.consistency import check_consistency
 from aistack.registry.aliases import Registry
 from aistack.registry.rollout import (
     Rollout,
-    end_rollout,
     read_rollout,
     routes_to_challenger,
 )
@@ -56,7 +55,6 @@ from aistack.settings import Settings
 from aistack.training.profile import StreamingHistograms
 
 log = logging.getLogger("aistack.server")
-_ACTOR = "aistack-server"
 
 
 @dataclass
@@ -74,8 +72,7 @@ class ServerState:
     champion_window: Window = field(default_factory=Window)
     challenger_window: Window = field(default_factory=Window)
     http_window: Window = field(default_factory=Window)
-    _pending: Window = field(default_factory=Window)
-    _judged: int = 0
+    _judge_state: RolloutJudge | None = None
     _histogram_columns: list[int | None] = field(default_factory=list)
     _firing: set[str] = field(default_factory=set)
     lake: Lake = field(init=False)
@@ -187,7 +184,7 @@ class ServerState:
             return changed
         if self.challenger is None or self.challenger.version != active.version:
             self.challenger, _ = self._load(active.version)
-            self._pending, self._judged = Window(), 0
+            self._judge_state = RolloutJudge(self.use_case.monitoring.guards)
             self.challenger_window.take()
             log.info("%s rollout of version %s started", active.mode, active.version)
         changed = self.rollout != active
@@ -461,46 +458,19 @@ class ServerState:
                 self._firing = (self._firing - server_rules) | breached
 
     def _judge(self, champion: Window, challenger: Window) -> None:
-        guards = self.use_case.monitoring.guards
-        self._pending.absorb(challenger)
-        pending = self._pending
-        if pending.requests < guards.min_requests:
-            return
-        reasons = broken_guards(guards, pending, champion)
-        self._judged += pending.requests
-        self._pending = Window()
         rollout = self.rollout
         assert rollout is not None
-        if reasons:
-            why = (
-                f"automatic rollback of {rollout.mode} version {rollout.version}: "
-                + "; ".join(reasons)
-            )
+        if self._judge_state is None:
+            self._judge_state = RolloutJudge(self.use_case.monitoring.guards)
+        verdict = self._judge_state.judge(
+            champion, challenger, mode=rollout.mode, version=rollout.version
+        )
+        if verdict is None:
+            return
+        if verdict.status == "rolled_back":
             self.challenger, self.rollout = None, None  # traffic back now
-            end_rollout(
-                self.registry,
-                self.use_case.name,
-                status="rolled_back",
-                reason=why,
-                actor=_ACTOR,
-                judged=rollout,
-            )
-            log.warning(why)
-        elif self._judged >= guards.promote_after:
-            why = (
-                f"{rollout.mode} version {rollout.version} held every guard "
-                f"for {self._judged} requests"
-            )
-            end_rollout(
-                self.registry,
-                self.use_case.name,
-                status="promoted",
-                reason=why,
-                actor=_ACTOR,
-                judged=rollout,
-            )
-            self.challenger, self.rollout = None, None
-            log.info(why)
+        end_as_judged(self.registry, self.use_case.name, verdict, rollout)
+        self.challenger, self.rollout = None, None
 
     # --- lifecycle ----------------------------------------------------------
 

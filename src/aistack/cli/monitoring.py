@@ -51,6 +51,12 @@ def monitor_command(
         since = datetime.now(UTC) - window if window is not None else None
         served = monitor_recommendations(ws, uc, report_path=path, since=since)
         console.print(frame_table(served.daily, title=f"{uc.name}: served per day"))
+        signals = ", ".join(f"{k} {v:.3f}" for k, v in served.observed.items())
+        console.print(f"window: {signals}")
+        for event in served.alerts:
+            console.print(
+                f"[red]alert[/] {event.rule}: {event.state} ({event.value:.4g})"
+            )
         console.print(f"report: {served.report}", soft_wrap=True)
         return
     result = run_monitor(ws, uc, window=window, report_path=path)

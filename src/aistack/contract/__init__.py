@@ -52,6 +52,7 @@ from aistack.contract.serving import Serving
 from aistack.contract.tables import (
     PII_MODES,
     Batch,
+    GoldTable,
     Pii,
     PiiCodec,
     PostgresTable,
@@ -80,6 +81,7 @@ __all__ = [
     "FloatRange",
     "Function",
     "Gates",
+    "GoldTable",
     "IntRange",
     "Labels",
     "Metric",

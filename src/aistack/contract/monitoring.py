@@ -11,7 +11,16 @@ import pandas as pd
 from aistack.contract.drift import DriftSettings
 from aistack.contract.names import _ident
 
-Signal = Literal["drift_share", "performance_drop", "error_rate", "latency_p99_ms"]
+Signal = Literal[
+    "drift_share",
+    "performance_drop",
+    "error_rate",
+    "latency_p99_ms",
+    "popularity_psi",
+    "coverage_drop",
+]
+RANKING_SIGNALS = ("popularity_psi", "coverage_drop")
+"""Signals `aistack monitor` observes on a ranking use case's served answers."""
 
 
 @dataclass(frozen=True)
@@ -20,7 +29,9 @@ class AlertRule:
 
     Signals: `drift_share` (share of drifted features), `performance_drop` (the
     primary metric at training minus its live value), `error_rate` (share of
-    5xx answers) and `latency_p99_ms`.
+    5xx answers) and `latency_p99_ms`; for a ranking use case `popularity_psi`
+    (the shown items' popularity against the batch top-K) and `coverage_drop`
+    (1 - distinct items shown / those expected for as many answers).
     """
 
     name: str

@@ -15,8 +15,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from aistack.contract.model import Split, Trainer
+from aistack.contract.monitoring import RANKING_SIGNALS, AlertRule, RolloutGuards
 from aistack.contract.names import _ident
-from aistack.contract.tables import Batch, SilverTable
+from aistack.contract.tables import Batch, GoldTable, SilverTable
 from aistack.errors import DeclarationError
 
 RANKING_METRICS = ("ndcg", "recall", "hit", "mrr", "precision", "itemcoverage")
@@ -48,7 +49,11 @@ class RankingUseCase:
     (keyed by the same `item` column) that content models read. A trainer's
     `build(seed)` returns a recommender (`aistack.training.ranking.Recommender`:
     fit / score / score_items). The default split is RecBole's: each user's
-    interactions in random order, cut 8:1:1.
+    interactions in random order, cut 8:1:1. `gold` tables are derived from
+    silver before training (`gold_table_name` names them). `alerts` are
+    checked by `aistack monitor` on the served answers (signals
+    `popularity_psi`, `coverage_drop`); `guards` judge a canary in the server,
+    its "scores" being the popularity of the items each arm shows.
     """
 
     name: str
@@ -67,6 +72,9 @@ class RankingUseCase:
     split: Split | None = None
     k: int = 10
     task: str = "ranking"
+    gold: tuple[GoldTable, ...] = ()
+    alerts: tuple[AlertRule, ...] = ()
+    guards: RolloutGuards = field(default_factory=RolloutGuards)
 
     def __post_init__(self) -> None:
         _ident("use case", self.name)
@@ -95,6 +103,8 @@ class RankingUseCase:
                     f"{', '.join(sorted(known))}"
                 )
                 raise DeclarationError(msg)
+        self._check_gold(set(silver))
+        self._check_alerts()
         if self.split is None:
             split = Split(kind="group", group=self.user, fractions=(0.8, 0.1, 0.1))
             object.__setattr__(self, "split", split)
@@ -103,6 +113,27 @@ class RankingUseCase:
                 f"{self.name}: a ranking split is per user (kind 'group', {self.user})"
             )
             raise DeclarationError(msg)
+
+    def _check_gold(self, silver: set[str]) -> None:
+        """Gold tables read declared silver tables and have distinct names."""
+        names = [g.name for g in self.gold]
+        if len(set(names)) != len(names):
+            raise DeclarationError(f"{self.name}: gold table names repeat: {names}")
+        for gold in self.gold:
+            undeclared = sorted(set(gold.inputs.values()) - silver)
+            if undeclared:
+                msg = f"{self.name}: gold {gold.name} reads undeclared {undeclared}"
+                raise DeclarationError(msg)
+
+    def _check_alerts(self) -> None:
+        """Alert rules watch signals a ranking monitor observes."""
+        for rule in self.alerts:
+            if rule.signal not in RANKING_SIGNALS:
+                msg = (
+                    f"{self.name}: alert {rule.name} watches {rule.signal!r}, "
+                    f"expected one of {', '.join(RANKING_SIGNALS)}"
+                )
+                raise DeclarationError(msg)
 
     @property
     def metric_names(self) -> list[str]:
@@ -114,6 +145,10 @@ class RankingUseCase:
         """The per-user split fractions (train, valid, test)."""
         assert self.split is not None
         return self.split.parts
+
+    def gold_table_name(self, gold: GoldTable) -> str:
+        """Delta table name of a declared gold table."""
+        return f"gold.{self.name}_{gold.name}"
 
     @property
     def recommendations_table(self) -> str:

@@ -172,3 +172,34 @@ class SilverTable:
         """Contract columns a source may leave out (declared `Optional`)."""
         schema = self.contract.to_schema()
         return {name for name, col in schema.columns.items() if not col.required}
+
+
+@dataclass(frozen=True)
+class GoldTable:
+    """A gold table derived whole from silver tables by one pure transform.
+
+    `transform` takes one `pl.DataFrame` per input, as keyword arguments named
+    by `inputs` (parameter name -> `silver.table`), and returns the table. The
+    platform reads the inputs at their current versions, writes the result to
+    `gold.<use case>_<name>` with those versions on the commit (its lineage),
+    and writes nothing when the versions are the ones of the latest commit.
+    `key` columns must be unique in the result.
+    """
+
+    name: str
+    transform: Callable[..., pl.DataFrame]
+    inputs: Mapping[str, str]
+    key: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _ident("gold table", self.name)
+        if not self.inputs:
+            raise DeclarationError(f"gold table {self.name}: declare its inputs")
+        for parameter, table in self.inputs.items():
+            _ident(f"input of gold table {self.name}", parameter)
+            if not table.startswith("silver."):
+                msg = (
+                    f"gold table {self.name}: input {parameter!r} is {table!r}, "
+                    "expected a silver table"
+                )
+                raise DeclarationError(msg)

@@ -60,7 +60,7 @@ def render_report(
             _scores_section(scores_by_day),
             _performance_section(performance, training_metrics),
             _consistency_section(consistency),
-            _alerts_section(alerts),
+            alerts_section(alerts),
         ]
     return write_page(path, title, sections)
 
@@ -308,7 +308,7 @@ def _consistency_section(consistency: pd.DataFrame | None) -> str:
     )
 
 
-def _alerts_section(alerts: Sequence[Mapping[str, str]]) -> str:
+def alerts_section(alerts: Sequence[Mapping[str, str]]) -> str:
     """The alert rows, firing ones highlighted; nothing when there are none.
 
     Alerts are what a reader must act on, so they get their own table.

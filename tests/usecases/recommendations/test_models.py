@@ -21,6 +21,7 @@ from aistack.usecases.recommendations.models import (
     REQUIREMENTS,
     ContentTFIDF,
     Hybrid,
+    ItemKNN,
     Popularity,
     UserEASE,
     reference_models,
@@ -150,7 +151,7 @@ def test_user_ease_beats_popularity_on_valid_and_is_deterministic(
     first, again = (UserEASE().fit(train, None).score(users) for _ in range(2))
     assert np.array_equal(first, again)
     assert valid_ndcg["UserEASE"] > valid_ndcg["Popularity"] + 0.1
-    assert UserEASE(reg=5.0).get_params() == {"reg": 5.0}
+    assert UserEASE(reg=5.0).get_params() == {"reg": 5.0, "power": 0.5}
 
 
 def test_a_user_without_train_interactions_gets_popularity(
@@ -192,7 +193,7 @@ def test_content_needs_the_item_frame(splits: tuple) -> None:
 def test_every_model_names_its_requirements_and_params() -> None:
     assert REQUIREMENTS["ALS"] == ("numpy", "scipy", "implicit", "threadpoolctl")
     assert "scikit-learn" in REQUIREMENTS["ContentTFIDF"]
-    assert EASE(reg=10.0).get_params() == {"reg": 10.0}
+    assert EASE(reg=10.0).get_params() == {"reg": 10.0, "power": 0.5}
     assert set(REQUIREMENTS) == {
         "Popularity",
         "ItemKNN",
@@ -202,3 +203,44 @@ def test_every_model_names_its_requirements_and_params() -> None:
         "ContentTFIDF",
         "Hybrid",
     }
+
+
+def binary(interactions: Interactions) -> Interactions:
+    matrix = sp.csr_matrix((interactions.matrix > 0).astype(np.float32))
+    return Interactions(matrix, interactions.users, interactions.items)
+
+
+def test_the_splits_carry_ratings_and_power_zero_ignores_them(splits: tuple) -> None:
+    train, _, _ = splits
+    assert set(np.unique(train.matrix.data)) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    users = np.arange(30)
+    for model in (EASE, UserEASE):
+        on_ratings = model(power=0.0).fit(train, None).score(users)
+        on_binary = model(power=0.0).fit(binary(train), None).score(users)
+        np.testing.assert_allclose(on_ratings, on_binary, atol=1e-9)
+        weighted = model().fit(train, None).score(users)
+        assert not np.allclose(weighted, on_ratings)
+    on_ratings = ALS(power=0.0, seed=1).fit(train, None).score(users)
+    on_binary = ALS(power=0.0, seed=1).fit(binary(train), None).score(users)
+    assert np.array_equal(on_ratings, on_binary)
+
+
+def test_the_other_models_ignore_ratings(movielens: MovieLens, splits: tuple) -> None:
+    train, _, _ = splits
+    users = np.arange(30)
+    for model in (Popularity, ItemKNN, ContentTFIDF):
+        on_ratings = model().fit(train, movielens.items).score(users)
+        on_binary = model().fit(binary(train), movielens.items).score(users)
+        np.testing.assert_allclose(on_ratings, on_binary, atol=1e-12)
+
+
+def test_ease_weights_by_rating_power_by_hand() -> None:
+    """Two users, two items: X = sqrt(ratings); B by hand from (X'X + I)^-1."""
+    ratings = sp.csr_matrix(np.array([[4.0, 1.0], [0.0, 9.0]], np.float32))
+    train = Interactions(ratings, np.array([1, 2]), np.array([10, 20]))
+    model = EASE(reg=1.0).fit(train, None)
+    # X = [[2, 1], [0, 3]]; X'X + I = [[5, 2], [2, 11]]; P = [[11, -2], [-2, 5]] / 51
+    # B = P / -diag(P), off-diagonal: B01 = 2/51 / (5/51) = 0.4, B10 = 2/11
+    np.testing.assert_allclose(model.weights_, [[0.0, 0.4], [2 / 11, 0.0]])
+    # scores X B: user 1 = [1 x 2/11, 2 x 0.4] = [2/11, 0.8]
+    np.testing.assert_allclose(model.score(np.array([0])), [[2 / 11, 0.8]])

@@ -7,18 +7,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 
 from aistack.api.auth import API_PRINCIPAL
+from aistack.api.ranking import RECOMMENDATION_LOG_SCHEMA
 from aistack.contract import get_any_use_case
 from aistack.governance.audit import audit_path, verify
 from aistack.governance.audit import read as read_audit
 from aistack.governance.principals import Policy, Principal, hash_token, new_token
+from aistack.monitoring.alerts import firing
 from aistack.monitoring.ranking import ranking_ab_test
 from aistack.monitoring.recommendations import monitor_recommendations
 from aistack.registry.rollout import (
@@ -29,6 +34,7 @@ from aistack.registry.rollout import (
 )
 from aistack.runner import run
 from aistack.training.tracking import tracking
+from aistack.usecases.recommendations.data import ml100k_folder
 from conftest import make_workspace
 from governance.test_access import metrics_need_predict
 from servers import aistack_server
@@ -60,6 +66,47 @@ def test_every_rating_is_accounted_for_and_models_are_gated(trained) -> None:
     assert champion.trainer == best.trainer
 
 
+def raw_ratings() -> list[tuple[int, int, float, int]]:
+    """(user, item, rating, unix time) straight from the recbole file."""
+    lines = (ml100k_folder() / "ml-100k.inter").read_text().splitlines()[1:]
+    return [
+        (int(u), int(i), float(r), int(float(t)))
+        for u, i, r, t in (line.split("\t") for line in lines)
+    ]
+
+
+def test_gold_tables_hold_history_popularity_and_content(trained) -> None:
+    uc, ws, report = trained
+    names = {g.name: uc.gold_table_name(g) for g in uc.gold}
+    assert [g.table for g in report.gold] == list(names.values())
+    assert ws.lake.rows(names["user_history"]) == 943
+    assert ws.lake.rows(names["item_popularity"]) == 1682
+    assert ws.lake.rows(names["item_content"]) == 1682
+    ratings = ws.lake.version("silver.ratings")
+    assert ws.lake.last_inputs(names["user_history"]) == {"silver.ratings": ratings}
+    # by hand from the raw file: user 1's ratings in time order, Star Wars' windows
+    raw = raw_ratings()
+    history = ws.lake.read(names["user_history"]).to_pandas().set_index("user_id")
+    mine = sorted((t, i) for u, i, _, t in raw if u == 1)
+    assert history.loc[1, "n_ratings"] == len(mine) == 272
+    assert list(history.loc[1, "items"]) == [i for _, i in mine]
+    as_of = max(t for *_, t in raw)
+    star_wars = [t for _, i, _, t in raw if i == 50]
+    popularity = ws.lake.read(names["item_popularity"]).to_pandas()
+    row = popularity.set_index("item_id").loc[50]
+    assert row["ratings_all"] == len(star_wars) == 583
+    for days in (7, 30, 90):
+        inside = sum(t > as_of - days * 86400 for t in star_wars)
+        assert row[f"ratings_{days}d"] == inside, days
+    assert popularity["ratings_90d"].sum() > popularity["ratings_30d"].sum() > 0
+    content = ws.lake.read(names["item_content"]).to_pandas().set_index("item_id")
+    toy_story = dict(
+        zip(content.loc[1, "terms"], content.loc[1, "weights"], strict=True)
+    )
+    assert {"toy", "story", "genre_animation", "genre_comedy"} <= set(toy_story)
+    assert sum(w * w for w in toy_story.values()) == pytest.approx(1.0)
+
+
 def test_a_rerun_on_the_same_inputs_trains_nothing(trained) -> None:
     uc, ws, report = trained
     again = run(uc, ws, uc.params())
@@ -68,6 +115,8 @@ def test_a_rerun_on_the_same_inputs_trains_nothing(trained) -> None:
         c.version for c in report.candidates
     ]
     assert again.scoring is not None and again.scoring.skipped
+    assert len(again.gold) == 3 and all(g.skipped for g in again.gold)
+    assert [g.version for g in again.gold] == [g.version for g in report.gold]
 
 
 def test_batch_top_k_leaves_out_rated_items(trained) -> None:
@@ -222,6 +271,7 @@ def test_served_recommendations_are_logged_and_monitored(trained, tmp_path) -> N
     )
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "popularity_psi" in cli.stdout and report.is_file()
+    assert "window: popularity_psi" in " ".join(cli.stdout.split())
 
 
 def test_canary_routes_sticky_users_and_the_ab_test_finds_the_better_arm(
@@ -266,3 +316,97 @@ def test_canary_routes_sticky_users_and_the_ab_test_finds_the_better_arm(
             end_rollout(
                 ws.registry, uc.name, status="stopped", reason="test", actor="t"
             )
+
+
+def log_answers(ws, uc, answers: list[tuple[int, list[int], bool]]) -> datetime:
+    """Append answers to the recommendation log as the server writes them."""
+    start = datetime.now(UTC)
+    rows = [
+        {
+            "request_id": uuid.uuid4().hex,
+            "logged_at": datetime.now(UTC),
+            "route": "user",
+            "user_id": user,
+            "items": orjson.dumps(items).decode(),
+            "cold_start": cold,
+            "model_name": uc.name,
+            "model_version": 1,
+            "arm": "champion",
+        }
+        for user, items, cold in answers
+    ]
+    table = pa.Table.from_pylist(rows, schema=RECOMMENDATION_LOG_SCHEMA)
+    ws.lake.write(uc.log_table, table, mode="append")
+    return start
+
+
+def test_popularity_and_coverage_alerts_fire_on_a_shifted_log_only(
+    trained, tmp_path
+) -> None:
+    uc, ws, _ = trained
+    batch = ws.lake.read(uc.recommendations_table).to_pandas()
+    lists = batch.sort_values([uc.user, "rank"]).groupby(uc.user)[uc.item].agg(list)
+    rules = {"popularity_drift", "coverage_drop"}
+    assert {r.name for r in uc.alerts} == rules
+    # each known user shown their own batch top-10: the reference's traffic
+    since = log_answers(ws, uc, [(u, lists[u], False) for u in range(1, 201)])
+    calm = monitor_recommendations(ws, uc, report_path=tmp_path / "a.html", since=since)
+    assert calm.observed["popularity_psi"] < 0.05
+    assert abs(calm.observed["coverage_drop"]) < 0.15
+    assert not any(e.state == "firing" for e in calm.alerts)
+    assert not rules & set(firing(ws.lake, uc.name))
+    # everyone shown the ten most popular movies (gold popularity): shifted
+    popularity = ws.lake.read("gold.recommendations_item_popularity").to_pandas()
+    top = popularity.nlargest(10, "ratings_all")[uc.item].tolist()
+    since = log_answers(ws, uc, [(u, top, True) for u in range(5000, 5100)])
+    shifted = monitor_recommendations(
+        ws, uc, report_path=tmp_path / "b.html", since=since
+    )
+    assert shifted.observed["popularity_psi"] > 1.0
+    assert shifted.observed["coverage_drop"] > 0.9
+    assert {e.rule for e in shifted.alerts if e.state == "firing"} == rules
+    assert set(firing(ws.lake, uc.name)) >= rules
+    page = (tmp_path / "b.html").read_text()
+    assert "Alerts" in page and "popularity_drift" in page
+    again = monitor_recommendations(ws, uc, report_path=None, since=since)
+    assert again.alerts == []  # the same episode fires once
+
+
+def canary_after_traffic(ws, uc, base: str, version: int, users: range):
+    """Start a 50 % canary of `version`, serve `users`, end it; how it stood."""
+    with tracking(ws.settings.mlflow_uri):
+        start_rollout(
+            ws.registry, uc.name, mode="canary", share=50.0, version=version, actor="t"
+        )
+    try:
+        time.sleep(1.0)  # the server polls the registry every 0.3 s
+        with httpx.Client() as client:
+            for user in users:
+                client.get(f"{base}/v1/recommendations/users/{user}/items")
+        time.sleep(1.5)  # a few judging rounds (AISTACK_EVAL_SECONDS 0.3)
+        last = httpx.get(f"{base}/v1/recommendations/users/5/items").json()
+        with tracking(ws.settings.mlflow_uri):
+            rollout = read_rollout(ws.registry, uc.name)
+    finally:
+        with tracking(ws.settings.mlflow_uri):
+            if (now := read_rollout(ws.registry, uc.name)) and now.active:
+                end_rollout(
+                    ws.registry, uc.name, status="stopped", reason="test", actor="t"
+                )
+    assert rollout is not None
+    return rollout, last
+
+
+def test_a_canary_showing_blockbusters_is_rolled_back_a_close_one_is_not(
+    trained,
+) -> None:
+    uc, ws, report = trained
+    version = {c.trainer: c.version for c in report.candidates}
+    users = range(1, 601)  # about 300 per arm: above min_requests (100)
+    with aistack_server(ws.settings.workspace, use_case=uc.name) as (base, _):
+        close, _ = canary_after_traffic(ws, uc, base, version["ease"], users)
+        assert close.status == "active", close.reason
+        shifted, last = canary_after_traffic(ws, uc, base, version["popularity"], users)
+    assert shifted.status == "rolled_back"
+    assert "score PSI vs champion" in shifted.reason
+    assert last["arm"] == "champion"  # user 5 is routed to the canary otherwise

@@ -1,7 +1,8 @@
 """Recommendations reference use case: MovieLens, seven models, RecBole's protocol.
 
 Ratings, movies and users land in bronze, then silver under their contracts
-(bad rows quarantined, ratings checked against known users and movies). Every
+(bad rows quarantined, ratings checked against known users and movies), then
+gold (user history, item popularity windows, item content vectors). Every
 model is trained on RecBole's split (each user's ratings in random order, cut
 8:1:1), evaluated by full ranking and gated on NDCG@10; the best passing one is
 champion, served top-K per user and written for every user in batch.
@@ -18,13 +19,20 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from aistack.contract import (
+    AlertRule,
     Batch,
+    GoldTable,
     RankingGates,
     RankingUseCase,
     SilverTable,
     Trainer,
 )
 from aistack.usecases.recommendations.data import load_movielens
+from aistack.usecases.recommendations.gold import (
+    item_content,
+    item_popularity,
+    user_history,
+)
 from aistack.usecases.recommendations.models import (
     ALS,
     EASE,
@@ -132,6 +140,21 @@ use_case = RankingUseCase(
     user="user_id",
     item="item_id",
     timestamp="rated_at",
+    weight="rating",
+    gold=(
+        GoldTable(
+            "user_history", user_history, {"ratings": "silver.ratings"}, ("user_id",)
+        ),
+        GoldTable(
+            "item_popularity",
+            item_popularity,
+            {"ratings": "silver.ratings", "movies": "silver.movies"},
+            ("item_id",),
+        ),
+        GoldTable(
+            "item_content", item_content, {"movies": "silver.movies"}, ("item_id",)
+        ),
+    ),
     trainers=(
         Trainer(
             "popularity",
@@ -150,6 +173,10 @@ use_case = RankingUseCase(
             requirements=ContentTFIDF.requirements,
         ),
         Trainer("hybrid", _hybrid, requirements=Hybrid.requirements),
+    ),
+    alerts=(
+        AlertRule("popularity_drift", "popularity_psi", 0.2),
+        AlertRule("coverage_drop", "coverage_drop", 0.5),
     ),
     gates=RankingGates(
         primary_metric="ndcg_at_10",

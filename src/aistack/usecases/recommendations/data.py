@@ -162,19 +162,23 @@ def load_movielens(source: Path | None = None) -> MovieLens:
 
 
 def recbole_splits(
-    movielens: MovieLens, *, seed: int = 2020
+    movielens: MovieLens, *, seed: int = 2020, weight: str | None = "rating"
 ) -> tuple[Interactions, Interactions, Interactions]:
     """Train, valid and test interactions: RecBole's ml-100k protocol.
 
     RS 8:1:1 per user in random order (RecBole's `eval_args` defaults); every
     rating counts as a positive, since RecBole's ml-100k config sets no
-    `threshold` and no `val_interval`. All three share the catalogue's index.
+    `threshold` and no `val_interval`. The matrices hold the `weight` column
+    (the rating, as the use case declares; None: 1 per rating); metrics read
+    any stored entry as a positive. All three share the catalogue's index.
     """
     parts = split_per_user(movielens.ratings, "user_id", (0.8, 0.1, 0.1), seed=seed)
     users = np.sort(movielens.users["user_id"].unique())
     items = np.sort(movielens.items["item_id"].unique())
     train, valid, test = (
-        Interactions.from_frame(p, "user_id", "item_id", users=users, items=items)
+        Interactions.from_frame(
+            p, "user_id", "item_id", weight, users=users, items=items
+        )
         for p in parts
     )
     return train, valid, test
