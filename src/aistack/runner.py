@@ -326,6 +326,7 @@ def _train(
                 champion=champion,
                 seed=seed,
                 actor=actor,
+                engine=ws.engine,
             )
         )
         progress.advance(task)

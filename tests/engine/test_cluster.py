@@ -1,13 +1,14 @@
 """The fraud pipeline on a real Dask cluster gives the embedded engine's tables.
 
 The cluster is a `dask scheduler` and two `dask worker` processes started by their
-CLI commands on 127.0.0.1. Gold, the point-in-time training set and batch
-scoring run on the workers; the tables and model metrics must equal the embedded
-run's (values to 1e-12).
+CLI commands on 127.0.0.1. Gold, the point-in-time training set, XGBoost fitting
+(`xgboost.dask`) and batch scoring run on the workers; the tables and model
+metrics must equal the embedded run's (values to 1e-12).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,12 +17,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from xgboost import XGBClassifier
 
 from aistack.contract import get_use_case
+from aistack.engine import DaskEngine
 from aistack.errors import ConfigError
+from aistack.registry.artifacts import load_model
 from aistack.runner import RunReport, run
+from aistack.serving.inference import load_version
 from aistack.settings import Settings
+from aistack.training.fit import train_candidate
 from aistack.training.sets import build_training_set
+from aistack.training.tracking import experiment_id, tracking
 from aistack.workspace import Workspace
 from conftest import SMALL_FRAUD, make_workspace
 from servers import dask_cluster, free_port
@@ -142,6 +149,8 @@ def test_fraud_on_the_cluster_equals_the_embedded_run(
     assert {c.trainer: c.metrics for c in report.candidates} == {
         c.trainer: c.metrics for c in embedded_report.candidates
     }
+    assert report.champion is not None and embedded_report.champion is not None
+    assert report.champion.trainer == embedded_report.champion.trainer
     assert report.scoring is not None and embedded_report.scoring is not None
     assert report.scoring.rows == embedded_report.scoring.rows
     # idempotent: the same inputs write nothing new
@@ -149,6 +158,61 @@ def test_fraud_on_the_cluster_equals_the_embedded_run(
     assert all(g.skipped for g in again.gold)
     assert ws.lake.version(gold) == 0
     ws.engine.close()
+
+
+def test_xgboost_trains_on_the_workers_with_the_embedded_metrics(
+    cluster: str, tmp_path: Path
+) -> None:
+    """xgboost.dask on both workers: a plain XGBClassifier in MLflow (digest
+    checked on load, ONNX path), with the metrics of a fit in one process."""
+    uc = get_use_case("fraud")
+    ws = make_workspace(tmp_path / "ws")
+    run(
+        uc,
+        ws,
+        uc.params(customers=150, terminals=300, days=40, bad_rows=2),
+        stages=("ingest", "silver", "gold"),
+    )
+    data = build_training_set(ws.lake, uc, as_of=datetime.now(UTC), seed=7)
+    trainer = next(t for t in uc.trainers if t.name == "xgboost")
+    engine = DaskEngine(cluster)
+    client = engine.client
+    with tracking(ws.settings.mlflow_uri):
+        experiment = experiment_id(uc, ws.settings.artifacts_dir.resolve().as_uri())
+        fits = {}
+        for where, on in (("here", None), ("cluster", engine)):
+            start = time.time()
+            client.get_task_stream(start=start)  # the scheduler records tasks
+            fits[where] = train_candidate(
+                uc,
+                trainer,
+                data,
+                registry=ws.registry,
+                experiment=experiment,
+                champion=None,
+                seed=7,
+                actor="test",
+                engine=on,
+            )
+            tasks = client.get_task_stream(start=start)
+            # xgboost.dask runs one training task (`fn-...`) per worker holding rows
+            trained_on = {t["worker"] for t in tasks if str(t["key"]).startswith("fn-")}
+            # each worker trained on its part of the rows; here: none did
+            expected = set(client.scheduler_info()["workers"]) if on else set()
+            assert trained_on == expected, where
+        here, there = fits["here"], fits["cluster"]
+        # same cuts, same trees: identical metrics (see README for when they differ)
+        assert there.metrics == here.metrics
+        assert there.version != here.version
+        model = load_model(ws.registry, uc.name, there.version)  # SHA-256 checked
+        assert type(model.estimator) is XGBClassifier
+        reference = load_model(ws.registry, uc.name, here.version)
+        np.testing.assert_allclose(
+            model.predict(data.test), reference.predict(data.test), rtol=0, atol=1e-12
+        )
+        predictor, _ = load_version(ws.registry, uc.name, there.version)
+        assert predictor.onnx_error is None  # served through ONNX like any XGBoost
+    engine.close()
 
 
 def test_an_absent_scheduler_is_a_config_error(tmp_path: Path) -> None:
