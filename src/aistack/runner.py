@@ -217,7 +217,13 @@ def _land(
             task = progress.add_task("bronze -> silver", total=len(use_case.silver))
             for spec in use_case.silver:
                 report.silver.append(
-                    build_silver(ws.lake, spec, processed_at=now, codec=codec)
+                    build_silver(
+                        ws.lake,
+                        spec,
+                        processed_at=now,
+                        codec=codec,
+                        engine=ws.engine,
+                    )
                 )
                 progress.advance(task)
 
