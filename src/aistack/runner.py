@@ -218,7 +218,13 @@ def _land(
             task = progress.add_task("bronze -> silver", total=len(use_case.silver))
             for spec in use_case.silver:
                 report.silver.append(
-                    build_silver(ws.lake, spec, processed_at=now, codec=codec)
+                    build_silver(
+                        ws.lake,
+                        spec,
+                        processed_at=now,
+                        codec=codec,
+                        engine=ws.engine,
+                    )
                 )
                 progress.advance(task)
 
@@ -334,6 +340,7 @@ def _train(
                 champion=champion,
                 seed=seed,
                 actor=actor,
+                engine=ws.engine,
             )
         )
         progress.advance(task)

@@ -6,6 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
+from aistack.engine.boosting import fit_xgboost, trains_on_cluster
 from aistack.errors import ConfigError
 from aistack.settings import Settings
 
@@ -29,6 +33,29 @@ class Engine(Protocol):
         """`[fn(item) for item in items]`, wherever this engine runs work."""
         ...
 
+    def fit(
+        self,
+        estimator: Any,  # noqa: ANN401 (any scikit-learn-style estimator)
+        matrix: npt.NDArray[np.float64],
+        y: npt.NDArray[Any] | None,
+    ) -> Any:  # noqa: ANN401
+        """`estimator` fitted on `matrix` (labels `y`), where this engine fits it."""
+        ...
+
+
+def fit_here(
+    estimator: Any,  # noqa: ANN401 (any scikit-learn-style estimator)
+    matrix: npt.NDArray[np.float64],
+    y: npt.NDArray[Any] | None,
+) -> Any:  # noqa: ANN401
+    """`estimator` after `estimator.fit(matrix, y)` in this process (`fit(matrix)`
+    without labels)."""
+    if y is None:
+        estimator.fit(matrix)
+    else:
+        estimator.fit(matrix, y)
+    return estimator
+
 
 @dataclass
 class EmbeddedEngine:
@@ -40,6 +67,8 @@ class EmbeddedEngine:
     def map(self, fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
         """Each call in turn, here."""
         return [fn(item) for item in items]
+
+    fit = staticmethod(fit_here)  # every model fits here
 
 
 @dataclass
@@ -74,6 +103,19 @@ class DaskEngine:
         """Each call as a task on the cluster's workers; results in item order."""
         futures = self.client.map(fn, items, pure=False)
         return list(self.client.gather(futures))
+
+    def fit(
+        self,
+        estimator: Any,  # noqa: ANN401
+        matrix: npt.NDArray[np.float64],
+        y: npt.NDArray[Any] | None,
+    ) -> Any:  # noqa: ANN401
+        """On the workers through `xgboost.dask` when it can train the model (a
+        supervised XGBoost classifier or regressor, tree_method hist or approx);
+        any other model fits here, in the driver."""
+        if y is not None and trains_on_cluster(estimator):
+            return fit_xgboost(self.client, estimator, matrix, y)
+        return fit_here(estimator, matrix, y)
 
     def close(self) -> None:
         """Disconnect from the scheduler (the cluster keeps running)."""

@@ -16,14 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
+from itertools import pairwise
 
 import duckdb
+import numpy as np
 import pandera.errors
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aistack.contract import PiiCodec, SilverTable
+from aistack.engine import Engine
 from aistack.errors import ConfigError, ContractError, DeclarationError
 from aistack.lake.bronze import BATCH_ID, INGESTED_AT, METADATA_COLUMNS, ROW, SOURCE
 from aistack.lake.delta import Lake
@@ -155,20 +159,11 @@ def _contract_failures(
     return found
 
 
-def validate_rows(
-    raw: pl.DataFrame,
-    spec: SilverTable,
-    *,
-    existing_keys: pl.DataFrame | None = None,
-    references: Mapping[str, pl.Series] | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split bronze rows into (silver rows, quarantined raw rows with reasons).
-
-    Pure: no I/O. `existing_keys` are keys already in silver (a repeat is a
-    duplicate), with their `latest_by` version when the spec declares one (a
-    newer version is an update); `references` maps a column to the values it may
-    take.
-    """
+def checked_rows(
+    raw: pl.DataFrame, spec: SilverTable
+) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """The row-wise part of validation: transformed, typed rows and the failures
+    of typing and of the contract (row positions in `raw`). Pure: no I/O."""
     n = raw.height
     payload = raw.drop([c for c in METADATA_COLUMNS if c in raw.columns])
     transformed = spec.transform(payload)
@@ -180,6 +175,26 @@ def validate_rows(
         raise DeclarationError(msg)
     typed, failures = _type_columns(transformed, spec, n)
     failures += _contract_failures(typed, spec, n)
+    return typed, failures
+
+
+def validate_rows(
+    raw: pl.DataFrame,
+    spec: SilverTable,
+    *,
+    existing_keys: pl.DataFrame | None = None,
+    references: Mapping[str, pl.Series] | None = None,
+    checked: tuple[pl.DataFrame, list[pl.DataFrame]] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split bronze rows into (silver rows, quarantined raw rows with reasons).
+
+    Pure: no I/O. `existing_keys` are keys already in silver (a repeat is a
+    duplicate), with their `latest_by` version when the spec declares one (a
+    newer version is an update); `references` maps a column to the values it may
+    take. `checked` is `checked_rows(raw, spec)` when computed elsewhere (on a
+    cluster's workers); keys and references are checked here, over all rows.
+    """
+    typed, failures = checked if checked is not None else checked_rows(raw, spec)
     failed = pl.concat(failures).get_column(_POS).unique() if failures else None
     indexed = typed.with_row_index(_POS).with_columns(pl.col(_POS).cast(pl.Int64))
     alive = (
@@ -463,11 +478,15 @@ def build_silver(
     *,
     processed_at: datetime,
     codec: PiiCodec | None = None,
+    engine: Engine | None = None,
 ) -> SilverResult:
     """Bring `silver.<name>` and `quarantine.<name>` up to date with bronze.
 
     A spec declaring PII needs `codec`: bronze's encrypted values are read in
-    memory only, and silver and quarantine store them protected.
+    memory only, and silver and quarantine store them protected. On a cluster
+    engine the row-wise checks (transform, types, contract) of a table without
+    PII run on the workers, each over a contiguous part of the chunk; keys,
+    references, accounting and writes stay here.
     """
     target, quarantine = silver_table(spec), quarantine_table(spec)
     if spec.pii and codec is None:
@@ -482,7 +501,8 @@ def build_silver(
     pending = sorted(lake.distinct(bronze, BATCH_ID) - _accounted(lake, target))
     if not pending:
         return result
-    con = lake.connect({bronze: bronze_version})  # streams row groups, filters early
+    pinned = {bronze: bronze_version}
+    con = lake.connect(pinned)  # streams row groups, filters early
     columns = ", ".join(  # names come from source files: quoted, never trusted
         quote(c) for c in lake.dataset(bronze).schema.names if c != SOURCE
     )
@@ -497,17 +517,15 @@ def build_silver(
     goods, bads, counts = [], [], []
     for chunk in _chunks(con, bronze, pending):
         # one chunk of batches in memory at a time (validated rows are compact)
-        raw = _frame(
-            con.sql(
-                f"SELECT {columns} FROM {bronze} WHERE {BATCH_ID} IN "
-                f"(SELECT unnest($chunk)) ORDER BY {INGESTED_AT}, {BATCH_ID}, {ROW}",
-                params={"chunk": chunk},
-            ).to_arrow_table()
+        sql = (
+            f"SELECT {columns} FROM {bronze} WHERE {BATCH_ID} IN "
+            f"(SELECT unnest($chunk)) ORDER BY {INGESTED_AT}, {BATCH_ID}, {ROW}"
         )
-        if codec is not None and spec.pii:
-            raw = reveal_pii(raw, spec, codec)
+        raw, checked = _read_chunk(
+            con, spec, sql, chunk, codec=codec, lake=lake, pinned=pinned, engine=engine
+        )
         good, bad = validate_rows(
-            raw, spec, existing_keys=existing, references=references
+            raw, spec, existing_keys=existing, references=references, checked=checked
         )
         if codec is not None and spec.pii:
             good, bad = protect_pii(good, bad, spec, codec)
@@ -553,6 +571,63 @@ def build_silver(
         checks = bad.get_column("_check").str.split("; ").explode().value_counts()
         result.by_check = dict(checks.iter_rows())
     return result
+
+
+def _read_chunk(
+    con: duckdb.DuckDBPyConnection,
+    spec: SilverTable,
+    sql: str,
+    chunk: list[str],
+    *,
+    codec: PiiCodec | None,
+    lake: Lake,
+    pinned: dict[str, int],
+    engine: Engine | None,
+) -> tuple[pl.DataFrame, tuple[pl.DataFrame, list[pl.DataFrame]] | None]:
+    """A chunk's bronze rows (PII revealed) and, on a cluster, their row-wise
+    checks done by the workers (None: validate_rows does them here)."""
+    raw = _frame(con.sql(sql, params={"chunk": chunk}).to_arrow_table())
+    if codec is not None and spec.pii:
+        return reveal_pii(raw, spec, codec), None
+    if engine is None or not engine.distributed:
+        return raw, None
+    task = partial(
+        _checked_part, lake=lake, spec=spec, sql=sql, chunk=chunk, pinned=pinned
+    )
+    return raw, _gathered(engine.map(task, _parts(raw.height, engine)))
+
+
+def _parts(rows: int, engine: Engine) -> list[tuple[int, int]]:
+    """(offset, count) of up to `engine.partitions` contiguous parts of `rows`."""
+    bounds = np.linspace(0, rows, engine.partitions + 1).astype(int)
+    return [(int(a), int(b - a)) for a, b in pairwise(bounds) if b > a]
+
+
+def _checked_part(
+    part: tuple[int, int],
+    *,
+    lake: Lake,
+    spec: SilverTable,
+    sql: str,
+    chunk: list[str],
+    pinned: dict[str, int],
+) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """One cluster task: rows [offset, offset + count) of a chunk, in the stage's
+    order, read here from bronze and checked row by row (positions in the chunk)."""
+    offset, count = part
+    con = lake.connect(pinned)
+    query = f"{sql} LIMIT {int(count)} OFFSET {int(offset)}"
+    raw = _frame(con.sql(query, params={"chunk": chunk}).to_arrow_table())
+    typed, failures = checked_rows(raw, spec)
+    return typed, [f.with_columns(pl.col(_POS) + offset) for f in failures]
+
+
+def _gathered(
+    found: list[tuple[pl.DataFrame, list[pl.DataFrame]]],
+) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """The parts' typed rows (in order) and all their failures."""
+    typed = pl.concat([t for t, _ in found], rechunk=True)  # one chunk, as here
+    return typed, [f for _, failures in found for f in failures]
 
 
 @dataclass

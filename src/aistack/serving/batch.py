@@ -13,7 +13,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
 import pyarrow as pa
 
 from aistack.contract import RankingUseCase, UseCase
@@ -27,6 +31,7 @@ from aistack.sql import quote
 from aistack.training.explain import check_explainable, explanations
 from aistack.training.recommend import recommendations_frame
 from aistack.training.sets import label_spine, with_request_features
+from aistack.training.tracking import tracking
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,9 @@ def score_range(
     them) with the current champion (and write each score's explanation, JSON,
     when `explain`); `scored_at` records when.
 
-    On a cluster engine the point-in-time join runs on the workers; the model
-    scores the joined rows here, in vectorised batches.
+    On a cluster engine the point-in-time join runs on the workers, and so does
+    scoring: each worker loads the model (its artifact SHA-256 checked, as here)
+    and scores one contiguous part of the joined rows.
     """
     version = registry.version_of(use_case.name, "champion")
     if version is None:
@@ -83,14 +89,29 @@ def score_range(
         engine=engine,
     )
     frame = with_request_features(joined, use_case)
-    model = load_model(registry, use_case.name, version)
+    on_workers = engine is not None and engine.distributed and not explain
+    model = None if on_workers else load_model(registry, use_case.name, version)
     if explain:  # checked before any scoring: SchemaError for no explanations
+        assert model is not None  # explained runs score here
         check_explainable(model)
-    scores = model.predict(frame[use_case.model_inputs]) if len(frame) else []
+    inputs_frame = frame[use_case.model_inputs]
+    if not len(frame):
+        scores: npt.NDArray[np.float64] | list[float] = []
+    elif model is not None:
+        scores = model.predict(inputs_frame)
+    else:
+        assert engine is not None  # on_workers
+        task = partial(
+            _score_part, lake=lake, tracking_uri=registry.uri, name=use_case.name
+        )
+        parts = np.array_split(np.arange(len(frame)), engine.partitions)
+        chunks = [(version, inputs_frame.iloc[rows]) for rows in parts if len(rows)]
+        scores = np.concatenate(engine.map(task, chunks))
     keys = dict.fromkeys([*labels.order, *(v.entity for v in use_case.views)])
     n = len(frame)
     explained = {}
     if explain:
+        assert model is not None  # explained runs score here
         rows = explanations(model, model.input_matrix(frame)) if n else []
         texts = [json.dumps(e) for e in rows]
         explained["explanation"] = pa.array(texts, pa.string())
@@ -117,6 +138,17 @@ def score_range(
         table, out, mode="overwrite", predicate=period, inputs=inputs, merge_schema=True
     )
     return ScoreResult(table, n, version, written, skipped=False)
+
+
+def _score_part(
+    part: tuple[int, pd.DataFrame], *, lake: Lake, tracking_uri: str, name: str
+) -> npt.NDArray[np.float64]:
+    """One cluster task: model `name` version `part[0]`, loaded in this worker
+    after its artifact digest is checked, scores the rows of `part[1]`."""
+    version, rows = part
+    with tracking(tracking_uri):
+        model = load_model(Registry(lake, tracking_uri), name, version)
+    return np.asarray(model.predict(rows), dtype=np.float64)
 
 
 def score_recommendations(

@@ -25,6 +25,7 @@ from mlflow.models import infer_signature
 
 from aistack.contract import RankingUseCase, Trainer, UseCase
 from aistack.contract.model import greater_is_better
+from aistack.engine import Engine
 from aistack.registry.aliases import Registry
 from aistack.registry.artifacts import load_model, record_digest
 from aistack.training.gates import GateResult, check_gates
@@ -244,14 +245,25 @@ def scoring_model(use_case: UseCase, trainer: Trainer, seed: int) -> ScoringMode
 
 
 def fit_model(
-    use_case: UseCase, trainer: Trainer, train: pd.DataFrame, *, seed: int
+    use_case: UseCase,
+    trainer: Trainer,
+    train: pd.DataFrame,
+    *,
+    seed: int,
+    engine: Engine | None = None,
 ) -> ScoringModel:
-    """`trainer`'s model fitted on `train`, resampled first when it declares so."""
+    """`trainer`'s model fitted on `train`, resampled first when it declares so.
+
+    `engine` decides where the estimator fits (a cluster trains XGBoost on its
+    workers); the trainer only declares the model.
+    """
     labels = use_case.labels
     if trainer.resampling is not None:
         train = resampled(train, trainer.resampling, label=labels.label, seed=seed)
     model = scoring_model(use_case, trainer, seed)
-    return model.fit(train[use_case.model_inputs], train[labels.label].to_numpy())
+    return model.fit(
+        train[use_case.model_inputs], train[labels.label].to_numpy(), engine=engine
+    )
 
 
 def champion_metric(
@@ -274,10 +286,14 @@ def train_candidate(
     champion: float | None,
     seed: int,
     actor: str,
+    engine: Engine | None = None,
 ) -> Candidate:
-    """Fit, evaluate, log and register one model; gate it; make it challenger."""
+    """Fit, evaluate, log and register one model; gate it; make it challenger.
+
+    The model fits where `engine` decides (default: here).
+    """
     labels = use_case.labels
-    model = fit_model(use_case, trainer, data.train, seed=seed)
+    model = fit_model(use_case, trainer, data.train, seed=seed, engine=engine)
     if trainer.interval is not None:
         assert data.valid is not None  # a validation part (UseCase checks)
         model.calibrate_interval(

@@ -19,6 +19,8 @@ import numpy.typing as npt
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from aistack.engine import Engine
+from aistack.engine.cluster import fit_here
 from aistack.errors import NotFittedError, SchemaError
 
 
@@ -62,13 +64,23 @@ class ScoringModel(BaseEstimator):  # type: ignore[misc]
         filled (what `predict_matrix` takes)."""
         return self._matrix(frame).to_numpy()
 
-    def fit(self, frame: pd.DataFrame, y: npt.ArrayLike | None = None) -> Self:
-        """Fit on the feature columns of `frame` (labels only when supervised)."""
-        matrix = self._matrix(frame)
-        if self.supervised:
-            self.estimator.fit(matrix.to_numpy(), np.asarray(y))
-        else:
-            self.estimator.fit(matrix.to_numpy())
+    def fit(
+        self,
+        frame: pd.DataFrame,
+        y: npt.ArrayLike | None = None,
+        *,
+        engine: Engine | None = None,
+    ) -> Self:
+        """Fit on the feature columns of `frame` (labels only when supervised),
+        where `engine` fits the estimator (default: here)."""
+        matrix = self._matrix(frame).to_numpy()
+        labels = np.asarray(y) if self.supervised else None
+        fitted = (
+            engine.fit(self.estimator, matrix, labels)
+            if engine is not None
+            else fit_here(self.estimator, matrix, labels)
+        )
+        self.estimator = fitted  # the same object unless trained elsewhere
         self.n_features_in_ = len(self.features)
         return self
 

@@ -25,14 +25,17 @@ def isolation_forest(seed: int) -> IsolationForest:
 def xgboost(seed: int) -> XGBClassifier:
     """Gradient-boosted trees, the handbook's best model family.
 
-    Exact split finding and base_score 0.5, as the XGBoost the handbook used
-    (today's defaults, `hist` and an estimated base_score, score lower here).
+    base_score 0.5, as the XGBoost the handbook used (an estimated base_score
+    scores lower here). Histogram split finding with 4,096 bins: close to the
+    handbook's exact method (small run: average precision 0.600 vs 0.591) and,
+    unlike it, trainable on a cluster (`xgboost.dask` has no `exact`).
     """
     return XGBClassifier(
         n_estimators=100,
         max_depth=6,
         learning_rate=0.3,
-        tree_method="exact",
+        tree_method="hist",
+        max_bin=4096,
         base_score=0.5,
         random_state=seed,
         n_jobs=2,
