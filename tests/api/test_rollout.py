@@ -120,6 +120,7 @@ def test_bad_challenger_is_rolled_back_without_failed_requests(
         assert version in versions
 
 
+@pytest.mark.slow  # suite budget; promotion logic: tests/registry/test_decisions.py
 def test_healthy_canary_is_promoted(served_workspace) -> None:
     ws = served_workspace
     version = register(ws, "same")
@@ -142,6 +143,7 @@ def test_healthy_canary_is_promoted(served_workspace) -> None:
     assert version in versions
 
 
+@pytest.mark.slow  # suite budget (20 min on 2 cores)
 def test_a_shadow_backlog_is_dropped_and_counted_never_the_champions_rows(
     served_workspace,
 ) -> None:

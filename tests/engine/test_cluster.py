@@ -190,6 +190,7 @@ def test_fraud_on_the_cluster_equals_the_embedded_run(
     ws.engine.close()
 
 
+@pytest.mark.slow  # suite budget: one cluster test (gold) stays default
 def test_xgboost_trains_on_the_workers_with_the_embedded_metrics(
     cluster: str, tmp_path: Path
 ) -> None:
@@ -245,6 +246,7 @@ def test_xgboost_trains_on_the_workers_with_the_embedded_metrics(
     engine.close()
 
 
+@pytest.mark.slow  # suite budget: one cluster test (gold) stays default
 def test_batch_scoring_on_the_workers_equals_embedded(
     cluster: str, tmp_path: Path
 ) -> None:

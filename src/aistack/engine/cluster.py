@@ -11,27 +11,15 @@ import numpy.typing as npt
 
 from aistack.engine.boosting import fit_xgboost, trains_on_cluster
 from aistack.errors import ConfigError
+from aistack.lake.silver import Engine as PartEngine
 from aistack.settings import Settings
 
 T = TypeVar("T")
 
 
-class Engine(Protocol):
-    """Runs one function per partition and returns the results in order."""
-
-    @property
-    def partitions(self) -> int:
-        """How many entity-hash partitions a stage splits its work into."""
-        ...
-
-    @property
-    def distributed(self) -> bool:
-        """Whether calls run in other processes (a cluster)."""
-        ...
-
-    def map(self, fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
-        """`[fn(item) for item in items]`, wherever this engine runs work."""
-        ...
+class Engine(PartEngine, Protocol):
+    """Runs one function per partition (`map`: the results in order, the
+    partitions stages split work into) and fits estimators where it runs work."""
 
     def fit(
         self,

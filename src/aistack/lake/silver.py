@@ -13,11 +13,12 @@ re-applied), so a run killed between two commits completes on re-run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from itertools import pairwise
+from typing import Any, Protocol, TypeVar
 
 import duckdb
 import numpy as np
@@ -27,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aistack.contract import PiiCodec, SilverTable
-from aistack.engine import Engine
 from aistack.errors import ConfigError, ContractError, DeclarationError
 from aistack.lake.bronze import BATCH_ID, INGESTED_AT, METADATA_COLUMNS, ROW, SOURCE
 from aistack.lake.delta import Lake
@@ -36,6 +36,28 @@ from aistack.sql import quote
 ACCOUNTING = "ops.batch_accounting"
 CHUNK_ROWS = 250_000
 _POS = "_pos"
+
+
+T = TypeVar("T")
+
+
+class Engine(Protocol):
+    """Where silver's row checks may run: what the lake needs of an engine
+    (`aistack.engine` provides it; the lake sits before the engine in the flow)."""
+
+    @property
+    def partitions(self) -> int:
+        """How many parts to split work into."""
+        ...
+
+    @property
+    def distributed(self) -> bool:
+        """Whether calls run in other processes (a cluster)."""
+        ...
+
+    def map(self, fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
+        """`[fn(item) for item in items]`, wherever this engine runs work."""
+        ...
 
 
 @dataclass
