@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 
 from aistack.contract.aggregations import Aggregation, Spec, specs
 from aistack.contract.names import _ident
@@ -102,7 +103,11 @@ class AggregationView:
     @property
     def specs(self) -> list[Spec]:
         """Compiled features (one per aggregation and window)."""
-        return specs(self.aggregations)
+        return list(self._specs)
+
+    @cached_property
+    def _specs(self) -> tuple[Spec, ...]:  # compiled once: read per request
+        return tuple(specs(self.aggregations))
 
     @property
     def features(self) -> tuple[Feature, ...]:
@@ -116,7 +121,7 @@ class AggregationView:
     @property
     def feature_names(self) -> list[str]:
         """Feature column names in declaration order."""
-        return [s.name for s in self.specs]
+        return [s.name for s in self._specs]
 
     @property
     def inputs(self) -> tuple[str, ...]:

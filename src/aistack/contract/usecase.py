@@ -249,15 +249,23 @@ class UseCase:
     @property
     def feature_names(self) -> list[str]:
         """Row and request-time features, then each view's, in declaration order."""
+        return list(self._feature_names)
+
+    @cached_property
+    def _feature_names(self) -> tuple[str, ...]:  # read per request: built once
         names = list(self.request_expressions)
         for view in self.views:
             names.extend(view.feature_names)
-        return names
+        return tuple(names)
 
     @property
     def feature_defaults(self) -> dict[str, float]:
         """Value used for a view feature that is unknown (no row inside the ttl)."""
-        return {f.name: f.default for v in self.views for f in v.features}
+        return dict(self._feature_defaults)
+
+    @cached_property
+    def _feature_defaults(self) -> tuple[tuple[str, float], ...]:
+        return tuple((f.name, f.default) for v in self.views for f in v.features)
 
     @property
     def model_inputs(self) -> list[str]:

@@ -147,9 +147,13 @@ def _read_col(blob: bytes, at: int, n: int) -> tuple[Col, int]:
         (size,) = _LEN.unpack_from(blob, at)
         at += _LEN.size
         values = orjson.loads(blob[at : at + size])
-        return Col(b"j", _objects(values), np.ones(n, dtype=bool)), at + size
+        column = Col(
+            b"j", _read_only(_objects(values)), _read_only(np.ones(n, dtype=bool))
+        )
+        return column, at + size
     bits = (n + 7) // 8
     valid = np.unpackbits(np.frombuffer(blob, np.uint8, bits, at), count=n).astype(bool)
+    valid.flags.writeable = False
     at += bits
     dtype = np.int64 if tag == b"q" else np.float64
     return Col(tag, np.frombuffer(blob, dtype, n, at), valid), at + 8 * n
@@ -305,9 +309,38 @@ class Frame:
         return [merged if j == label_index else c for j, c in enumerate(self.values)]
 
 
+_PARSED: dict[bytes, Frame] = {}  # blob -> its frame: read, then written per call
+_PARSED_BYTES = [0]
+_PARSED_MAX_BYTES = 64 << 20
+
+
 def frame(blob: bytes | str, *, where: str) -> Frame:
-    """One entity's state from its blob, columnar (no Python object per event)."""
+    """One entity's state from its blob, columnar (no Python object per event).
+
+    Parsed frames are kept by the blob's bytes (up to 64 MiB of blobs): the
+    request path reads an entity's state for its features and again, inside
+    the write transaction, to add the event; an unchanged blob is parsed once.
+    A frame's arrays are read-only, so a shared one cannot be changed.
+    """
     blob = _check(blob, where)
+    found = _PARSED.get(blob)
+    if found is not None:
+        return found
+    parsed = _parse(blob)
+    if _PARSED_BYTES[0] + len(blob) > _PARSED_MAX_BYTES:
+        _PARSED.clear()
+        _PARSED_BYTES[0] = 0
+    _PARSED[blob] = parsed
+    _PARSED_BYTES[0] += len(blob)
+    return parsed
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+def _parse(blob: bytes) -> Frame:
     _, n, m, width = _HEAD.unpack_from(blob, 0)
     at = _HEAD.size
     ts = np.frombuffer(blob, np.int64, n, at)
@@ -327,7 +360,7 @@ def frame(blob: bytes | str, *, where: str) -> Frame:
     label_values = np.frombuffer(blob, np.float64, m, at)
     return Frame(
         ts,
-        anonymous.astype(bool),
+        _read_only(anonymous.astype(bool)),
         ids,
         values,
         label_ids,

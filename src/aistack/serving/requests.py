@@ -254,17 +254,25 @@ def predict(
     if timings is not None:
         timings.matrix = matrix
         timings.lookup = found.lookup_seconds
+    # one list per column, not one numpy scalar per (row, feature)
+    index = np.asarray(picked, dtype=np.int64)
+    served_columns = [
+        (f, np.asarray(found.values[f], dtype=np.float64)[index].tolist())
+        for f in names
+    ]
+    score_list = np.asarray(scores, dtype=np.float64).tolist()
     out = []
     for k, i in enumerate(picked):
-        served = {}
-        for f in names:
-            v = float(found.values[f][i])
-            served[f] = None if np.isnan(v) else v
+        served = {
+            f: None if values[k] != values[k] else values[k]  # NaN: unknown
+            for f, values in served_columns
+        }
+        score = score_list[k]
         out.append(
             Scored(
                 found.request_ids[i],
-                float(scores[k]),
-                decides and bool(scores[k] >= threshold),
+                score,
+                decides and score >= threshold,
                 predictor.name,
                 predictor.version,
                 found.ages[i],
