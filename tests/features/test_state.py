@@ -62,7 +62,7 @@ def test_blob_round_trip_keeps_nulls_types_and_labels() -> None:
 def test_a_blob_of_another_format_is_refused_naming_it() -> None:
     blob = bytearray(encode(EntityState([Event(1, 1, (1.0,), False)])))
     blob[0] = 1
-    with pytest.raises(ConfigError, match=r"state where-1: blob format 1, expected 2"):
+    with pytest.raises(ConfigError, match=r"state where-1: blob format 1, expected 3"):
         decode(bytes(blob), where="where-1")
 
 
@@ -172,7 +172,7 @@ def test_the_columnar_edit_equals_the_event_path(kinds: str) -> None:
             )
             appended += (
                 blob is not None
-                and _appended(frame(blob, where="t"), new, None) is not None
+                and _appended(blob, frame(blob, where="t"), new, None) is not None
             )
         cutoff = rng.choice([None, rng.randrange(25)])
         expected = decode(blob, where="t") if blob is not None else EntityState()

@@ -1,12 +1,15 @@
-"""One entity's aggregation state as one compact binary blob (format 2).
+"""One entity's aggregation state as one compact binary blob (format 3).
 
 Layout (little endian): a header (format byte, events, labels, value columns),
-then the events as columns (timestamps int64, anonymous bits, ids, each value
+then the events as columns (timestamps int64, anonymous flags, ids, each value
 column) and the labels as columns (ids, timestamps int64, labels float64). A
-column is tagged: `q` int64 or `d` float64 (with a validity bitmap: NULLs stay
-NULL) or `j` JSON for anything else (strings, mixed types). Decoding is one
-`numpy.frombuffer(...).tolist()` per column instead of one JSON object per
-event. A blob of another format is refused, never misread.
+column is tagged: `q` int64 or `d` float64 (with one validity byte per value:
+NULLs stay NULL) or `j` JSON for anything else (strings, mixed types). Flags
+and validity take a byte per event (format 2 packed them in bits), so every
+numeric part of a blob is a plain array: decoding is one `numpy.frombuffer`
+per column, and the common write (new events after the held ones, the oldest
+pruned) is a join of byte slices of the old blob and the new values, with no
+column decoded. A blob of another format is refused, never misread.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from aistack.contract import Value
 from aistack.errors import ConfigError
 from aistack.features.aggregations import Event, event_key
 
-FORMAT = 2
+FORMAT = 3
 _HEAD = struct.Struct("<BIIH")  # format, events, labels, value columns
 _LEN = struct.Struct("<I")
 
@@ -133,7 +136,7 @@ def _col_bytes(col: Col) -> bytes:
         body = orjson.dumps(col.data.tolist())
         return b"j" + _LEN.pack(len(body)) + body
     data = np.where(col.valid, col.data, 0) if not col.valid.all() else col.data
-    return col.tag + np.packbits(col.valid).tobytes() + data.tobytes()
+    return col.tag + col.valid.astype(np.bool_).tobytes() + data.tobytes()
 
 
 def _column(values: Sequence[Value], *, numeric: bool = True) -> bytes:
@@ -151,10 +154,8 @@ def _read_col(blob: bytes, at: int, n: int) -> tuple[Col, int]:
             b"j", _read_only(_objects(values)), _read_only(np.ones(n, dtype=bool))
         )
         return column, at + size
-    bits = (n + 7) // 8
-    valid = np.unpackbits(np.frombuffer(blob, np.uint8, bits, at), count=n).astype(bool)
-    valid.flags.writeable = False
-    at += bits
+    valid = np.frombuffer(blob, np.bool_, n, at)  # read-only, as the data
+    at += n
     dtype = np.int64 if tag == b"q" else np.float64
     return Col(tag, np.frombuffer(blob, dtype, n, at), valid), at + 8 * n
 
@@ -173,7 +174,7 @@ def encode(state: EntityState) -> bytes:
     parts = [
         _HEAD.pack(FORMAT, n, len(labels), width),
         np.array([e.ts_us for e in events], dtype=np.int64).tobytes(),
-        np.packbits(np.array([e.anonymous for e in events], dtype=bool)).tobytes(),
+        np.array([e.anonymous for e in events], dtype=np.bool_).tobytes(),
         _column([e.id for e in events], numeric=False),
     ]
     parts.extend(_column([e.values[j] for e in events]) for j in range(width))
@@ -345,9 +346,8 @@ def _parse(blob: bytes) -> Frame:
     at = _HEAD.size
     ts = np.frombuffer(blob, np.int64, n, at)
     at += 8 * n
-    bits = (n + 7) // 8
-    anonymous = np.unpackbits(np.frombuffer(blob, np.uint8, bits, at), count=n)
-    at += bits
+    anonymous = np.frombuffer(blob, np.bool_, n, at)
+    at += n
     ids, at = _read_col(blob, at, n)
     values = []
     for _ in range(width):
@@ -360,7 +360,7 @@ def _parse(blob: bytes) -> Frame:
     label_values = np.frombuffer(blob, np.float64, m, at)
     return Frame(
         ts,
-        _read_only(anonymous.astype(bool)),
+        anonymous,
         ids,
         values,
         label_ids,
@@ -376,7 +376,7 @@ def frame_bytes(f: Frame) -> bytes:
     parts = [
         _HEAD.pack(FORMAT, n, m, len(f.values) if n else 0),
         f.ts.astype(np.int64).tobytes(),
-        np.packbits(f.anonymous).tobytes(),
+        f.anonymous.astype(np.bool_).tobytes(),
         _col_bytes(f.ids),
     ]
     if n:
@@ -415,7 +415,9 @@ def add_events(
     per stored event."""
     width = len(events[0].values) if events else 0
     held = _empty_frame(width) if blob is None else frame(blob, where=where)
-    appended = _appended(held, events, cutoff)
+    appended = (
+        None if blob is None else _appended(_check(blob, where), held, events, cutoff)
+    )
     if appended is not None:
         return appended
     width = len(held.values) if len(held.ts) else width
@@ -457,7 +459,9 @@ def _appendable(held: Frame, events: Sequence[Event], cutoff: int | None) -> boo
     if not len(held.ts) or not events or held.ids.tag != b"q":
         return False
     ids = [e.id for e in events]
-    if not all(type(i) is int for i in ids) or any(e.anonymous for e in events):
+    if not all(type(i) is int and _I64[0] <= i <= _I64[1] for i in ids):
+        return False
+    if any(e.anonymous for e in events):
         return False
     keys = [
         (int(held.ts[-1]), int(held.ids.data[-1])),
@@ -467,23 +471,57 @@ def _appendable(held: Frame, events: Sequence[Event], cutoff: int | None) -> boo
         return False  # out of order
     if cutoff is not None and events[0].ts_us < cutoff:
         return False  # a new event already past the retention
-    held_ids = set(held.ids.data.tolist())
-    fresh = len(set(ids)) == len(ids) and not any(i in held_ids for i in ids)
-    return fresh and not held.anonymous.any()
+    distinct = len(set(ids)) == len(ids) and not held.anonymous.any()
+    return distinct and not _any_held(held.ids.data, ids)
 
 
-def _appended(held: Frame, events: Sequence[Event], cutoff: int | None) -> bytes | None:
-    """The common write, the same state as the general path without building the
-    merged one: `_appendable` events onto numeric columns; the pruned events are
-    a prefix (events are sorted by time). None when the write is not that one."""
+_FEW = 4
+_I64 = (-(2**63), 2**63 - 1)
+
+
+def _any_held(held: np.ndarray, ids: Sequence[Value]) -> bool:
+    if len(ids) <= _FEW:  # one comparison pass per id beats building a set
+        return any(bool((held == i).any()) for i in ids)
+    known = set(held.tolist())
+    return any(i in known for i in ids)
+
+
+def _new_numeric(tag: bytes, values: list[Value]) -> tuple[bytes, bytes] | None:
+    """(validity, data) bytes of new values for a held column of `tag`, or None
+    when they do not fit it unchanged (the general path then widens it)."""
+    if tag == b"q":
+        fits = all(
+            v is None or (type(v) is int and _I64[0] <= v <= _I64[1]) for v in values
+        )
+        dtype: type = np.int64
+    elif tag == b"d":
+        fits = all(v is None or type(v) is float or type(v) is int for v in values)
+        dtype = np.float64
+    else:
+        return None
+    if not fits:
+        return None
+    valid = bytes(v is not None for v in values)
+    data: np.ndarray = np.array([0 if v is None else v for v in values], dtype=dtype)
+    return valid, data.tobytes()
+
+
+def _appended(
+    blob: bytes, held: Frame, events: Sequence[Event], cutoff: int | None
+) -> bytes | None:
+    """The common write as byte slices: `_appendable` events onto numeric
+    columns, the pruned events a prefix (events are sorted by time), each
+    column's kept part copied from `blob` as is and the new values appended.
+    The same bytes as the general path; None when the write is not that one."""
     if not _appendable(held, events, cutoff):
         return None
-    ids = [e.id for e in events]
-    ts = [e.ts_us for e in events]
-    n, k = len(held.ts), len(events)
-    new = [col_of([e.values[j] for e in events]) for j in range(len(held.values))]
-    if any(c.tag == b"j" for c in new) or any(c.tag == b"j" for c in held.values):
+    new = [
+        _new_numeric(c.tag, [e.values[j] for e in events])
+        for j, c in enumerate(held.values)
+    ]
+    if any(part is None for part in new):
         return None
+    n, k = len(held.ts), len(events)
     start = 0 if cutoff is None else int(np.searchsorted(held.ts, cutoff, "left"))
     labels = held.labels
     if cutoff is not None and bool((held.label_ts < cutoff).any()):
@@ -496,23 +534,32 @@ def _appended(held: Frame, events: Sequence[Event], cutoff: int | None) -> bytes
             )
         )
     total = n - start + k
+    at = _HEAD.size  # the event columns' offsets in `blob`
+    ts_at, anonymous_at, column_at = at, at + 8 * n, at + 9 * n
+    width = 1 + 9 * n  # one numeric column: tag, validity bytes, 8-byte values
+    ids = np.fromiter((e.id for e in events), np.int64, k).tobytes()
     parts = [
         _HEAD.pack(FORMAT, total, _label_count(held, cutoff), len(new)),
-        held.ts[start:].tobytes(),
-        np.array(ts, dtype=np.int64).tobytes(),
-        bytes((total + 7) // 8),  # no anonymous event
-        _col_bytes(
-            concat(
-                held.ids.take(np.arange(start, n)),
-                col_of(ids, numeric=False),
-                numeric=False,
-            )
-        ),
+        blob[ts_at + 8 * start : ts_at + 8 * n],
+        np.fromiter((e.ts_us for e in events), np.int64, k).tobytes(),
+        blob[anonymous_at + start : anonymous_at + n],
+        bytes(k),  # no anonymous event
     ]
-    parts.extend(
-        _col_bytes(concat(c.take(np.arange(start, n)), d))
-        for c, d in zip(held.values, new, strict=True)
-    )
+    for c, (tag, fresh) in enumerate(
+        [
+            (b"q", (b"\x01" * k, ids)),
+            *zip((col.tag for col in held.values), new, strict=True),
+        ]
+    ):
+        at = column_at + c * width
+        assert fresh is not None
+        parts += [
+            tag,
+            blob[at + 1 + start : at + 1 + n],
+            fresh[0],
+            blob[at + 1 + n + 8 * start : at + 1 + n + 8 * n],
+            fresh[1],
+        ]
     parts.append(labels)
     return b"".join(parts)
 

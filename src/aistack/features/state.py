@@ -259,7 +259,7 @@ class SQLiteEventState:
         if old is not None:
             msg = (
                 f"online state {path}: table {old[0]!r} holds rows per event "
-                "(format 1); this version keeps one blob per entity (format 2): "
+                "(format 1); this version keeps one blob per entity: "
                 f"delete {path} and run `aistack materialize`"
             )
             raise ConfigError(msg)
@@ -520,7 +520,7 @@ class RedisEventState:
                 msg = (
                     f"online state at {self.url}: key {found[0]!r} holds "
                     "events per hash field (format 1); this version keeps one blob "
-                    f"per entity (format 2): delete the {self.prefix}:* keys and "
+                    f"per entity: delete the {self.prefix}:* keys and "
                     "run `aistack materialize`"
                 )
                 raise ConfigError(msg)
