@@ -313,3 +313,84 @@ def test_a_retry_killed_between_commits_completes_on_rerun(
     assert result.released_rows == expected
     assert lake.rows("silver.transactions") == silver_before + expected
     assert_accounted(lake)
+
+
+def _versioned_batches() -> list[Batch]:
+    """Transactions with `updated_at`, then batches that update, repeat and
+    send stale versions of rows from earlier batches (and of each other)."""
+    sim = simulate(n_customers=40, n_terminals=80, n_days=6, seed=11)
+    t0 = datetime(2026, 1, 1)
+    days = list(split_by_day(sim.transactions))
+    batches = [
+        Batch("customers", "c", sim.customers),
+        Batch("terminals", "t", sim.terminals),
+    ]
+    stamped = []
+    for k, (day, rows) in enumerate(days):
+        dated = rows.append_column(
+            "updated_at", pa.array([t0.replace(day=1 + k)] * rows.num_rows)
+        )
+        stamped.append(dated)
+        batches.append(Batch("transactions", day, dated))
+    first, second = stamped[0], stamped[1]
+    amounts = pc.add(first["TX_AMOUNT"], 1.0)
+    newer = first.set_column(
+        first.schema.get_field_index("TX_AMOUNT"), "TX_AMOUNT", amounts
+    )
+    newer = newer.set_column(
+        newer.schema.get_field_index("updated_at"),
+        "updated_at",
+        pa.array([datetime(2026, 2, 1)] * newer.num_rows),
+    )
+    older = second.set_column(
+        second.schema.get_field_index("updated_at"),
+        "updated_at",
+        pa.array([datetime(2025, 12, 1)] * second.num_rows),
+    )
+    batches += [
+        # batches of one ingest are processed in batch id order: u1, u2, u3
+        Batch("transactions", "u1-updates", newer.slice(0, 30)),  # newer: replace
+        Batch("transactions", "u2-stale", older.slice(0, 20)),  # older: stale
+        Batch("transactions", "u3-again", newer.slice(10, 30)),  # same version: dup
+    ]
+    return batches
+
+
+def test_updates_stale_and_repeated_versions_do_not_depend_on_chunking(
+    tmp_path, monkeypatch
+) -> None:
+    """Latest-wins keys seen across chunks (each batch its own chunk) give the
+    silver, quarantine and accounting of a one-chunk build."""
+    found = {}
+    for name, chunk_rows in (("one", 10**9), ("many", 1)):
+        monkeypatch.setattr(silver_mod, "CHUNK_ROWS", chunk_rows)
+        lake = Lake(tmp_path / name)
+        ingest(lake, _versioned_batches(), ingested_at=NOW)
+        build_all(lake)
+        silver = pl.from_arrow(lake.read("silver.transactions")).sort("transaction_id")
+        rows = pl.from_arrow(lake.read(ACCOUNTING)).filter(
+            pl.col("table") == "silver.transactions"
+        )
+        # accepted rows, replaced ones included: bronze = silver + quarantine
+        assert (
+            rows["bronze_rows"] == rows["silver_rows"] + rows["quarantined_rows"]
+        ).all()
+        assert rows["bronze_rows"].sum() == lake.rows("bronze.transactions")
+        assert silver.height == rows["silver_rows"].sum() - rows["replaced_rows"].sum()
+        held = pl.from_arrow(lake.read("quarantine.transactions"))
+        counts = pl.from_arrow(lake.read(ACCOUNTING)).sort("table", "_batch_id")
+        found[name] = (
+            silver.select("transaction_id", "tx_amount", "updated_at"),
+            held.select("TRANSACTION_ID", "_batch_id", "_check").sort(
+                "_batch_id", "TRANSACTION_ID"
+            ),
+            counts.select("table", "_batch_id", "silver_rows", "replaced_rows"),
+        )
+    silver, held, counts = found["many"]
+    for a, b in zip(found["one"], found["many"], strict=True):
+        assert a.equals(b)
+    checks = dict(held.group_by("_batch_id").agg(pl.col("_check").first()).iter_rows())
+    assert checks == {"u2-stale": "stale_version", "u3-again": "duplicate_key"}
+    assert held.height == 20 + 20  # all stale rows; the 20 repeats of updates
+    assert counts.get_column("replaced_rows").sum() == 30
+    assert silver.get_column("transaction_id").is_unique().all()

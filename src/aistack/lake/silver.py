@@ -230,7 +230,7 @@ def validate_rows(
         key = list(spec.key)
         repeated = alive.filter(pl.struct(key).is_first_distinct().not_())
         if existing_keys is not None and existing_keys.height:
-            known = alive.join(existing_keys.select(key).unique(), on=key, how="semi")
+            known = alive.join(existing_keys.select(key), on=key, how="semi")
             repeated = pl.concat([repeated, known]).unique(_POS)
         if repeated.height:
             # few rows: plain Python (pl.format over this frame hits a polars
@@ -282,8 +282,9 @@ def _stale_versions(
     """
     key, version = list(spec.key), str(spec.latest_by)
     rows = alive.select(_POS, *key, version)
-    if existing is not None and existing.height:
-        current = existing.select(
+    current = _known_keys(existing, rows, key)
+    if current is not None:
+        current = current.select(
             *key, pl.col(version).alias(_CURRENT), pl.lit(True).alias("_known")
         )
         rows = rows.join(current, on=key, how="left", maintain_order="left")
@@ -292,12 +293,28 @@ def _stale_versions(
             pl.lit(None, rows.schema[version]).alias(_CURRENT),
             pl.lit(None, pl.Boolean).alias("_known"),
         )
-    earlier = pl.col(version).cum_max().shift(1).over(key)
-    rows = rows.sort(_POS).with_columns(
-        pl.max_horizontal(earlier, pl.col(_CURRENT)).alias("_before"),
-        (pl.int_range(pl.len()).over(key) == 0).alias("_first"),
-        pl.col("_known").fill_null(False),
+    # windows per key only over keys that repeat in the chunk (few): a window
+    # over millions of one-row groups costs more than the rest of silver
+    repeats = (
+        pl.struct(key).is_duplicated()
+        if len(key) > 1
+        else pl.col(key[0]).is_duplicated()
     )
+    rows = rows.with_columns(repeats.alias("_repeats"))
+    single = rows.filter(~pl.col("_repeats")).with_columns(
+        pl.col(_CURRENT).alias("_before"), pl.lit(True).alias("_first")
+    )
+    earlier = pl.col(version).cum_max().shift(1).over(key)
+    multi = (
+        rows.filter(pl.col("_repeats"))
+        .sort(_POS)
+        .with_columns(
+            pl.max_horizontal(earlier, pl.col(_CURRENT)).alias("_before"),
+            (pl.int_range(pl.len()).over(key) == 0).alias("_first"),
+        )
+    )
+    rows = pl.concat([single, multi], how="vertical_relaxed").sort(_POS)
+    rows = rows.with_columns(pl.col("_known").fill_null(False))
     # a version is newer than none (nulls are oldest), never the other way round
     newer = pl.col(version).is_not_null() & (
         pl.col("_before").is_null() | (pl.col(version) > pl.col("_before"))
@@ -564,9 +581,14 @@ def build_silver(
         )
         if spec.key:  # later chunks see this chunk's keys as already taken
             taken = good.select(*spec.key, *latest)
-            existing = taken if existing is None else pl.concat([existing, taken])
-            if latest:  # an update replaces its key's version
-                existing = existing.unique(spec.key, keep="last", maintain_order=True)
+            # appended as is (an update's key twice, the newer last): each
+            # chunk looks up only its own keys (`_known_keys`), so the build
+            # stays linear in rows rather than re-deduplicating all keys
+            existing = (
+                taken
+                if existing is None
+                else pl.concat([existing, taken], rechunk=False)
+            )
         goods.append(good)
         bads.append(bad)
     good = pl.concat(goods, rechunk=False)
@@ -792,11 +814,30 @@ def _replacing(
     if spec.latest_by is None or not good.height:
         return good.clear().select(BATCH_ID)
     key = list(spec.key)
-    seen = pl.struct(key).is_first_distinct().not_()
-    if existing is not None and existing.height:
-        known = existing.select(pl.struct(key)).to_series().implode()
-        seen = seen | pl.struct(key).is_in(known)
-    return good.filter(seen).select(BATCH_ID)
+    marked = good.select(BATCH_ID, *key).with_columns(
+        pl.struct(key).is_first_distinct().not_().alias("_seen")
+    )
+    known = _known_keys(existing, marked, key)
+    if known is not None:
+        hit = known.select(key).unique().with_columns(pl.lit(True).alias("_hit"))
+        marked = marked.join(hit, on=key, how="left", maintain_order="left")
+        marked = marked.with_columns(pl.col("_seen") | pl.col("_hit").fill_null(False))
+    return marked.filter("_seen").select(BATCH_ID)
+
+
+def _known_keys(
+    existing: pl.DataFrame | None, rows: pl.DataFrame, key: list[str]
+) -> pl.DataFrame | None:
+    """The rows of `existing` (keys taken so far, in order: an updated key's
+    newer version last) whose key is among `rows`' keys, one per key (the
+    last); None when there are none. A semi join over the chunk's keys, so
+    the cost per chunk is linear, not a deduplication of every key so far."""
+    if existing is None or not existing.height:
+        return None
+    mine = existing.join(rows.select(key), on=key, how="semi", maintain_order="left")
+    if not mine.height:
+        return None
+    return mine.unique(key, keep="last", maintain_order=True)
 
 
 def _account(
