@@ -161,6 +161,12 @@ class Settings(BaseSettings):
         description="File holding the audit signing key (64 hex digits), outside "
         "the workspace; wins over audit_key_env.",
     )
+    audit_anchor_file: Path | None = Field(
+        default=None,
+        description="File outside the workspace where every audit append records "
+        "the log's last record (number and hash), so `audit verify` detects "
+        "records cut from the end; keep it on another volume or host.",
+    )
     erasure_retention_hours: float = Field(
         default=0.0,
         ge=0,

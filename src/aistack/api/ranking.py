@@ -209,7 +209,10 @@ class RankingState:
         audit = audit_log(settings, os.environ)
         self.audit = (
             AuditBuffer(
-                audit.path, flush_seconds=settings.audit_flush_seconds, key=audit.key
+                audit.path,
+                flush_seconds=settings.audit_flush_seconds,
+                key=audit.key,
+                anchor=audit.anchor,
             )
             if settings.audit_predictions
             else None

@@ -96,7 +96,10 @@ class ServerState:
         log = audit_log(self.settings, os.environ)
         self.audit = (
             AuditBuffer(
-                log.path, flush_seconds=self.settings.audit_flush_seconds, key=log.key
+                log.path,
+                flush_seconds=self.settings.audit_flush_seconds,
+                key=log.key,
+                anchor=log.anchor,
             )
             if self.settings.audit_predictions
             else None

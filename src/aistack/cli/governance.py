@@ -176,7 +176,7 @@ def audit_verify(workspace: WorkspaceOpt = None) -> None:
     authorize(settings, "audit")
     log = audit_log(settings, os.environ)
     started = time.perf_counter()
-    found = verify(log.path, key=log.key)
+    found = verify(log.path, key=log.key, anchor=log.anchor)
     seconds = time.perf_counter() - started
     if found.broken is not None:
         msg = (

@@ -26,13 +26,14 @@ import hmac
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
 
+from aistack.errors import ConfigError
 from aistack.governance.keys import read_key
 from aistack.governance.principals import Principal
 from aistack.settings import Settings
@@ -66,11 +67,56 @@ class AuditLog:
     path: Path
     key: bytes | None = field(default=None, repr=False)
     """HMAC-SHA256 key of the seals; None: the log is unsigned."""
+    anchor: Path | None = None
+    """File (outside the workspace) holding the last record's number and hash,
+    rewritten by every append; None: a cut at the end is not detectable."""
 
 
 def audit_log(settings: Settings, environ: Mapping[str, str]) -> AuditLog:
-    """The workspace's audit log, signed when settings name an audit key."""
-    return AuditLog(audit_path(settings), read_key(settings, "audit", environ))
+    """The workspace's audit log, signed when settings name an audit key, and
+    anchored when they name an anchor file (refused inside the workspace)."""
+    anchor = settings.audit_anchor_file
+    if anchor is not None:
+        anchor = anchor.resolve()
+        if anchor.is_relative_to(settings.workspace.resolve()):
+            msg = (
+                f"audit_anchor_file: {anchor} is inside the workspace; keep it "
+                "where whoever can rewrite the workspace cannot"
+            )
+            raise ConfigError(msg)
+    return AuditLog(audit_path(settings), read_key(settings, "audit", environ), anchor)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The last record an append wrote: its number and hash."""
+
+    seq: int
+    hash: str
+
+
+def read_anchor(path: Path) -> Anchor | None:
+    """The anchor at `path`; None when no append has written one yet."""
+    try:
+        data = orjson.loads(path.read_bytes())
+        return Anchor(int(data["seq"]), str(data["hash"]))
+    except FileNotFoundError:
+        return None
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        msg = f"audit_anchor_file {path}: not an audit anchor ({exc})"
+        raise ConfigError(msg) from exc
+
+
+def _write_anchor(path: Path, last: bytes) -> None:
+    """Record the line `last` as the log's head at `path`, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = orjson.dumps({"seq": _seq(last[65:]), "hash": last[:64].decode()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as out:
+        out.write(body + b"\n")
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
 
 
 def mac(key: bytes, action: str, prev: str, seq: int) -> str:
@@ -130,9 +176,14 @@ def chain_lines(
 
 
 def append(
-    path: Path, entries: list[Mapping[str, Any]], *, key: bytes | None = None
+    path: Path,
+    entries: list[Mapping[str, Any]],
+    *,
+    key: bytes | None = None,
+    anchor: Path | None = None,
 ) -> None:
-    """Chain `entries` onto the log at `path` (locked, fsync-ed), sealed with `key`."""
+    """Chain `entries` onto the log at `path` (locked, fsync-ed), sealed with
+    `key`; then, still under the lock, record the new head at `anchor`."""
     if not entries:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,9 +194,12 @@ def append(
             (GENESIS, 0) if last is None else (last[:64].decode(), _seq(last[65:]))
         )
         handle.seek(0, os.SEEK_END)
-        handle.write(b"".join(chain_lines(entries, prev, seq, key=key)))
+        lines = list(chain_lines(entries, prev, seq, key=key))
+        handle.write(b"".join(lines))
         handle.flush()
         os.fsync(handle.fileno())
+        if anchor is not None:
+            _write_anchor(anchor, lines[-1].rstrip(b"\n"))
 
 
 def audit_event(
@@ -157,7 +211,9 @@ def audit_event(
     """Record one action in the audit log (PII decrypts, erasures, promotions...);
     a bare path (a workspace or the file) is an unsigned log."""
     log = where if isinstance(where, AuditLog) else AuditLog(audit_path(where))
-    append(log.path, [entry(principal, action, details)], key=log.key)
+    append(
+        log.path, [entry(principal, action, details)], key=log.key, anchor=log.anchor
+    )
 
 
 @dataclass(frozen=True)
@@ -182,17 +238,27 @@ class Verdict:
     """Signatures were checked (a key was given)."""
     seals: int
     """Seal records seen (each checked when `signed`)."""
+    last_seq: int = field(default=0, compare=False)
+    """Number of the last record (when the chain holds)."""
 
 
-def verify(path: Path, *, key: bytes | None = None) -> Verdict:
+def verify(
+    path: Path, *, key: bytes | None = None, anchor: Path | None = None
+) -> Verdict:
     """Check the chain and, with `key`, its signatures; name the first break.
 
     The fast path only hashes and compares `prev`: the links alone fix the
     order; sequence numbers are read to explain a break. With `key`, every
     seal's signature is checked (in constant time) and every record must be
-    covered by a signed one at or after it.
+    covered by a signed one at or after it. With `anchor`, the record it
+    names must be in the log with its hash: records cut from the end (or the
+    whole log replaced) are found.
     """
+    head = None if anchor is None else read_anchor(anchor)
     if not path.exists():
+        if head is not None:
+            reason = f"the log is gone; the anchor {anchor} names record {head.seq}"
+            return Verdict(0, Break(1, reason), key is not None, 0)
         return Verdict(0, None, key is not None, 0)
     with path.open("rb") as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)  # not half of a concurrent append
@@ -200,12 +266,30 @@ def verify(path: Path, *, key: bytes | None = None) -> Verdict:
     lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
-    return _walk(lines, key)
+    verdict = _walk(lines, key, head)
+    if verdict.broken is None and head is not None and verdict.last_seq < head.seq:
+        n = len(lines) + 1
+        what = (
+            f"record {head.seq}"
+            if head.seq == verdict.last_seq + 1
+            else f"records {verdict.last_seq + 1}-{head.seq}"
+        )
+        reason = (
+            f"{what} cut from the end: the log ends at record "
+            f"{verdict.last_seq}, the anchor {anchor} names record {head.seq}"
+        )
+        return replace(verdict, broken=Break(n, reason))
+    return verdict
 
 
-def _walk(lines: list[bytes], key: bytes | None) -> Verdict:
-    """`verify` over the log's lines (a break or signature failure returns early)."""
+def _walk(  # noqa: PLR0911  (one early return per kind of break)
+    lines: list[bytes], key: bytes | None, anchor: Anchor | None = None
+) -> Verdict:
+    """`verify` over the log's lines (a break or signature failure returns early);
+    the record `anchor` names, when reached, must have its hash."""
     prev, seq, first = GENESIS.encode(), 0, 1
+    want = -1 if anchor is None else anchor.seq
+    want_hash = b"" if anchor is None else anchor.hash.encode()
     signed_seq, signed_line, seals = 0, 0, 0
     if lines and b'"action":"checkpoint"' in lines[0]:
         # pruned before: the checkpoint holds the last pruned record's hash and number
@@ -214,6 +298,9 @@ def _walk(lines: list[bytes], key: bytes | None) -> Verdict:
             broken = Break(1, "checkpoint edited: its hash does not match it")
             return Verdict(0, broken, key is not None, 0)
         prev, seq, first = body[9:73], _seq(body), 2
+        if seq == want and prev != want_hash:  # the anchored record was pruned
+            broken = Break(1, _anchor_differs(seq))
+            return Verdict(0, broken, key is not None, 0)
         if key is not None:
             if not _signed(key, CHECKPOINT, body):
                 broken = Break(1, "checkpoint not signed with the audit key")
@@ -227,6 +314,10 @@ def _walk(lines: list[bytes], key: bytes | None) -> Verdict:
             reason = _why(line[:64], body, prev, seq, lines[n:])
             return Verdict(n - first, Break(n, reason), key is not None, seals)
         prev, seq = digest, seq + 1
+        if seq == want and digest != want_hash:
+            return Verdict(
+                n - first, Break(n, _anchor_differs(seq)), key is not None, seals
+            )
         if b'"action":"seal"' not in body[80:120]:
             continue
         seals += 1
@@ -248,7 +339,14 @@ def _walk(lines: list[bytes], key: bytes | None) -> Verdict:
         )
         n = signed_line + 1
         return Verdict(n - first, Break(n, reason), True, seals)
-    return Verdict(len(lines) - first + 1, None, key is not None, seals)
+    return Verdict(len(lines) - first + 1, None, key is not None, seals, seq)
+
+
+def _anchor_differs(seq: int) -> str:
+    return (
+        f"record {seq} is not the one the anchor names (its hash differs): "
+        "the log was rewritten from there"
+    )
 
 
 def _signed(key: bytes, action: str, body: bytes) -> bool:
@@ -344,6 +442,8 @@ class AuditBuffer:
     flush_seconds: float = 1.0
     key: bytes | None = field(default=None, repr=False)
     """Seals each flush when set (see `AuditLog.key`)."""
+    anchor: Path | None = None
+    """Head recorded after each flush when set (see `AuditLog.anchor`)."""
     _handle: IO[bytes] | None = None
     _segment: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -398,7 +498,7 @@ class AuditBuffer:
         self._segment, self._handle = new_segment(self.wal_dir)
 
     def _drain(self, segment: Path, handle: IO[bytes]) -> None:
-        append(self.path, _read_segment(segment), key=self.key)
+        append(self.path, _read_segment(segment), key=self.key, anchor=self.anchor)
         segment.unlink(missing_ok=True)
         handle.close()
 

@@ -449,7 +449,12 @@ class Consumer:
         self.registry = Registry(self.lake, s.mlflow_uri)
         log = audit_log(s, os.environ)
         self.audit = (
-            AuditBuffer(log.path, flush_seconds=s.audit_flush_seconds, key=log.key)
+            AuditBuffer(
+                log.path,
+                flush_seconds=s.audit_flush_seconds,
+                key=log.key,
+                anchor=log.anchor,
+            )
             if s.audit_predictions
             else None
         )
