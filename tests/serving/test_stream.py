@@ -31,6 +31,7 @@ from aistack.features.state import open_event_state
 from aistack.governance.audit import audit_path, verify
 from aistack.governance.audit import read as read_audit
 from aistack.monitoring.consistency import check_consistency
+from aistack.monitoring.trace import trace
 from aistack.serving.stream import (
     RedisStreamSource,
     partition_key,
@@ -152,6 +153,12 @@ def test_killed_consumers_leave_every_event_scored_exactly_once(
     assert b"tx_amount" not in audit_path(ws.settings).read_bytes()
     found = verify(audit_path(ws.settings), key=key)
     assert found.broken is None and found.seals >= 3, found
+    # a streamed prediction traces like a served one: model, run, inputs, who
+    row = log.iloc[0]
+    traced = trace(ws, row["request_id"])
+    assert (traced.use_case, traced.model_version) == ("fraud", row["model_version"])
+    assert traced.requested_by == getpass.getuser()
+    assert traced.run_id is not None and "silver.transactions" in str(traced.inputs)
 
 
 @pytest.mark.timeout(900)

@@ -248,8 +248,9 @@ def trace_command(
     ws = open_workspace(workspace, tracking_uri, seed, ("audit", None))
     t = trace(ws, request_id)
     console.print(
-        f"request {t.request_id} ({t.use_case}, {t.logged_at.isoformat()}, "
-        f"score {t.score}) asked by {t.requested_by or 'unknown'}"
+        f"request {t.request_id} ({t.use_case}, {t.logged_at.isoformat()}"
+        + ("" if t.score is None else f", score {t.score}")  # rankings: none
+        + f") asked by {t.requested_by or 'unknown'}"
     )
     console.print(f"  -> model {t.use_case} version {t.model_version}")
     console.print(f"  -> run {t.run_id or '-'}")

@@ -16,7 +16,7 @@ from aistack.registry.aliases import AliasEvent
 from aistack.training.tracking import lineage_of, tracking
 from aistack.workspace import Workspace
 
-_LOG_SUFFIX = "_prediction_log"
+_LOG_SUFFIXES = ("_prediction_log", "_recommendation_log")  # scores, rankings
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,21 @@ class Trace:
 
 
 def _prediction(ws: Workspace, request_id: str) -> tuple[str, dict[str, Any]]:
+    """The use case and logged row of `request_id`: in a prediction log (HTTP
+    and stream answers) or a recommendation log (ranked items: no score)."""
     for info in ws.lake.tables():
-        if info.name.startswith("ops.") and info.name.endswith(_LOG_SUFFIX):
-            rows = ws.lake.dataset(info.name).to_table(
-                filter=pc.field("request_id") == request_id,
-                columns=["logged_at", "score", "model_name", "model_version"],
-            )
-            if rows.num_rows:
-                use_case = info.name.removeprefix("ops.").removesuffix(_LOG_SUFFIX)
-                return use_case, rows.to_pylist()[0]
+        suffix = next((s for s in _LOG_SUFFIXES if info.name.endswith(s)), None)
+        if not info.name.startswith("ops.") or suffix is None:
+            continue
+        dataset = ws.lake.dataset(info.name)
+        wanted = ["logged_at", "score", "model_name", "model_version"]
+        rows = dataset.to_table(
+            filter=pc.field("request_id") == request_id,
+            columns=[c for c in wanted if c in dataset.schema.names],
+        )
+        if rows.num_rows:
+            use_case = info.name.removeprefix("ops.").removesuffix(suffix)
+            return use_case, {"score": None, **rows.to_pylist()[0]}
     msg = f"request id {request_id}: in no prediction log (flushed every few seconds)"
     raise ConfigError(msg)
 

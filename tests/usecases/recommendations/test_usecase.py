@@ -26,6 +26,7 @@ from aistack.governance.principals import Policy, Principal, hash_token, new_tok
 from aistack.monitoring.alerts import firing
 from aistack.monitoring.ranking import ranking_ab_test
 from aistack.monitoring.recommendations import monitor_recommendations
+from aistack.monitoring.trace import trace
 from aistack.registry.rollout import (
     end_rollout,
     read_rollout,
@@ -190,6 +191,11 @@ def test_served_top_k_is_the_batch_ranking_and_unknown_users_are_cold(
         assert "user_id" not in r["details"] and "items" not in r["details"]
     found = verify(audit_path(ws.settings), key=key)
     assert found.broken is None and found.seals >= 1, found
+    # a served ranking traces: its log row, model version, run, inputs, who
+    traced = trace(ws, body["request_id"])
+    assert (traced.use_case, traced.model_version) == (uc.name, body["model_version"])
+    assert traced.score is None and traced.requested_by == API_PRINCIPAL
+    assert traced.run_id is not None and traced.inputs
 
 
 def test_with_a_policy_answers_and_metrics_need_predict(trained, tmp_path) -> None:
