@@ -17,7 +17,8 @@ def test_observe_many_matches_observe() -> None:
     for v in values:
         by_one.labels("a").observe(float(v))
     observe_many(by_bulk.labels("a"), values[:2000])
-    observe_many(by_bulk.labels("a"), values[2000:])
+    observe_many(by_bulk.labels("a"), values[2000:2001])  # one value: its own path
+    observe_many(by_bulk.labels("a"), values[2001:])
     observe_many(by_bulk.labels("a"), [])
 
     def lines(registry):

@@ -359,8 +359,10 @@ class SQLiteEventState:
                 drop.append((entity,))
             else:
                 put.append((entity, new))
-        con.executemany(f'INSERT OR REPLACE INTO "st:{view}" VALUES (?, ?)', put)
-        con.executemany(f'DELETE FROM "st:{view}" WHERE entity = ?', drop)
+        if put:
+            con.executemany(f'INSERT OR REPLACE INTO "st:{view}" VALUES (?, ?)', put)
+        if drop:
+            con.executemany(f'DELETE FROM "st:{view}" WHERE entity = ?', drop)
 
     def write(
         self,

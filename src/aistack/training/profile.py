@@ -96,8 +96,8 @@ class StreamingHistograms:
             return
         bins = (values[:, :, None] >= self.edges[None, :, :]).sum(axis=2)
         finite = np.isfinite(values)
-        for row_bins, row_finite in zip(bins, finite, strict=True):
-            np.add.at(self.counts, (self._rows[row_finite], row_bins[row_finite]), 1)
+        rows = np.broadcast_to(self._rows, bins.shape)  # one add for all rows
+        np.add.at(self.counts, (rows[finite], bins[finite]), 1)
 
     def psi(self, *, min_count: int = 100) -> dict[str, float]:
         """PSI per column with at least `min_count` observations."""
