@@ -10,25 +10,34 @@ detected cards removed), this bench:
    same features, standardised as the book does (logistic regression, decision
    trees of depth 2 and unlimited, random forest, XGBoost): the peers;
 3. tunes our trainers (`aistack tune`: prequential folds before the test week,
-   a time budget per trainer), then trains, gates and chooses the champion
-   (`aistack run --stage train`);
+   a time budget per trainer, the declared defaults as the first trial), then
+   trains, gates and registers them (`aistack run --stage train`);
 4. prints AUC ROC, average precision and CP@100 of every model on the same test
    rows, training and tuning times, and the targets (AUC >= 0.88, AP >= 0.70,
-   CP@100 >= 0.31; tuning <= 10 minutes).
+   CP@100 >= 0.31; tuning <= 10 minutes). The model held to the targets is the
+   one chosen on validation (the best tuned objective on the folds), not the
+   best on the test week;
+5. prints the CP@100 ceiling of the test week with these features: a scorer
+   that knows every label except the frauds at terminals compromised too
+   recently for any of their frauds to be known (the label delay), which no
+   feature can tell from legitimate payments.
 
     .venv/bin/python bench/model_quality.py                  # default simulation
     .venv/bin/python bench/model_quality.py --seconds 60 --workspace /tmp/mq
+    .venv/bin/python bench/model_quality.py --model-seed 1 --workspace /tmp/mq
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -36,7 +45,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier
 
-from aistack.contract import Split, get_use_case
+from aistack.contract import Split, UseCase, get_use_case
 from aistack.runner import run, tune
 from aistack.settings import load_settings
 from aistack.training.fit import evaluate
@@ -64,11 +73,44 @@ def baselines(seed: int) -> dict[str, object]:
     }
 
 
+def feature_ceiling(ws: Workspace, uc: UseCase, test: pd.DataFrame) -> float:
+    """CP@100 of a scorer knowing every label but the hidden frauds.
+
+    Hidden: the simulator's terminal-compromise frauds (scenario 2) at a
+    terminal with no known fraud in its risk windows (compromised within the
+    label delay), so scored as legitimate payments.
+    """
+    scenarios = ws.lake.read(
+        "silver.transactions", columns=["transaction_id", "tx_fraud_scenario"]
+    ).to_pandas()
+    rows = test.merge(scenarios, on="transaction_id", how="left")
+    hidden = (rows["tx_fraud_scenario"] == 2) & (rows["terminal_risk_30d"] == 0)
+    label = rows["tx_fraud"].to_numpy()
+    oracle = rows.assign(label=label, score=(label * ~hidden).astype(float))
+    return float(uc.metrics["card_precision_at_100"](oracle))
+
+
+def print_verdicts(
+    chosen: str, metrics: dict[str, float], *, ceiling: float, slots: int
+) -> None:
+    """Each target met or not, and CP@100's target against its ceiling in
+    card-days (`slots`: 100 cards a day x test days)."""
+    for metric, target in TARGETS.items():
+        verdict = "PASS" if metrics[metric] >= target else "FAIL"
+        print(f"{chosen} {metric} {metrics[metric]:.3f} target >= {target}: {verdict}")
+    need = math.ceil(TARGETS["card_precision_at_100"] * slots - 1e-9)
+    allowed = round(ceiling * slots)
+    print(f"CP@100 >= 0.31 needs {need} of {slots} card-days; ceiling {allowed}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, default=None)
-    parser.add_argument("--seconds", type=float, default=120.0, help="per trainer")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=280.0, help="per trainer")
+    parser.add_argument("--seed", type=int, default=0, help="the simulation's")
+    parser.add_argument(
+        "--model-seed", type=int, default=None, help="tuning and models' (--seed)"
+    )
     args = parser.parse_args()
     root = args.workspace or Path(tempfile.mkdtemp(prefix="model-quality-"))
     ws = Workspace(load_settings(workspace=root, seed=args.seed))
@@ -80,10 +122,13 @@ def main() -> None:
     if not ws.lake.exists(uc.gold_table(uc.views[-1])):
         run(uc, ws, uc.params(), stages=("ingest", "silver", "gold"))
     print(f"landed in {time.perf_counter() - start:.0f} s ({root})")
+    if args.model_seed is not None:  # same simulation, other tuning and models
+        ws = Workspace(load_settings(workspace=root, seed=args.model_seed))
     data = build_training_set(
         ws.lake, uc, as_of=datetime.now(UTC) + timedelta(seconds=1), seed=args.seed
     )
     print(f"train rows {len(data.train):,}, test rows {len(data.test):,} (protocol)")
+    ceiling = feature_ceiling(ws, uc, data.test)
     rows: list[tuple[str, float, float, float, float]] = []
     for name, estimator in baselines(args.seed).items():
         model = ScoringModel(
@@ -116,9 +161,10 @@ def main() -> None:
     t0 = time.perf_counter()
     report = run(uc, ws, uc.params(), stages=("train",))
     training = time.perf_counter() - t0
-    champion = report.champion.trainer if report.champion else None
+    # chosen on validation: the best tuned objective on the folds (all maximised)
+    chosen = max(tuned, key=lambda r: r.best_value).trainer
     for c in report.candidates:
-        star = " (champion)" if c.trainer == champion else ""
+        star = " (chosen on validation)" if c.trainer == chosen else ""
         m = c.metrics
         rows.append(
             (
@@ -134,12 +180,13 @@ def main() -> None:
         print(f"{name:44} {auc:6.3f} {ap:6.3f} {cp:7.3f} {'':>7}")
     for name, auc, ap, cp, took in rows:
         print(f"{name:44} {auc:6.3f} {ap:6.3f} {cp:7.3f} {took:7.1f}")
+    label = "CP@100 ceiling, these features"
+    print(f"{label:44} {'':6} {'':6} {ceiling:7.3f}")
     print(f"\ntuning {tuning:.0f} s for {len(tuned)} trainers (target <= 600 s)")
-    if report.champion is not None:
-        m = report.champion.metrics
-        for metric, target in TARGETS.items():
-            verdict = "PASS" if m[metric] >= target else "FAIL"
-            print(f"champion {metric} {m[metric]:.3f} target >= {target}: {verdict}")
+    platform = report.champion.trainer if report.champion else None
+    print(f"platform champion (gates, test AP): {platform}; on validation: {chosen}")
+    m = next(c.metrics for c in report.candidates if c.trainer == chosen)
+    print_verdicts(chosen, m, ceiling=ceiling, slots=100 * uc.split.test_days)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,12 @@ from aistack.contract import Choice, FloatRange, IntRange, Split, Trainer, Tunin
 from aistack.runner import run, tune
 from aistack.training.sets import build_training_set
 from aistack.training.tracking import tracking
-from aistack.training.tune import TUNING_TAG, prequential_folds, split_folds
+from aistack.training.tune import (
+    TUNING_TAG,
+    declared_values,
+    prequential_folds,
+    split_folds,
+)
 from cancer_usecase import cancer_use_case
 from conftest import make_workspace
 from monitoring.test_report import chromium
@@ -91,12 +96,24 @@ def test_non_time_split_tunes_on_a_cut_of_the_train_part(landed) -> None:
     assert not seen & set(test.test["exam_id"])
 
 
+def test_declared_values_in_their_ranges_are_the_first_trial() -> None:
+    logistic, tree = _use_case().trainers
+    assert declared_values(logistic, 0) == {C: 1.0}
+    # max_depth=None is outside IntRange(1, 6): left to the sampler
+    assert declared_values(tree, 0) == {"class_weight": None}
+    narrow = dataclasses.replace(
+        logistic, search_space={C: FloatRange(2.0, 10.0)}, params={}
+    )
+    assert declared_values(narrow, 0) == {}
+
+
 def test_tune_logs_nested_trials_is_deterministic_and_feeds_run(
     landed, tmp_path
 ) -> None:
     uc, ws = landed
     (first,) = tune(uc, ws, trainers=["logistic"], trials=6)
     assert first.trials == 6 and first.metric == "roc_auc"
+    assert first.history[0]["params"] == {C: 1.0}  # the declared value first
     assert set(first.best_params) == {C}
     client = MlflowClient(ws.settings.mlflow_uri)
     children = client.search_runs(
