@@ -73,6 +73,7 @@ from rich.table import Table
 
 from aistack.training.ranking import Interactions, evaluate_full_ranking
 from aistack.usecases.recommendations.data import load_movielens, recbole_splits
+from aistack.usecases.recommendations.gold import content_frame
 from aistack.usecases.recommendations.models import ALS, reference_models
 
 K = 10
@@ -235,11 +236,12 @@ def main() -> None:
     table.add_column("novelty (bits)", justify="right")
     table.add_column("train s", justify="right")
     table.add_column("valid NDCG", justify="right")
+    items = content_frame(movielens.items)  # the gold content table
     results: dict[str, dict[str, float]] = {}
     fitted = {}
     for name, model in reference_models(valid, seed=args.seed):
         start = time.perf_counter()
-        model.fit(train, movielens.items)
+        model.fit(train, items)
         seconds = time.perf_counter() - start
         got = evaluate_full_ranking(model, train, test, K, exclude=(valid,))
         got["seconds"] = seconds

@@ -266,40 +266,38 @@ class ALS(_Base):
 class ContentTFIDF(_Base):
     """Content-based: TF-IDF of title and genres, cosine to the user's profile.
 
-    A user's profile is the mean of the TF-IDF vectors of the items they have
-    (ratings ignored). Genres become single tokens (`genre_scifi`), so a
-    genre never matches a title word. Items without metadata score 0.
+    The vectors are read from the item frame, one list of terms and one of
+    weights per item (the gold content table, built by `content_vectors`), so
+    the model and the table cannot disagree. A user's profile is the mean of
+    the vectors of the items they have (ratings ignored). Items without a
+    vector score 0.
     """
-
-    requirements = ("numpy", "scipy", "scikit-learn")
 
     def __init__(
         self,
         item_column: str = "item_id",
-        text_columns: Sequence[str] = ("title",),
+        terms_column: str = "terms",
         *,
-        genre_column: str | None = "genres",
-        min_df: int = 1,
+        weights_column: str = "weights",
     ) -> None:
-        """The item frame's id, text and genre columns; min_df: vocabulary cut."""
+        """The item frame's id column and its lists of terms and of weights."""
         self.item_column = item_column
-        self.text_columns = text_columns
-        self.genre_column = genre_column
-        self.min_df = min_df
+        self.terms_column = terms_column
+        self.weights_column = weights_column
 
     def _fit(self, train: Interactions, items: pd.DataFrame | None) -> None:
-        columns = [self.item_column, *self.text_columns]
-        columns += [self.genre_column] if self.genre_column else []
+        columns = [self.item_column, self.terms_column, self.weights_column]
         missing = [c for c in columns if items is None or c not in items.columns]
         if items is None or missing:
             raise SchemaError(
                 f"ContentTFIDF: the item frame has no column {missing}, "
-                f"expected {columns}"
+                f"expected {columns} (the gold content table)"
             )
-        frame = items.drop_duplicates(self.item_column).set_index(self.item_column)
-        frame = frame.reindex(pd.Index(train.items))  # catalogue order
-        self.vectors_, _ = content_vectors(
-            frame, self.text_columns, self.genre_column, min_df=self.min_df
+        self.vectors_ = vectors_from_lists(
+            items.drop_duplicates(self.item_column).set_index(self.item_column),
+            pd.Index(train.items),
+            terms=self.terms_column,
+            weights=self.weights_column,
         )
 
     def _score_rows(self, rows: sp.csr_matrix, users: np.ndarray | None) -> np.ndarray:
@@ -332,6 +330,41 @@ def content_vectors(
     vectorizer = TfidfVectorizer(min_df=min_df)
     vectors = sp.csr_matrix(vectorizer.fit_transform(text.to_numpy()))
     return vectors, vectorizer.get_feature_names_out()
+
+
+def vectors_from_lists(
+    frame: pd.DataFrame, catalogue: pd.Index, *, terms: str, weights: str
+) -> sp.csr_matrix:
+    """Rows in `catalogue` order from per-item lists of terms and weights.
+
+    Columns are the distinct terms sorted, TfidfVectorizer's vocabulary order,
+    so rows equal `content_vectors`' entry for entry. An item absent from
+    `frame`, or with a missing list, gets an empty row.
+    """
+    frame = frame.reindex(catalogue)
+    term_lists = [_listed(t) for t in frame[terms]]
+    weight_lists = [_listed(w) for w in frame[weights]]
+    sizes = [len(t) for t in term_lists]
+    if sizes != [len(w) for w in weight_lists]:
+        raise SchemaError(f"content: the {terms} and {weights} lists differ in length")
+    every = [str(t) for row in term_lists for t in row]
+    vocabulary = np.unique(np.asarray(every, dtype=object).astype(str))
+    return sp.csr_matrix(
+        (
+            np.asarray([w for row in weight_lists for w in row], np.float64),
+            np.searchsorted(vocabulary, np.asarray(every, dtype=str)).astype(np.int64),
+            np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        ),
+        shape=(len(catalogue), len(vocabulary)),
+    )
+
+
+def _listed(value: object) -> list[object]:
+    """A list cell as a list; a missing one (None, NaN after a reindex) as []."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    listed: list[object] = list(value)  # type: ignore[call-overload]
+    return listed
 
 
 def normalise_per_user(scores: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
@@ -392,7 +425,7 @@ class Hybrid(_Base):
     Without validation every component weighs 1.
     """
 
-    requirements = ("numpy", "scipy", "implicit", "threadpoolctl", "scikit-learn")
+    requirements = ("numpy", "scipy", "implicit", "threadpoolctl")
 
     def __init__(
         self,
