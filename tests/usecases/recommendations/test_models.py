@@ -25,6 +25,7 @@ from aistack.usecases.recommendations.models import (
     ItemKNN,
     Popularity,
     UserEASE,
+    normalise_per_user,
     reference_models,
 )
 
@@ -137,6 +138,19 @@ def test_the_hybrid_is_at_least_the_best_single_model_on_valid(
     assert isinstance(hybrid, Hybrid)
     assert hybrid.validation_ndcg_["Hybrid"] == pytest.approx(valid_ndcg["Hybrid"])
     assert set(hybrid.get_params()["components"]) == set(singles)  # type: ignore[arg-type]
+
+
+def test_scores_are_scaled_over_the_unseen_items_by_hand() -> None:
+    """Row [9, 1, 2, 3] with item 0 seen: unseen 1, 2, 3 have mean 2 and
+    standard deviation sqrt(2/3); min-max maps them onto 0, 0.5, 1."""
+    scores = np.array([[9.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 5.0]])
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 0]]))
+    z = normalise_per_user(scores, seen)
+    np.testing.assert_allclose(z[0], (scores[0] - 2.0) / np.sqrt(2 / 3))
+    assert np.array_equal(z[1], np.zeros(4))  # a constant row
+    span = normalise_per_user(scores, seen, how="minmax")
+    np.testing.assert_allclose(span[0], [4.0, 0.0, 0.5, 1.0])
+    assert Hybrid([]).get_params()["normalise"] == "zscore"
 
 
 def test_fitting_twice_with_a_seed_gives_the_same_scores(splits: tuple) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -367,17 +367,27 @@ def _listed(value: object) -> list[object]:
     return listed
 
 
-def normalise_per_user(scores: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
-    """Min-max each row to [0, 1] over the items the user has not seen.
+def normalise_per_user(
+    scores: np.ndarray,
+    seen: sp.csr_matrix,
+    *,
+    how: Literal["zscore", "minmax"] = "zscore",
+) -> np.ndarray:
+    """Put each row on a common scale over the items the user has not seen.
 
-    Seen items are ranked out anyway; leaving them in would let one huge
-    score (EASE on a train item) squash the rest. A constant row becomes 0.
+    zscore: (score - mean) / standard deviation; minmax: onto [0, 1]. Seen
+    items are ranked out anyway; leaving them in would let one huge score
+    (EASE on a train item) squash the rest. A constant row becomes 0.
     """
     candidates = np.array(scores, dtype=np.float64)
     coo = seen.tocoo()
     candidates[coo.row, coo.col] = np.nan
-    low = np.nanmin(candidates, axis=1, keepdims=True)
-    span = np.nanmax(candidates, axis=1, keepdims=True) - low
+    if how == "zscore":
+        low = np.nanmean(candidates, axis=1, keepdims=True)
+        span = np.nanstd(candidates, axis=1, keepdims=True)
+    else:
+        low = np.nanmin(candidates, axis=1, keepdims=True)
+        span = np.nanmax(candidates, axis=1, keepdims=True) - low
     span[~(span > 0)] = np.inf
     return np.asarray((scores - low) / span)
 
@@ -416,13 +426,15 @@ def _candidate_objective(
 
 
 class Hybrid(_Base):
-    """A weighted blend of other models' per-user min-max normalised scores.
+    """A weighted blend of other models' scores, each put on a per-user scale.
 
     The weights maximise NDCG@k on `validation` (never the test split) by
     coordinate ascent over `grid`, starting from the best single model with
     weight 1, for at most `sweeps` passes (it stops at a pass that gains
     nothing), so on validation the blend is never below its best component.
-    Without validation every component weighs 1.
+    Without validation every component weighs 1. `normalise` is how each
+    user's scores are scaled before blending (`normalise_per_user`): z-scores
+    held out better than min-max on validation (`bench/recommendations_tuning.py`).
     """
 
     requirements = ("numpy", "scipy", "implicit", "threadpoolctl")
@@ -435,6 +447,7 @@ class Hybrid(_Base):
         grid: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0),
         sweeps: int = 6,
         k: int = 10,
+        normalise: Literal["zscore", "minmax"] = "zscore",
     ) -> None:
         """components: (name, unfitted model) pairs; validation: held-out positives."""
         self.components = components
@@ -442,6 +455,7 @@ class Hybrid(_Base):
         self.grid = grid
         self.sweeps = sweeps
         self.k = k
+        self.normalise = normalise
 
     def fit(
         self,
@@ -469,7 +483,10 @@ class Hybrid(_Base):
         seen = train.matrix[users]
         excluded = seen.toarray() > 0
         blocks = np.stack(
-            [normalise_per_user(m.score(users), seen) for m in self.models_]
+            [
+                normalise_per_user(m.score(users), seen, how=self.normalise)
+                for m in self.models_
+            ]
         ).astype(np.float32)  # float32: the search's time is in this product
         blocks[:, excluded] = 0.0  # ranked out below; keeps 0 x value finite
         penalty = np.where(excluded, -np.inf, 0.0).astype(np.float32)
@@ -517,7 +534,7 @@ class Hybrid(_Base):
                     if users is not None
                     else model.score_items(rows.indices)
                 )
-                total += weight * normalise_per_user(raw, rows)
+                total += weight * normalise_per_user(raw, rows, how=self.normalise)
         return total
 
     def get_params(self) -> dict[str, object]:
@@ -527,6 +544,7 @@ class Hybrid(_Base):
             "grid": list(self.grid),
             "sweeps": self.sweeps,
             "k": self.k,
+            "normalise": self.normalise,
         }
 
 
