@@ -24,6 +24,22 @@ NDCG@10 on the other half, both halves, mean of the four splits: min-max
 0.2720 (0.2679 / 0.2638 0.2792 0.2770), z-scores 0.2729 (0.2682 / 0.2642
 0.2808 0.2783), the default.
 
+Tried on the same four splits and not taken (ad-hoc scripts, not kept; mean
+valid NDCG@10, single models unless said): RP3beta 0.212-0.237 (alpha
+0.6-1.0, beta 0.2-0.5); GF-CF (Shen et al. 2021, 64 singular vectors,
+sqrt(rating)) 0.2578, and as a seventh hybrid component 0.2735 against
+0.2729 on the held-out halves (two splits up, one down); EASE on
+time-smoothed co-rating popularity blended in, 0.2686 at best (weight 0);
+EASE on rating sessions (gaps over an hour) mixed half with user rows
+0.2701 against 0.2686 (would need timestamps in the interactions); EASE with
+rows scaled by activity ** -0.25 0.2681; EASE power 0.3 / 0.7 0.2675 /
+0.2671; UserEASE power 0.3 0.2698; ALS 128 factors 0.2707, 30 iterations
+0.2700, alpha 2 0.2570; for the hybrid (held-out halves): one blend per
+user-activity tercile 0.2703, per half 0.2730, reciprocal-rank fusion 0.2701,
+per-user softmax 0.2708, weights searched on NDCG@10 and @20 0.2727, a
+LightGBM reranker (lambdarank or binary) over the components' top 50 0.2587 /
+0.2637 (below the single models on half the users).
+
     .venv/bin/python bench/recommendations_tuning.py [--seed 2020] [--blend-only]
 """
 
