@@ -23,6 +23,7 @@ import pytest
 from aistack.api.auth import API_PRINCIPAL
 from aistack.api.ranking import RECOMMENDATION_LOG_SCHEMA
 from aistack.contract import get_any_use_case
+from aistack.features.derived import TRANSFORM_KEY
 from aistack.governance.audit import audit_path, verify
 from aistack.governance.audit import read as read_audit
 from aistack.governance.principals import Policy, Principal, hash_token, new_token
@@ -89,7 +90,9 @@ def test_gold_tables_hold_history_popularity_and_content(trained) -> None:
     assert ws.lake.rows(names["item_popularity"]) == 1682
     assert ws.lake.rows(names["item_content"]) == 1682
     ratings = ws.lake.version("silver.ratings")
-    assert ws.lake.last_inputs(names["user_history"]) == {"silver.ratings": ratings}
+    inputs = ws.lake.last_inputs(names["user_history"])
+    assert inputs is not None and inputs.pop(TRANSFORM_KEY)
+    assert inputs == {"silver.ratings": ratings}
     # by hand from the raw file: user 1's ratings in time order, Star Wars' windows
     raw = raw_ratings()
     history = ws.lake.read(names["user_history"]).to_pandas().set_index("user_id")
