@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from aistack.contract import (
     Feature,
     FeatureView,
     Gates,
+    GoldTable,
     RankingUseCase,
     Split,
     UseCase,
@@ -39,6 +41,12 @@ def test_the_shipped_use_cases_are_registered() -> None:
     assert {"fraud", "patient_risk"} <= set(LABELLED) and "recommendations" in RANKING
 
 
+def replace_gold(
+    gold: GoldTable, name: str, key: tuple[str, ...], inputs: dict | None = None
+) -> GoldTable:
+    return dataclasses.replace(gold, name=name, key=key, inputs=inputs or gold.inputs)
+
+
 @pytest.mark.parametrize("name", RANKING)
 def test_ranking_use_case_contract(name: str) -> None:
     uc = get_any_use_case(name)
@@ -63,6 +71,24 @@ def test_ranking_use_case_contract(name: str) -> None:
         elsewhere = dataclasses.replace(uc.gold[0], inputs={"x": "silver.nowhere"})
         with pytest.raises(DeclarationError, match="reads undeclared"):
             dataclasses.replace(uc, gold=(elsewhere,))
+    declared = {g.name: g for g in uc.gold}
+    for role, table in (("history", uc.history), ("item_features", uc.item_features)):
+        if table is not None:  # training reads it: a declared gold table
+            assert declared[table].key == (
+                (uc.user,) if role == "history" else (uc.item,)
+            )
+    with pytest.raises(DeclarationError, match="history 'nowhere' is not a declared"):
+        dataclasses.replace(uc, history="nowhere")
+    by_item = replace_gold(uc.gold[0], "by_item", (uc.item,))
+    with pytest.raises(DeclarationError, match=re.escape(f"expected ({uc.user!r},)")):
+        dataclasses.replace(uc, gold=(*uc.gold, by_item), history="by_item")
+    by_user = replace_gold(uc.gold[0], "by_user", (uc.user,))
+    with pytest.raises(DeclarationError, match="item_features 'by_user' is keyed"):
+        dataclasses.replace(uc, gold=(*uc.gold, by_user), item_features="by_user")
+    if uc.items:  # a history must read the interactions it stands in for
+        other = replace_gold(uc.gold[0], "other", (uc.user,), {"x": uc.items})
+        with pytest.raises(DeclarationError, match="does not read silver"):
+            dataclasses.replace(uc, gold=(*uc.gold, other), history="other")
 
 
 @pytest.mark.parametrize("name", LABELLED)

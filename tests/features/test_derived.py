@@ -10,7 +10,11 @@ import pytest
 
 from aistack.contract import GoldTable
 from aistack.errors import ConfigError, DeclarationError, SchemaError
-from aistack.features.derived import build_derived
+from aistack.features.derived import (
+    TRANSFORM_KEY,
+    build_derived,
+    transform_fingerprint,
+)
 from aistack.lake.delta import Lake
 
 
@@ -36,7 +40,10 @@ def test_a_build_writes_the_transform_with_its_lineage(lake: Lake) -> None:
         {"user": 1, "n": 2},
         {"user": 2, "n": 1},
     ]
-    assert lake.last_inputs("gold.uc_counts") == {"silver.ratings": 0}
+    assert lake.last_inputs("gold.uc_counts") == {
+        "silver.ratings": 0,
+        TRANSFORM_KEY: transform_fingerprint(per_user),
+    }
 
 
 def test_a_rebuild_on_the_same_inputs_writes_nothing(lake: Lake) -> None:
@@ -54,7 +61,10 @@ def test_a_new_silver_version_rebuilds_the_whole_table(lake: Lake) -> None:
     built = build_derived(lake, GOLD, table="gold.uc_counts")
     assert built.version == 1 and built.new_rows == 3
     assert lake.rows("gold.uc_counts") == 3
-    assert lake.last_inputs("gold.uc_counts") == {"silver.ratings": 1}
+    assert lake.last_inputs("gold.uc_counts") == {
+        "silver.ratings": 1,
+        TRANSFORM_KEY: transform_fingerprint(per_user),
+    }
     first = lake.read("gold.uc_counts", version=0).num_rows
     assert first == 2  # the earlier build stays readable (time travel)
     commit = json.loads(
@@ -63,6 +73,22 @@ def test_a_new_silver_version_rebuilds_the_whole_table(lake: Lake) -> None:
         .splitlines()[0]
     )
     assert "silver.ratings" in json.dumps(commit)
+
+
+def per_item(ratings: pl.DataFrame) -> pl.DataFrame:
+    return ratings.group_by("user").agg(pl.col("item").n_unique()).sort("user")
+
+
+def test_a_changed_transform_rebuilds_on_the_same_inputs(lake: Lake) -> None:
+    """Same silver versions, other code (a table's columns may have changed):
+    the table is rebuilt, then a re-run writes nothing again."""
+    build_derived(lake, GOLD, table="gold.uc_counts")
+    changed = GoldTable("counts", per_item, GOLD.inputs, ("user",))
+    built = build_derived(lake, changed, table="gold.uc_counts")
+    assert not built.skipped and built.version == 1
+    assert lake.read("gold.uc_counts").column_names == ["user", "item"]
+    assert build_derived(lake, changed, table="gold.uc_counts").skipped
+    assert transform_fingerprint(per_item) != transform_fingerprint(per_user)
 
 
 def test_a_repeated_key_and_a_missing_input_are_named(lake: Lake) -> None:

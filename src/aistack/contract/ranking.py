@@ -50,8 +50,13 @@ class RankingUseCase:
     `build(seed)` returns a recommender (`aistack.training.ranking.Recommender`:
     fit / score / score_items). The default split is RecBole's: each user's
     interactions in random order, cut 8:1:1. `gold` tables are derived from
-    silver before training (`gold_table_name` names them). `alerts` are
-    checked by `aistack monitor` on the served answers (signals
+    silver before training (`gold_table_name` names them). Three of them may
+    stand in for silver, named by their short names: `history` (one row per
+    `user`, the `item`, `timestamp` and `weight` columns as lists) is what
+    training splits and fits on; `item_features` (one row per `item`) is the
+    item frame models get; `popularity` (a gold table and its count column,
+    one row per `item`) is what the monitor compares shown items by. `alerts`
+    are checked by `aistack monitor` on the served answers (signals
     `popularity_psi`, `coverage_drop`); `guards` judge a canary in the server,
     its "scores" being the popularity of the items each arm shows.
     """
@@ -73,6 +78,9 @@ class RankingUseCase:
     k: int = 10
     task: str = "ranking"
     gold: tuple[GoldTable, ...] = ()
+    history: str | None = None
+    item_features: str | None = None
+    popularity: tuple[str, str] | None = None
     alerts: tuple[AlertRule, ...] = ()
     guards: RolloutGuards = field(default_factory=RolloutGuards)
 
@@ -104,6 +112,7 @@ class RankingUseCase:
                 )
                 raise DeclarationError(msg)
         self._check_gold(set(silver))
+        self._check_gold_roles()
         self._check_alerts()
         if self.split is None:
             split = Split(kind="group", group=self.user, fractions=(0.8, 0.1, 0.1))
@@ -124,6 +133,38 @@ class RankingUseCase:
             if undeclared:
                 msg = f"{self.name}: gold {gold.name} reads undeclared {undeclared}"
                 raise DeclarationError(msg)
+
+    def _check_gold_roles(self) -> None:
+        """`history`, `item_features`, `popularity` name gold tables with the
+        right key; the history reads the interactions it stands in for."""
+        declared = {g.name: g for g in self.gold}
+        popularity = self.popularity[0] if self.popularity else None
+        for role, name, key in (
+            ("history", self.history, self.user),
+            ("item_features", self.item_features, self.item),
+            ("popularity", popularity, self.item),
+        ):
+            if name is None:
+                continue
+            if name not in declared:
+                msg = (
+                    f"{self.name}: {role} {name!r} is not a declared gold table "
+                    f"(declared: {', '.join(declared) or 'none'})"
+                )
+                raise DeclarationError(msg)
+            if declared[name].key != (key,):
+                msg = (
+                    f"{self.name}: {role} {name!r} is keyed by "
+                    f"{declared[name].key}, expected ({key!r},)"
+                )
+                raise DeclarationError(msg)
+        history = declared[self.history] if self.history else None
+        if history and self.interactions not in history.inputs.values():
+            msg = (
+                f"{self.name}: history {self.history!r} does not read "
+                f"{self.interactions}, the interactions it stands in for"
+            )
+            raise DeclarationError(msg)
 
     def _check_alerts(self) -> None:
         """Alert rules watch signals a ranking monitor observes."""
@@ -149,6 +190,28 @@ class RankingUseCase:
     def gold_table_name(self, gold: GoldTable) -> str:
         """Delta table name of a declared gold table."""
         return f"gold.{self.name}_{gold.name}"
+
+    def _gold_named(self, name: str) -> str:
+        return self.gold_table_name(next(g for g in self.gold if g.name == name))
+
+    @property
+    def interactions_table(self) -> str:
+        """The table training reads interactions from: gold history, else silver."""
+        return self._gold_named(self.history) if self.history else self.interactions
+
+    @property
+    def items_table(self) -> str | None:
+        """The item frame's table: gold item features, else silver items, or None."""
+        if self.item_features:
+            return self._gold_named(self.item_features)
+        return self.items
+
+    @property
+    def popularity_table(self) -> tuple[str, str] | None:
+        """(gold table, count column) of item popularity, None if not declared."""
+        if self.popularity is None:
+            return None
+        return self._gold_named(self.popularity[0]), self.popularity[1]
 
     @property
     def recommendations_table(self) -> str:

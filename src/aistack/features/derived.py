@@ -1,12 +1,17 @@
 """Gold tables a use case derives whole from silver by one pure transform.
 
 The transform sees its silver inputs at their current versions; the table is
-overwritten with its result and the versions go on the commit (lineage). When
-the latest commit already holds the same versions nothing is read or written,
-so a re-run on the same inputs changes nothing.
+overwritten with its result and the versions go on the commit (lineage), with
+a fingerprint of the transform's source. When the latest commit already holds
+the same versions and fingerprint nothing is read or written, so a re-run on
+the same inputs changes nothing, and a changed transform rebuilds the table.
 """
 
 from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
 
 import polars as pl
 
@@ -15,6 +20,18 @@ from aistack.errors import ConfigError, SchemaError
 from aistack.features.gold import GoldResult
 from aistack.lake.delta import Lake
 
+TRANSFORM_KEY = "transform"
+"""Key of the transform's fingerprint among a gold commit's inputs."""
+
+
+def transform_fingerprint(transform: Callable[..., object]) -> str:
+    """SHA-256 of the transform's source (its qualified name if it has none)."""
+    try:
+        source = inspect.getsource(transform)
+    except (OSError, TypeError):
+        source = getattr(transform, "__qualname__", repr(transform))
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
 
 def build_derived(lake: Lake, gold: GoldTable, *, table: str) -> GoldResult:
     """Write `table` from `gold`'s transform, unless its inputs did not change."""
@@ -22,7 +39,11 @@ def build_derived(lake: Lake, gold: GoldTable, *, table: str) -> GoldResult:
     missing = sorted(set(gold.inputs.values()) - set(lineage))
     if missing:
         raise ConfigError(f"{table}: input {', '.join(missing)} does not exist yet")
-    if lake.last_inputs(table) == lineage:
+    inputs: dict[str, int | str] = {
+        **lineage,
+        TRANSFORM_KEY: transform_fingerprint(gold.transform),
+    }
+    if lake.last_inputs(table) == inputs:
         return GoldResult(table, lake.version(table), 0, skipped=True)
     frames = {
         parameter: pl.from_arrow(lake.read(source, version=lineage[source]))
@@ -34,7 +55,7 @@ def build_derived(lake: Lake, gold: GoldTable, *, table: str) -> GoldResult:
         msg = f"{table}: the transform returned {kind}, expected a polars DataFrame"
         raise SchemaError(msg)
     _check_key(table, result, gold.key)
-    version = lake.write(table, result.to_arrow(), mode="overwrite", inputs=lineage)
+    version = lake.write(table, result.to_arrow(), mode="overwrite", inputs=inputs)
     return GoldResult(table, version, result.height, skipped=False)
 
 

@@ -3,7 +3,8 @@
 Read from the recommendation log (`RankingUseCase.log_table`, one row per
 answer of the ranking API). Per day: answers, distinct users, cold-start share,
 catalogue coverage (distinct items shown / items in the catalogue) and the mean
-popularity of the items shown (their interaction count in silver). Popularity
+popularity of the items shown (their interaction count: the use case's gold
+popularity table when it declares one, else counted in silver). Popularity
 drift is the PSI of the shown items' popularity against the champion's batch
 top-K (`RankingUseCase.recommendations_table`, every known user), over that
 reference's quantile bins: a model or a traffic mix drifting towards
@@ -35,6 +36,7 @@ from aistack.htmlpage import RC, figure, header, svg, table, write_page
 from aistack.monitoring.alerts import AlertEvent, evaluate_alerts, latest_alerts
 from aistack.monitoring.drift import psi_sorted
 from aistack.monitoring.report import alerts_section
+from aistack.sql import quote
 from aistack.workspace import Workspace
 
 POPULARITY_BINS = 10
@@ -61,12 +63,20 @@ class RecommendationMonitor:
 
 
 def _popularity(ws: Workspace, uc: RankingUseCase) -> pd.Series:
-    """Interactions per item (silver), the popularity of each item id."""
-    con = ws.lake.connect(ws.lake.versions([uc.interactions]))
-    item = f'"{uc.item}"'
-    counts = con.sql(
-        f"SELECT {item} AS item, count(*) AS n FROM {uc.interactions} GROUP BY 1"
-    ).to_df()
+    """Interactions per interacted item id: the use case's gold popularity
+    table when it declares one, else counted in silver (the same counts)."""
+    item = quote(uc.item)
+    if uc.popularity_table is None:
+        table, query = uc.interactions, f"count(*) AS n FROM {uc.interactions}"
+        query = f"SELECT {item} AS item, {query} GROUP BY 1"
+    else:
+        table, column = uc.popularity_table
+        query = (
+            f"SELECT {item} AS item, {quote(column)} AS n FROM {table} "
+            f"WHERE {quote(column)} > 0"
+        )
+    con = ws.lake.connect(ws.lake.versions([table]))
+    counts = con.sql(query).to_df()
     series: pd.Series = counts.set_index("item")["n"]
     return series
 

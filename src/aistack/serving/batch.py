@@ -162,7 +162,8 @@ def score_recommendations(
     if version is None:
         raise RegistryError(f"model {use_case.name!r} has no champion to score with")
     table = use_case.recommendations_table
-    tables = [use_case.interactions, *([use_case.items] if use_case.items else [])]
+    items = use_case.items_table
+    tables = [use_case.interactions_table, *([items] if items else [])]
     inputs: dict[str, int | str] = {
         **lake.versions(tables),
         "model": f"{use_case.name}/{version}",

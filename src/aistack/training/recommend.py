@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 
 from aistack.contract import RankingUseCase, Trainer
+from aistack.errors import ConfigError
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
 from aistack.registry.artifacts import load_model
@@ -119,17 +120,33 @@ class RankingData:
 
 
 def load_ranking_data(lake: Lake, uc: RankingUseCase, *, seed: int) -> RankingData:
-    """Silver interactions (and items) at their current versions, split per user."""
-    tables = [uc.interactions, *([uc.items] if uc.items else [])]
+    """Interactions (and items) at their current versions, split per user.
+
+    They come from the gold tables the use case names (`history`,
+    `item_features`), else from silver; either way the rows are ordered by
+    user, time and item before the split, so the same ratings give the same
+    split. The tables read, at their versions, are the lineage.
+    """
+    tables = [uc.interactions_table, *([uc.items_table] if uc.items_table else [])]
     lineage = lake.versions(tables)
+    missing = [t for t in tables if t not in lineage]
+    if missing:
+        msg = f"{uc.name}: {', '.join(missing)} does not exist yet (run the gold stage)"
+        raise ConfigError(msg)
     con = lake.connect(lineage)
     columns = [uc.user, uc.item, uc.timestamp, *([uc.weight] if uc.weight else [])]
-    select = ", ".join(quote(c) for c in columns)
+    if uc.history:  # one row per user, the interaction columns as lists
+        lists = columns[1:]
+        select = ", ".join(
+            [quote(uc.user), *(f"unnest({quote(c)}) AS {quote(c)}" for c in lists)]
+        )
+    else:
+        select = ", ".join(quote(c) for c in columns)
     frame = con.sql(
-        f"SELECT {select} FROM {uc.interactions} "
+        f"SELECT * FROM (SELECT {select} FROM {uc.interactions_table}) "
         f"ORDER BY {quote(uc.user)}, {quote(uc.timestamp)}, {quote(uc.item)}"
     ).df()
-    items = con.sql(f"SELECT * FROM {uc.items}").df() if uc.items else None
+    items = con.sql(f"SELECT * FROM {uc.items_table}").df() if uc.items_table else None
     assert uc.split is not None
     used_seed = uc.split.seed if uc.split.seed is not None else seed
     parts = split_per_user(frame, uc.user, uc.fractions, seed=used_seed)

@@ -14,7 +14,7 @@ from aistack.usecases.recommendations.gold import (
     item_popularity,
     user_history,
 )
-from aistack.usecases.recommendations.models import ContentTFIDF
+from aistack.usecases.recommendations.models import ContentTFIDF, content_vectors
 
 END = datetime(1998, 4, 22, 12)
 
@@ -53,12 +53,15 @@ def test_history_is_in_time_order_ties_by_item() -> None:
         [(1, 30, 1.0, END), (1, 20, 2.0, END), (1, 40, 3.0, END - timedelta(1))]
     )
     (row,) = user_history(frame).rows(named=True)
-    assert row["items"] == [40, 20, 30] and row["ratings"] == [3.0, 2.0, 1.0]
+    assert row["item_id"] == [40, 20, 30] and row["rating"] == [3.0, 2.0, 1.0]
+    assert row["rated_at"] == [END - timedelta(1), END, END]
     assert row["n_ratings"] == 3 and row["mean_rating"] == 2.0
     assert row["first_rated_at"] == END - timedelta(1) and row["last_rated_at"] == END
 
 
 def test_content_vectors_are_the_content_models() -> None:
+    """The content model fitted on the gold table holds exactly the TF-IDF
+    rows of the movies' text, in catalogue order; a movie absent is empty."""
     movies = pl.DataFrame(
         {
             "item_id": [2, 1, 3],
@@ -68,17 +71,16 @@ def test_content_vectors_are_the_content_models() -> None:
     )
     got = item_content(movies).to_pandas().set_index("item_id")
     assert list(got.index) == [1, 2, 3]
+    assert "genre_scifi" in got.loc[2, "terms"]
     train = Interactions.from_frame(
         pd.DataFrame({"user_id": [1], "item_id": [1]}),
         "user_id",
         "item_id",
-        items=np.array([1, 2, 3]),
+        items=np.array([1, 2, 3, 4]),
     )
-    model = ContentTFIDF().fit(train, movies.to_pandas())
-    for row, item in enumerate((1, 2, 3)):
-        expected = model.vectors_[row].toarray().ravel()
-        assert np.count_nonzero(expected) == len(got.loc[item, "terms"])
-        np.testing.assert_allclose(
-            sorted(expected[expected > 0]), sorted(got.loc[item, "weights"])
-        )
-    assert "genre_scifi" in got.loc[2, "terms"]
+    model = ContentTFIDF().fit(train, got.reset_index())
+    text = movies.sort("item_id").to_pandas().set_index("item_id")
+    expected, terms = content_vectors(text, ("title",), "genres")
+    assert model.vectors_.shape == (4, len(terms))
+    assert np.array_equal(model.vectors_[:3].toarray(), expected.toarray())
+    assert model.vectors_[3].nnz == 0

@@ -15,6 +15,7 @@ from aistack.usecases.recommendations.data import (
     ml100k_folder,
     recbole_splits,
 )
+from aistack.usecases.recommendations.gold import content_frame
 from aistack.usecases.recommendations.models import (
     ALS,
     EASE,
@@ -24,6 +25,7 @@ from aistack.usecases.recommendations.models import (
     ItemKNN,
     Popularity,
     UserEASE,
+    normalise_per_user,
     reference_models,
 )
 
@@ -39,12 +41,15 @@ def splits(movielens: MovieLens) -> tuple[Interactions, Interactions, Interactio
 
 
 @pytest.fixture(scope="module")
-def fitted(movielens: MovieLens, splits: tuple) -> dict[str, object]:
+def content(movielens: MovieLens) -> pd.DataFrame:
+    """The gold content table of the movies: the item frame training passes."""
+    return content_frame(movielens.items)
+
+
+@pytest.fixture(scope="module")
+def fitted(content: pd.DataFrame, splits: tuple) -> dict[str, object]:
     train, valid, _ = splits
-    return {
-        name: model.fit(train, movielens.items)
-        for name, model in reference_models(valid)
-    }
+    return {name: model.fit(train, content) for name, model in reference_models(valid)}
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +140,19 @@ def test_the_hybrid_is_at_least_the_best_single_model_on_valid(
     assert set(hybrid.get_params()["components"]) == set(singles)  # type: ignore[arg-type]
 
 
+def test_scores_are_scaled_over_the_unseen_items_by_hand() -> None:
+    """Row [9, 1, 2, 3] with item 0 seen: unseen 1, 2, 3 have mean 2 and
+    standard deviation sqrt(2/3); min-max maps them onto 0, 0.5, 1."""
+    scores = np.array([[9.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 5.0]])
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 0]]))
+    z = normalise_per_user(scores, seen)
+    np.testing.assert_allclose(z[0], (scores[0] - 2.0) / np.sqrt(2 / 3))
+    assert np.array_equal(z[1], np.zeros(4))  # a constant row
+    span = normalise_per_user(scores, seen, how="minmax")
+    np.testing.assert_allclose(span[0], [4.0, 0.0, 0.5, 1.0])
+    assert Hybrid([]).get_params()["normalise"] == "zscore"
+
+
 def test_fitting_twice_with_a_seed_gives_the_same_scores(splits: tuple) -> None:
     train, _, _ = splits
     users = np.arange(50)
@@ -155,7 +173,7 @@ def test_user_ease_beats_popularity_on_valid_and_is_deterministic(
 
 
 def test_a_user_without_train_interactions_gets_popularity(
-    movielens: MovieLens, splits: tuple
+    content: pd.DataFrame, splits: tuple
 ) -> None:
     train, _, _ = splits
     matrix = train.matrix.tolil()
@@ -163,7 +181,7 @@ def test_a_user_without_train_interactions_gets_popularity(
     cold = Interactions(sp.csr_matrix(matrix), train.users, train.items)
     popularity = Popularity().fit(cold, None).score(np.array([0]))
     for name, model in reference_models(None):
-        scores = model.fit(cold, movielens.items).score(np.array([0, 1]))
+        scores = model.fit(cold, content).score(np.array([0, 1]))
         assert scores.shape == (2, cold.n_items), name
         if name != "Hybrid":
             assert np.array_equal(scores[:1], popularity), name
@@ -192,7 +210,7 @@ def test_content_needs_the_item_frame(splits: tuple) -> None:
 
 def test_every_model_names_its_requirements_and_params() -> None:
     assert REQUIREMENTS["ALS"] == ("numpy", "scipy", "implicit", "threadpoolctl")
-    assert "scikit-learn" in REQUIREMENTS["ContentTFIDF"]
+    assert REQUIREMENTS["ContentTFIDF"] == ("numpy", "scipy")  # vectors, no sklearn
     assert EASE(reg=10.0).get_params() == {"reg": 10.0, "power": 0.5}
     assert set(REQUIREMENTS) == {
         "Popularity",
@@ -225,12 +243,12 @@ def test_the_splits_carry_ratings_and_power_zero_ignores_them(splits: tuple) -> 
     assert np.array_equal(on_ratings, on_binary)
 
 
-def test_the_other_models_ignore_ratings(movielens: MovieLens, splits: tuple) -> None:
+def test_the_other_models_ignore_ratings(content: pd.DataFrame, splits: tuple) -> None:
     train, _, _ = splits
     users = np.arange(30)
     for model in (Popularity, ItemKNN, ContentTFIDF):
-        on_ratings = model().fit(train, movielens.items).score(users)
-        on_binary = model().fit(binary(train), movielens.items).score(users)
+        on_ratings = model().fit(train, content).score(users)
+        on_binary = model().fit(binary(train), content).score(users)
         np.testing.assert_allclose(on_ratings, on_binary, atol=1e-12)
 
 

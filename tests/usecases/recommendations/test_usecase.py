@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import mlflow
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -20,12 +23,13 @@ import pytest
 from aistack.api.auth import API_PRINCIPAL
 from aistack.api.ranking import RECOMMENDATION_LOG_SCHEMA
 from aistack.contract import get_any_use_case
+from aistack.features.derived import TRANSFORM_KEY
 from aistack.governance.audit import audit_path, verify
 from aistack.governance.audit import read as read_audit
 from aistack.governance.principals import Policy, Principal, hash_token, new_token
 from aistack.monitoring.alerts import firing
 from aistack.monitoring.ranking import ranking_ab_test
-from aistack.monitoring.recommendations import monitor_recommendations
+from aistack.monitoring.recommendations import _popularity, monitor_recommendations
 from aistack.monitoring.trace import trace
 from aistack.registry.rollout import (
     end_rollout,
@@ -34,8 +38,11 @@ from aistack.registry.rollout import (
     start_rollout,
 )
 from aistack.runner import run
-from aistack.training.tracking import tracking
+from aistack.training.ranking import top_k
+from aistack.training.recommend import load_ranking_data
+from aistack.training.tracking import LINEAGE_TAG, tracking
 from aistack.usecases.recommendations.data import ml100k_folder
+from aistack.usecases.recommendations.models import EASE, ContentTFIDF, content_vectors
 from conftest import make_workspace
 from governance.test_access import metrics_need_predict
 from servers import aistack_server
@@ -84,13 +91,15 @@ def test_gold_tables_hold_history_popularity_and_content(trained) -> None:
     assert ws.lake.rows(names["item_popularity"]) == 1682
     assert ws.lake.rows(names["item_content"]) == 1682
     ratings = ws.lake.version("silver.ratings")
-    assert ws.lake.last_inputs(names["user_history"]) == {"silver.ratings": ratings}
+    inputs = ws.lake.last_inputs(names["user_history"])
+    assert inputs is not None and inputs.pop(TRANSFORM_KEY)
+    assert inputs == {"silver.ratings": ratings}
     # by hand from the raw file: user 1's ratings in time order, Star Wars' windows
     raw = raw_ratings()
     history = ws.lake.read(names["user_history"]).to_pandas().set_index("user_id")
     mine = sorted((t, i) for u, i, _, t in raw if u == 1)
     assert history.loc[1, "n_ratings"] == len(mine) == 272
-    assert list(history.loc[1, "items"]) == [i for _, i in mine]
+    assert list(history.loc[1, "item_id"]) == [i for _, i in mine]
     as_of = max(t for *_, t in raw)
     star_wars = [t for _, i, _, t in raw if i == 50]
     popularity = ws.lake.read(names["item_popularity"]).to_pandas()
@@ -106,6 +115,49 @@ def test_gold_tables_hold_history_popularity_and_content(trained) -> None:
     )
     assert {"toy", "story", "genre_animation", "genre_comedy"} <= set(toy_story)
     assert sum(w * w for w in toy_story.values()) == pytest.approx(1.0)
+
+
+def test_training_reads_gold_and_ranks_exactly_as_from_silver(trained) -> None:
+    """Interactions from the gold history and content vectors from the gold
+    content table (real Delta tables, read back through DuckDB) give the same
+    split, matrices and item vectors as silver did, hence the same rankings;
+    the monitor's popularity from gold equals silver's counts; every run's
+    lineage names the gold tables at their versions."""
+    uc, ws, report = trained
+    seed = ws.settings.seed
+    gold = load_ranking_data(ws.lake, uc, seed=seed)
+    before = replace(uc, history=None, item_features=None, popularity=None)
+    silver = load_ranking_data(ws.lake, before, seed=seed)
+    tables = ["gold.recommendations_user_history", "gold.recommendations_item_content"]
+    assert gold.lineage == {t: ws.lake.version(t) for t in tables}
+    assert silver.lineage == ws.lake.versions(["silver.ratings", "silver.movies"])
+    assert gold.split == silver.split
+    for part in ("train", "valid", "test", "every"):
+        got, expected = getattr(gold, part), getattr(silver, part)
+        assert np.array_equal(got.users, expected.users), part
+        assert np.array_equal(got.items, expected.items), part
+        assert (got.matrix != expected.matrix).nnz == 0, part
+        assert got.matrix.dtype == expected.matrix.dtype, part
+    # the content model from gold holds the vectors it used to build from silver
+    content = ContentTFIDF().fit(gold.train, gold.items)
+    assert silver.items is not None
+    text = silver.items.set_index("item_id").reindex(gold.train.items)
+    vectors, _ = content_vectors(text, ("title",), "genres")
+    assert (content.vectors_ != vectors).nnz == 0
+    users = np.arange(gold.train.n_users)
+    for kind in (ContentTFIDF, EASE):
+        from_gold = kind().fit(gold.train, gold.items).score(users)
+        from_silver = kind().fit(silver.train, gold.items).score(users)
+        assert np.array_equal(top_k(from_gold, 10), top_k(from_silver, 10))
+    # the monitor's item popularity from gold is silver's count, item for item
+    from_gold, from_silver = _popularity(ws, uc), _popularity(ws, before)
+    assert from_gold.sort_index().equals(from_silver.sort_index().astype("int64"))
+    with tracking(ws.settings.mlflow_uri):
+        for candidate in report.candidates:
+            tags = mlflow.get_run(candidate.run_id).data.tags
+            for table in tables:
+                assert tags[f"{LINEAGE_TAG}.{table}"] == str(ws.lake.version(table))
+            assert not any(t.startswith(f"{LINEAGE_TAG}.silver") for t in tags)
 
 
 def test_a_rerun_on_the_same_inputs_trains_nothing(trained) -> None:

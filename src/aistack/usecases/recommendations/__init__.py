@@ -2,7 +2,9 @@
 
 Ratings, movies and users land in bronze, then silver under their contracts
 (bad rows quarantined, ratings checked against known users and movies), then
-gold (user history, item popularity windows, item content vectors). Every
+gold (user history, item popularity windows, item content vectors). Training
+reads the interactions from the gold user history and the item frame from the
+gold content vectors; the monitor reads item popularity from gold. Every
 model is trained on RecBole's split (each user's ratings in random order, cut
 8:1:1), evaluated by full ranking and gated on NDCG@10; the best passing one is
 champion, served top-K per user and written for every user in batch.
@@ -155,6 +157,9 @@ use_case = RankingUseCase(
             "item_content", item_content, {"movies": "silver.movies"}, ("item_id",)
         ),
     ),
+    history="user_history",
+    item_features="item_content",
+    popularity=("item_popularity", "ratings_all"),
     trainers=(
         Trainer(
             "popularity",

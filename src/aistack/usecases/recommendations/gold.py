@@ -1,16 +1,20 @@
 """Gold tables of the recommendations use case: pure transforms of silver.
 
 User history (each user's ratings in time order), item popularity over
-windows ending at the latest rating, and each movie's TF-IDF content vector
-(the vectors `ContentTFIDF` builds). They span every rating, test ones
-included, so the models under RecBole's protocol do not train on them; they
-serve look-ups and monitoring.
+windows ending at the latest rating, and each movie's TF-IDF content vector.
+They span every rating; the platform splits the history per user before
+training (so the models see only the train part, as from silver), the content
+model reads its vectors from the content table, and the monitor reads item
+popularity from the popularity table. The popularity counts hold valid and
+test ratings too, so no evaluated model reads them (the popularity model
+counts its train split instead).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+import pandas as pd
 import polars as pl
 
 from aistack.usecases.recommendations.models import content_vectors
@@ -20,7 +24,9 @@ WINDOWS_DAYS = (7, 30, 90)
 
 
 def user_history(ratings: pl.DataFrame) -> pl.DataFrame:
-    """One row per user: item ids and ratings in time order, counts, first/last."""
+    """One row per user: counts, first/last time, and the user's `item_id`,
+    `rated_at` and `rating` as lists in time order (ties by item): the
+    interaction columns of silver ratings, so training reads them back."""
     ordered = ratings.sort("user_id", "rated_at", "item_id")
     return (
         ordered.group_by("user_id", maintain_order=True)
@@ -29,8 +35,9 @@ def user_history(ratings: pl.DataFrame) -> pl.DataFrame:
             pl.col("rating").mean().alias("mean_rating"),
             pl.col("rated_at").min().alias("first_rated_at"),
             pl.col("rated_at").max().alias("last_rated_at"),
-            pl.col("item_id").alias("items"),
-            pl.col("rating").alias("ratings"),
+            pl.col("item_id"),
+            pl.col("rated_at"),
+            pl.col("rating"),
         )
         .with_columns(pl.col("n_ratings").cast(pl.Int64))
     )
@@ -89,3 +96,9 @@ def item_content(movies: pl.DataFrame) -> pl.DataFrame:
             "weights": pl.List(pl.Float64),
         },
     )
+
+
+def content_frame(movies: pd.DataFrame) -> pd.DataFrame:
+    """`item_content` of a pandas movie frame, as pandas: the item frame the
+    models get in training, for fitting outside a run (bench, tests)."""
+    return item_content(pl.from_pandas(movies)).to_pandas()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -266,40 +266,38 @@ class ALS(_Base):
 class ContentTFIDF(_Base):
     """Content-based: TF-IDF of title and genres, cosine to the user's profile.
 
-    A user's profile is the mean of the TF-IDF vectors of the items they have
-    (ratings ignored). Genres become single tokens (`genre_scifi`), so a
-    genre never matches a title word. Items without metadata score 0.
+    The vectors are read from the item frame, one list of terms and one of
+    weights per item (the gold content table, built by `content_vectors`), so
+    the model and the table cannot disagree. A user's profile is the mean of
+    the vectors of the items they have (ratings ignored). Items without a
+    vector score 0.
     """
-
-    requirements = ("numpy", "scipy", "scikit-learn")
 
     def __init__(
         self,
         item_column: str = "item_id",
-        text_columns: Sequence[str] = ("title",),
+        terms_column: str = "terms",
         *,
-        genre_column: str | None = "genres",
-        min_df: int = 1,
+        weights_column: str = "weights",
     ) -> None:
-        """The item frame's id, text and genre columns; min_df: vocabulary cut."""
+        """The item frame's id column and its lists of terms and of weights."""
         self.item_column = item_column
-        self.text_columns = text_columns
-        self.genre_column = genre_column
-        self.min_df = min_df
+        self.terms_column = terms_column
+        self.weights_column = weights_column
 
     def _fit(self, train: Interactions, items: pd.DataFrame | None) -> None:
-        columns = [self.item_column, *self.text_columns]
-        columns += [self.genre_column] if self.genre_column else []
+        columns = [self.item_column, self.terms_column, self.weights_column]
         missing = [c for c in columns if items is None or c not in items.columns]
         if items is None or missing:
             raise SchemaError(
                 f"ContentTFIDF: the item frame has no column {missing}, "
-                f"expected {columns}"
+                f"expected {columns} (the gold content table)"
             )
-        frame = items.drop_duplicates(self.item_column).set_index(self.item_column)
-        frame = frame.reindex(pd.Index(train.items))  # catalogue order
-        self.vectors_, _ = content_vectors(
-            frame, self.text_columns, self.genre_column, min_df=self.min_df
+        self.vectors_ = vectors_from_lists(
+            items.drop_duplicates(self.item_column).set_index(self.item_column),
+            pd.Index(train.items),
+            terms=self.terms_column,
+            weights=self.weights_column,
         )
 
     def _score_rows(self, rows: sp.csr_matrix, users: np.ndarray | None) -> np.ndarray:
@@ -334,17 +332,62 @@ def content_vectors(
     return vectors, vectorizer.get_feature_names_out()
 
 
-def normalise_per_user(scores: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
-    """Min-max each row to [0, 1] over the items the user has not seen.
+def vectors_from_lists(
+    frame: pd.DataFrame, catalogue: pd.Index, *, terms: str, weights: str
+) -> sp.csr_matrix:
+    """Rows in `catalogue` order from per-item lists of terms and weights.
 
-    Seen items are ranked out anyway; leaving them in would let one huge
-    score (EASE on a train item) squash the rest. A constant row becomes 0.
+    Columns are the distinct terms sorted, TfidfVectorizer's vocabulary order,
+    so rows equal `content_vectors`' entry for entry. An item absent from
+    `frame`, or with a missing list, gets an empty row.
+    """
+    frame = frame.reindex(catalogue)
+    term_lists = [_listed(t) for t in frame[terms]]
+    weight_lists = [_listed(w) for w in frame[weights]]
+    sizes = [len(t) for t in term_lists]
+    if sizes != [len(w) for w in weight_lists]:
+        raise SchemaError(f"content: the {terms} and {weights} lists differ in length")
+    every = [str(t) for row in term_lists for t in row]
+    vocabulary = np.unique(np.asarray(every, dtype=object).astype(str))
+    return sp.csr_matrix(
+        (
+            np.asarray([w for row in weight_lists for w in row], np.float64),
+            np.searchsorted(vocabulary, np.asarray(every, dtype=str)).astype(np.int64),
+            np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        ),
+        shape=(len(catalogue), len(vocabulary)),
+    )
+
+
+def _listed(value: object) -> list[object]:
+    """A list cell as a list; a missing one (None, NaN after a reindex) as []."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    listed: list[object] = list(value)  # type: ignore[call-overload]
+    return listed
+
+
+def normalise_per_user(
+    scores: np.ndarray,
+    seen: sp.csr_matrix,
+    *,
+    how: Literal["zscore", "minmax"] = "zscore",
+) -> np.ndarray:
+    """Put each row on a common scale over the items the user has not seen.
+
+    zscore: (score - mean) / standard deviation; minmax: onto [0, 1]. Seen
+    items are ranked out anyway; leaving them in would let one huge score
+    (EASE on a train item) squash the rest. A constant row becomes 0.
     """
     candidates = np.array(scores, dtype=np.float64)
     coo = seen.tocoo()
     candidates[coo.row, coo.col] = np.nan
-    low = np.nanmin(candidates, axis=1, keepdims=True)
-    span = np.nanmax(candidates, axis=1, keepdims=True) - low
+    if how == "zscore":
+        low = np.nanmean(candidates, axis=1, keepdims=True)
+        span = np.nanstd(candidates, axis=1, keepdims=True)
+    else:
+        low = np.nanmin(candidates, axis=1, keepdims=True)
+        span = np.nanmax(candidates, axis=1, keepdims=True) - low
     span[~(span > 0)] = np.inf
     return np.asarray((scores - low) / span)
 
@@ -383,16 +426,18 @@ def _candidate_objective(
 
 
 class Hybrid(_Base):
-    """A weighted blend of other models' per-user min-max normalised scores.
+    """A weighted blend of other models' scores, each put on a per-user scale.
 
     The weights maximise NDCG@k on `validation` (never the test split) by
     coordinate ascent over `grid`, starting from the best single model with
     weight 1, for at most `sweeps` passes (it stops at a pass that gains
     nothing), so on validation the blend is never below its best component.
-    Without validation every component weighs 1.
+    Without validation every component weighs 1. `normalise` is how each
+    user's scores are scaled before blending (`normalise_per_user`): z-scores
+    held out better than min-max on validation (`bench/recommendations_tuning.py`).
     """
 
-    requirements = ("numpy", "scipy", "implicit", "threadpoolctl", "scikit-learn")
+    requirements = ("numpy", "scipy", "implicit", "threadpoolctl")
 
     def __init__(
         self,
@@ -402,6 +447,7 @@ class Hybrid(_Base):
         grid: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0),
         sweeps: int = 6,
         k: int = 10,
+        normalise: Literal["zscore", "minmax"] = "zscore",
     ) -> None:
         """components: (name, unfitted model) pairs; validation: held-out positives."""
         self.components = components
@@ -409,6 +455,7 @@ class Hybrid(_Base):
         self.grid = grid
         self.sweeps = sweeps
         self.k = k
+        self.normalise = normalise
 
     def fit(
         self,
@@ -436,7 +483,10 @@ class Hybrid(_Base):
         seen = train.matrix[users]
         excluded = seen.toarray() > 0
         blocks = np.stack(
-            [normalise_per_user(m.score(users), seen) for m in self.models_]
+            [
+                normalise_per_user(m.score(users), seen, how=self.normalise)
+                for m in self.models_
+            ]
         ).astype(np.float32)  # float32: the search's time is in this product
         blocks[:, excluded] = 0.0  # ranked out below; keeps 0 x value finite
         penalty = np.where(excluded, -np.inf, 0.0).astype(np.float32)
@@ -484,7 +534,7 @@ class Hybrid(_Base):
                     if users is not None
                     else model.score_items(rows.indices)
                 )
-                total += weight * normalise_per_user(raw, rows)
+                total += weight * normalise_per_user(raw, rows, how=self.normalise)
         return total
 
     def get_params(self) -> dict[str, object]:
@@ -494,6 +544,7 @@ class Hybrid(_Base):
             "grid": list(self.grid),
             "sweeps": self.sweeps,
             "k": self.k,
+            "normalise": self.normalise,
         }
 
 
