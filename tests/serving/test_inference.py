@@ -41,14 +41,29 @@ def _fitted(estimator, task: str) -> tuple[ScoringModel, np.ndarray]:
             True,
         ),
         (LogisticRegression(max_iter=5000), "binary", False),
+        (
+            XGBClassifier(n_estimators=40, max_depth=3, missing=-1.0, random_state=0),
+            "binary",
+            True,
+        ),
     ],
-    ids=["xgb-binary", "lgbm-binary", "xgb-regression", "lgbm-regression", "logistic"],
+    ids=[
+        "xgb-binary",
+        "lgbm-binary",
+        "xgb-regression",
+        "lgbm-regression",
+        "logistic",
+        "xgb-own-missing-marker",
+    ],
 )
 def test_every_serving_path_gives_the_estimators_own_scores(
     estimator, task: str, booster: bool
 ) -> None:
     model, rows = _fitted(estimator, task)
     predictor = load_predictor("m", 1, model, sample=rows[:256])
+    # some cells at -1: a value for most models, "missing" for the one saying so
+    rows = rows.copy()
+    rows[np.random.default_rng(1).random(rows.shape) < 0.1] = -1.0
     expected = model.predict_matrix(rows)
     t = predictor.timings_us
     assert ("booster_1" in t) is booster

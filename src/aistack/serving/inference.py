@@ -109,9 +109,12 @@ def _booster_scorer(model: ScoringModel) -> Callable[[Matrix], Matrix] | None:
         return None
     if kind in ("XGBClassifier", "XGBRegressor"):
         booster = model.estimator.get_booster()  # any objective: checked at load
+        missing = model.estimator.missing  # the estimator's own missing marker
 
         def xgb(matrix: Matrix) -> Matrix:
-            out = booster.inplace_predict(matrix, validate_features=False)
+            out = booster.inplace_predict(
+                matrix, missing=missing, validate_features=False
+            )
             return np.asarray(out, dtype=np.float64).ravel()
 
         return xgb
