@@ -18,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+import aistack.training.tune as tune_mod
 from aistack.contract import Choice, FloatRange, IntRange, Split, Trainer, Tuning
 from aistack.runner import run, tune
 from aistack.training.sets import build_training_set
@@ -161,3 +162,31 @@ def _check_tuning_in_report(path, results, tmp_path) -> None:
         pytest.skip("headless browser check needs Debian's `chromium` on PATH")
     dom = chromium(tmp_path, "--dump-dom", path.resolve().as_uri()).stdout
     assert "Tuning history" in dom and "best so far" in dom
+
+
+def test_a_trial_running_past_the_budget_stops_at_its_next_fold(
+    landed, monkeypatch
+) -> None:
+    """Optuna checks `timeout` between trials only; a trial that started in time
+    stops at its next fold once the budget is spent (the first trial always
+    completes, so there is a choice). The budget's clock here jumps an hour a
+    reading (the budget is one), so only the first trial fits in it."""
+    uc, ws = landed
+    ticks = itertools.count()
+    monkeypatch.setattr(tune_mod, "clock", lambda: 3600.0 * next(ticks))
+    (result,) = tune(uc, ws, trainers=["logistic"], trials=4, seconds=3600)
+    states = [t["state"] for t in result.history]
+    assert states[0] == "complete"
+    client = MlflowClient(ws.settings.mlflow_uri)
+    children = client.search_runs(
+        [client.get_run(result.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'",
+    )
+    stopped = [
+        r for r in children if r.data.tags["state"] == "pruned: over the time budget"
+    ]
+    assert stopped and states.count("pruned") >= len(stopped)
+    for run_ in stopped:  # one fold fitted, then stopped before the second
+        history = client.get_metric_history(run_.info.run_id, "fold.roc_auc")
+        assert len(history) == 1
+    assert result.best_params == result.history[0]["params"]

@@ -189,6 +189,7 @@ def tune_trainer(
         ),
     )
     study.enqueue_trial(declared_values(trainer, seed), skip_if_exists=True)
+    deadline = [float("inf")]  # set when the search starts
 
     def objective(trial: optuna.Trial) -> float:
         params = {p: suggest(trial, p, d) for p, d in trainer.search_space.items()}
@@ -199,6 +200,11 @@ def tune_trainer(
             mlflow.log_params(params)
             values: list[float] = []
             for i, fold in enumerate(folds):
+                if i and clock() > deadline[0] and _any_complete(study):
+                    # Optuna checks its timeout between trials only: a trial
+                    # started before the end stops at its next fold instead
+                    mlflow.set_tag("state", "pruned: over the time budget")
+                    raise optuna.TrialPruned
                 model = fit_model(use_case, candidate, fold.train, seed=seed)
                 values.append(evaluate(model, fold.valid, use_case)[name])
                 mlflow.log_metric(f"fold.{name}", values[-1], step=i)
@@ -222,6 +228,8 @@ def tune_trainer(
         mlflow.log_dict({"folds": [f.period for f in folds]}, "folds.json")
         if trials is None and seconds is None:
             trials = 20
+        if seconds is not None:
+            deadline[0] = clock() + seconds
         study.optimize(objective, n_trials=trials, timeout=seconds)
         history = [
             {
@@ -249,6 +257,16 @@ def tune_trainer(
         round(time.perf_counter() - start, 2),
         history,
     )
+
+
+def clock() -> float:
+    """Seconds on a monotonic clock (the tuning budget's)."""
+    return time.perf_counter()
+
+
+def _any_complete(study: optuna.Study) -> bool:
+    complete = optuna.trial.TrialState.COMPLETE
+    return any(t.state == complete for t in study.trials)
 
 
 def last_tuned(experiment: str, trainer: str) -> tuple[str, dict[str, Any]] | None:
