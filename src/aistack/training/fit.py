@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import io
 import json
 import re
@@ -26,6 +25,7 @@ from mlflow.models import infer_signature
 from aistack.contract import RankingUseCase, Trainer, UseCase
 from aistack.contract.model import greater_is_better
 from aistack.engine import Engine
+from aistack.features.derived import transform_fingerprint
 from aistack.registry.aliases import Registry
 from aistack.registry.artifacts import load_model, record_digest
 from aistack.training.gates import GateResult, check_gates
@@ -131,11 +131,7 @@ def hyperparameters(trainer: Trainer, seed: int) -> dict[str, str]:
 
 def code_fingerprint(trainer: Trainer) -> str:
     """SHA-256 of the trainer's build function source (its qualified name if none)."""
-    try:
-        source = inspect.getsource(trainer.build)
-    except (OSError, TypeError):
-        source = getattr(trainer.build, "__qualname__", repr(trainer.build))
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+    return transform_fingerprint(trainer.build)
 
 
 def existing_candidate(
