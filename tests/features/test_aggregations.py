@@ -222,10 +222,13 @@ def test_declarations_check_themselves() -> None:
     assert Where("name", "==", "o'brien").sql() == "\"name\" = 'o''brien'"
 
 
-def _batch_run(tmp_path, rows, batches, labels, *, columnar: bool, monkeypatch):
+def _batch_run(
+    tmp_path, rows, batches, labels, *, columnar: bool, monkeypatch, path="_columnar"
+):
     """Features of each batch of `rows` through a real SQLite state, each batch
     committed before the next; `labels` (event id -> label) arrive before the
-    batch that follows their event's batch."""
+    batch that follows their event's batch. `path`: the columnar function that
+    `columnar` counts, or turns off."""
     view = AggregationView(
         "v",
         "silver.events",
@@ -236,12 +239,14 @@ def _batch_run(tmp_path, rows, batches, labels, *, columnar: bool, monkeypatch):
     )
     taken = []
     if columnar:  # count the batches the columnar path answered
-        inner = realtime._columnar
+        inner = getattr(realtime, path)
         monkeypatch.setattr(
-            realtime, "_columnar", lambda *a: taken.append(inner(*a)) or taken[-1]
+            realtime,
+            path,
+            lambda *a, **k: taken.append(inner(*a, **k)) or taken[-1],
         )
     else:
-        monkeypatch.setattr(realtime, "_columnar", lambda *a: None)
+        monkeypatch.setattr(realtime, path, lambda *a, **k: None)
     state = open_event_state(f"sqlite:///{tmp_path / 'online.db'}", tmp_path, "t")
     us = timedelta(microseconds=1)
     out = []
@@ -267,8 +272,64 @@ def _batch_run(tmp_path, rows, batches, labels, *, columnar: bool, monkeypatch):
                 [(where[str(i)].entity, i, where[str(i)].ts_us, v) for i, v in known],
             )
     monkeypatch.undo()
-    assert all(t is not None for t in taken) and len(taken) == len(batches) * columnar
-    return out
+    if path == "_columnar":
+        assert all(t is not None for t in taken)
+        assert len(taken) == len(batches) * columnar
+    return out, taken
+
+
+def test_the_single_row_columnar_path_equals_the_event_path(
+    tmp_path, monkeypatch
+) -> None:
+    """One request at a time (the columnar single-row path, `_one`) over a real
+    state gives the event path's features, late flags and state writes: ties,
+    NULLs, labels arriving later, late events; a retried id is left to the
+    event path."""
+    rng = np.random.default_rng(8)
+    rows = random_rows(rng, 500, days=3, entities=4, tie=7, null=11, step=17)
+    rows = [(i + 1, e, ts, x, None) for i, e, ts, x, _ in rows]
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][2], rows[i][0]))
+    singles, held_back = [], []
+    for k, i in enumerate(order):
+        if rng.random() < 0.1:  # held back: arrives late
+            held_back.append(i)
+            continue
+        singles.append([i])
+        if len(held_back) > 2:
+            singles.append([held_back.pop(0)])
+        if k % 37 == 0 and len(singles) > 1:  # a retry of an earlier request
+            singles.append(list(singles[-2]))
+    singles += [[i] for i in held_back]
+    labels = {
+        rows[b[0]][0]: (n, float(rng.integers(0, 2)))
+        for n, b in enumerate(singles)
+        if rng.random() < 0.6
+    }
+    fast, taken = _batch_run(
+        tmp_path / "a",
+        rows,
+        singles,
+        labels,
+        columnar=True,
+        monkeypatch=monkeypatch,
+        path="_one",
+    )
+    slow, _ = _batch_run(
+        tmp_path / "b",
+        rows,
+        singles,
+        labels,
+        columnar=False,
+        monkeypatch=monkeypatch,
+        path="_one",
+    )
+    for (fv, fl, fe), (sv, sl, se) in zip(fast, slow, strict=True):
+        assert fe == se and fl == sl
+        np.testing.assert_allclose(fv, sv, rtol=1e-12, atol=1e-12, equal_nan=True)
+    answered = sum(t is not None for t in taken)
+    assert answered > 0.9 * len(singles)  # the columnar path did answer
+    assert answered < len(singles)  # and the retries went the event path
+    assert any(late for _, late, _ in fast if late[0])  # late ones were exercised
 
 
 def test_the_columnar_batch_path_equals_the_event_path(tmp_path, monkeypatch) -> None:
@@ -300,10 +361,10 @@ def test_the_columnar_batch_path_equals_the_event_path(tmp_path, monkeypatch) ->
         for i in batch
         if rng.random() < 0.6
     }
-    fast = _batch_run(
+    fast, _ = _batch_run(
         tmp_path / "a", rows, batches, labels, columnar=True, monkeypatch=monkeypatch
     )
-    slow = _batch_run(
+    slow, _ = _batch_run(
         tmp_path / "b", rows, batches, labels, columnar=False, monkeypatch=monkeypatch
     )
     assert len(fast) == len(slow) == len(batches)

@@ -522,6 +522,56 @@ def evaluate_few(
     return rows
 
 
+def evaluate_one(
+    compiled: Sequence[Spec],
+    columns: Mapping[str, int],
+    current: Event,
+    *,
+    ts: np.ndarray,
+    ids: np.ndarray,
+    values: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> list[float | None]:
+    """`evaluate` of one request over an entity's columnar events: `ts` and
+    integer `ids` sorted by key, no anonymous one, `values` numeric (data,
+    valid) per value column, numeric filters only (`vectorised`). The same
+    windows and arithmetic as `evaluate_few`, with no Python object per stored
+    event: the single-row request path."""
+    t = current.ts_us
+    lo = int(np.searchsorted(ts, t, "left"))
+    hi = int(np.searchsorted(ts, t, "right"))
+    pos = lo + int((ids[lo:hi] < current.id).sum()) if hi > lo else lo
+    prepared: dict[tuple[str | None, Where | None], tuple[list[int], list[float]]] = {}
+    row: list[float | None] = []
+    for spec in compiled:
+        found = prepared.get((spec.column, spec.where))
+        if found is None:
+            if spec.column is None:
+                valid = np.ones(pos, dtype=bool)
+                data = np.ones(pos)
+            else:
+                data, valid = values[columns[spec.column]]
+                data, valid = data[:pos], valid[:pos]
+            if spec.where is not None:
+                wdata, wvalid = values[columns[spec.where.column]]
+                valid = _mask(spec.where, wdata[:pos], wvalid[:pos] & valid)
+            kept = np.flatnonzero(valid)
+            found = (
+                ts[kept].tolist(),
+                data[kept].astype(np.float64).tolist(),
+            )
+            prepared[(spec.column, spec.where)] = found
+        held_ts, held_values = found
+        end_t = t - spec.shift_us
+        start = bisect_right(held_ts, end_t - spec.window_us)
+        window = held_values[start : bisect_right(held_ts, end_t)]
+        if spec.shift_us == 0:
+            own = _value(current, columns, spec)
+            if own is not None:
+                window = [*window, own]
+        row.append(_apply(spec.function, window, spec.fill))
+    return row
+
+
 def _value(e: Event, columns: Mapping[str, int], spec: Spec) -> float | None:
     """The event's value for `spec` (1.0 for a row count), None if it is left out."""
     where = spec.where

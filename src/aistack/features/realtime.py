@@ -33,6 +33,7 @@ from aistack.features.aggregations import (
     evaluate_few,
     evaluate_flat,
     evaluate_many,
+    evaluate_one,
     event_key,
     vectorised,
 )
@@ -74,6 +75,7 @@ class _Compiled:
     width: int
     lateness_us: int
     retention_us: int
+    numeric_filters: bool  # every filter `vectorised`
 
 
 @lru_cache(maxsize=64)
@@ -88,6 +90,7 @@ def _compiled(view: AggregationView) -> _Compiled:
         len(compiled),
         view.allowed_lateness // _US,
         view.retention // _US,
+        all(vectorised(spec.where) for spec in compiled),
     )
 
 
@@ -114,6 +117,13 @@ def online_features(
     unique = list(segment)
     blobs = state.read_blobs(view.name, unique)
     given = [columns.get(c) for c in plan.value_columns]
+    if n == 1 and not anonymous[0]:
+        at, blob = blobs[0]
+        own = tuple(None if c is None else c[0] for c in given)
+        first = Event(ts_us[0], ids[0], own)
+        one = _one(plan, blob, first, at=at, key=keys[0], label_at=label_at)
+        if one is not None:
+            return one
     if n > _FEW:
         fast = _columnar(
             plan, blobs, keys, segment, ts_us, ids, anonymous, given, label_at
@@ -162,6 +172,53 @@ def online_features(
     for key, j in segment.items():
         if merged[j]:
             out.prune[key] = merged[j][-1].ts_us - plan.retention_us
+    return out
+
+
+def _one(
+    plan: _Compiled,
+    blob: bytes | str | None,
+    event: Event,
+    *,
+    at: str,
+    key: str,
+    label_at: int | None,
+) -> ViewFeatures | None:
+    """`online_features` of one new event with an integer id, on the entity's
+    columnar state (`frame`, parsed once per blob): no Python object per stored
+    event. None where only the event path evaluates it: a retry (its id held),
+    text ids or values, anonymous events, text filters."""
+    if (
+        type(event.id) is not int
+        or not plan.numeric_filters
+        or not all(v is None or type(v) in (int, float) for v in event.values)
+    ):
+        return None
+    f = None if blob is None else frame(blob, where=at)
+    if f is None or not len(f.ts):
+        ts, ids = np.empty(0, np.int64), np.empty(0, np.int64)
+        values = [(np.empty(0), np.empty(0, dtype=bool))] * len(plan.value_columns)
+    else:
+        cols = f.labelled(label_at)
+        if (
+            f.ids.tag != b"q"
+            or f.anonymous.any()
+            or any(c.tag == b"j" for c in cols)
+            or bool((f.ids.data == event.id).any())
+        ):
+            return None
+        ts, ids, values = f.ts, f.ids.data, [(c.data, c.valid) for c in cols]
+    row = evaluate_one(plan.specs, plan.position, event, ts=ts, ids=ids, values=values)
+    out = ViewFeatures(
+        np.array([[np.nan if v is None else v for v in row]], dtype=np.float64),
+        [bool(len(ts)) and event.ts_us < int(ts[-1]) - plan.lateness_us],
+        [(key, event)],
+        {
+            key: max(event.ts_us, int(ts[-1]) if len(ts) else event.ts_us)
+            - plan.retention_us
+        },
+        names=plan.names,
+    )
     return out
 
 

@@ -232,14 +232,18 @@ def predict(
     """Score `rows` (default: all) of `found` with `predictor` (and explain each
     score when `explain`; SchemaError for a model without explanations)."""
     picked = list(range(len(found.request_ids))) if rows is None else list(rows)
-    defaults = use_case.feature_defaults
-    columns = []
-    for f in predictor.features:
-        column = found.values[f][picked]
-        if f in defaults:
-            column = np.where(np.isnan(column), defaults[f], column)
-        columns.append(column)
-    matrix = np.column_stack(columns) if picked else np.empty((0, len(columns)))
+    features = predictor.features
+    if picked:
+        matrix = np.column_stack([found.values[f] for f in features]).astype(
+            np.float64, copy=False
+        )
+        if rows is not None:
+            matrix = matrix[picked]
+        fill = _fill(use_case, features)
+        if fill is not None:  # unknown values take their declared defaults
+            matrix = np.where(np.isnan(matrix), fill, matrix)
+    else:
+        matrix = np.empty((0, len(features)))
     scores = predictor.score(matrix) if picked else np.empty(0)
     threshold = use_case.serving.threshold if use_case.serving else 0.5
     decides = use_case.task in ("binary", "anomaly")
@@ -254,18 +258,20 @@ def predict(
     if timings is not None:
         timings.matrix = matrix
         timings.lookup = found.lookup_seconds
-    # one list per column, not one numpy scalar per (row, feature)
-    index = np.asarray(picked, dtype=np.int64)
-    served_columns = [
-        (f, np.asarray(found.values[f], dtype=np.float64)[index].tolist())
-        for f in names
-    ]
+    # one list per row, not one numpy scalar per (row, feature)
+    served_rows = (
+        np.column_stack([found.values[f] for f in names])
+        .astype(np.float64, copy=False)[np.asarray(picked, dtype=np.int64)]
+        .tolist()
+        if picked
+        else []
+    )
     score_list = np.asarray(scores, dtype=np.float64).tolist()
     out = []
     for k, i in enumerate(picked):
         served = {
-            f: None if values[k] != values[k] else values[k]  # NaN: unknown
-            for f, values in served_columns
+            f: None if v != v else v  # noqa: PLR0124  (NaN: unknown)
+            for f, v in zip(names, served_rows[k], strict=True)
         }
         score = score_list[k]
         out.append(
@@ -288,6 +294,14 @@ def predict(
         )
         out[-1].answer = answer_fields(use_case.task, out[-1])
     return out
+
+
+def _fill(use_case: UseCase, features: Sequence[str]) -> np.ndarray | None:
+    """Each feature's declared default (NaN: none) in model order; None if none."""
+    defaults = use_case.feature_defaults
+    if not any(f in defaults for f in features):
+        return None
+    return np.array([defaults.get(f, np.nan) for f in features], dtype=np.float64)
 
 
 def answer_fields(task: str, s: Scored) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Logged with every trained model so a server measures drift at line rate
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -72,9 +73,12 @@ def reference_profile(
 class StreamingHistograms:
     """Counts of served values in the reference bins, for PSI at line rate.
 
-    One vectorised comparison against every column's edges per request batch;
-    `psi()` compares the counts so far with the reference shares.
+    Rows are buffered and folded in by one vectorised comparison against every
+    column's edges per `fold_rows` (a single-row request would otherwise pay the
+    whole fold); `counts` and `psi()` fold what is pending first. Thread-safe.
     """
+
+    fold_rows = 256
 
     def __init__(
         self, profile: Mapping[str, Mapping[str, Sequence[float]]], names: Sequence[str]
@@ -87,25 +91,47 @@ class StreamingHistograms:
             edges = profile[name]["edges"]
             self.edges[i, : len(edges)] = edges
             self.reference[i, : len(edges) + 1] = profile[name]["shares"]
-        self.counts = np.zeros_like(self.reference, dtype=np.int64)
+        self._counts = np.zeros_like(self.reference, dtype=np.int64)
         self._rows = np.arange(len(self.names))
+        self._pending: list[FloatArray] = []
+        self._pending_rows = 0
+        self._lock = threading.Lock()
 
     def observe(self, values: FloatArray) -> None:
         """Add rows (n x len(names), same column order) to the counts."""
-        if not self.names:
+        if not self.names or not len(values):
             return
+        with self._lock:
+            self._pending.append(values)
+            self._pending_rows += len(values)
+            if self._pending_rows >= self.fold_rows:
+                self._fold()
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Observations per column and bin, pending rows included."""
+        with self._lock:
+            self._fold()
+            return self._counts
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        values = np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
         bins = (values[:, :, None] >= self.edges[None, :, :]).sum(axis=2)
         finite = np.isfinite(values)
         rows = np.broadcast_to(self._rows, bins.shape)  # one add for all rows
-        np.add.at(self.counts, (rows[finite], bins[finite]), 1)
+        np.add.at(self._counts, (rows[finite], bins[finite]), 1)
 
     def psi(self, *, min_count: int = 100) -> dict[str, float]:
         """PSI per column with at least `min_count` observations."""
         result = {}
-        totals = self.counts.sum(axis=1)
+        counts = self.counts
+        totals = counts.sum(axis=1)
         for i, name in enumerate(self.names):
             if totals[i] >= min_count:
-                shares = self.counts[i] / totals[i]
+                shares = counts[i] / totals[i]
                 width = int(np.count_nonzero(np.isfinite(self.edges[i]))) + 1
                 result[name] = psi_from_shares(
                     self.reference[i, :width], shares[:width]
