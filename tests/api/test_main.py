@@ -106,6 +106,30 @@ def test_bad_payloads_get_422_with_the_field(
     assert all(e["msg"] for e in errors)
 
 
+def test_the_plain_case_fast_path_answers_as_the_route(served_workspace_server) -> None:
+    """A plain request (JSON, no query) is answered by `FastPredict`, the same one
+    with a query string by the FastAPI route: the same answer (a retry of one
+    event id: the same features), the same route in the metrics."""
+    base = served_workspace_server
+    url = f"{base}/v1/fraud/predict"
+    payload = {**GOOD, "transaction_id": 424_242}
+    fast = httpx.post(url, json=payload)
+    routed = httpx.post(f"{url}?explain=false", json=payload)
+    charset = httpx.post(
+        url,
+        content=json.dumps(payload),
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert fast.status_code == routed.status_code == charset.status_code == 200
+    assert fast.json() == routed.json() == charset.json()
+    assert fast.headers["content-type"] == routed.headers["content-type"]
+    assert fast.json()["request_id"] == "424242"
+    # no content type: the route's own answer (FastAPI reads no JSON body)
+    assert httpx.post(url, content=json.dumps(payload)).status_code == 422
+    text = httpx.get(f"{base}/metrics").text
+    assert 'aistack_requests_total{route="/v1/fraud/predict",status="200"}' in text
+
+
 @pytest.mark.slow  # suite budget; the fuzz and 422 tests stay in the default run
 def test_batch_over_the_limit_is_422(served_workspace) -> None:
     env = {"AISTACK_MAX_BATCH_ROWS": "10"}

@@ -39,6 +39,28 @@ def _unauthorized(failures: _Failures, detail: str) -> HTTPException:
     )
 
 
+def allowed_principal(state: Any, authorization: str) -> str | None:  # noqa: ANN401
+    """The principal that `authorization` (the header's value) lets predict, or
+    None where `require_token` would refuse it (it then answers, and counts)."""
+    scheme, _, given = authorization.partition(" ")
+    token = given if scheme.lower() == "bearer" else ""
+    policy: Policy = state.policy
+    if policy.configured:
+        try:
+            principal = policy.authenticate(token)
+        except AuthenticationError:
+            return None
+        return principal.name if principal.can("predict", state.use_case.name) else None
+    tokens = state.settings.api_tokens
+    if not tokens:
+        return API_PRINCIPAL
+    ok = False
+    if token:
+        for t in tokens:  # no early exit: time does not depend on which matched
+            ok |= hmac.compare_digest(token.encode(), t.get_secret_value().encode())
+    return API_PRINCIPAL if ok else None
+
+
 async def require_token(request: Request) -> None:
     """Let the request through when its principal may predict this use case.
 

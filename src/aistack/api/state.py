@@ -27,9 +27,9 @@ from aistack.api.metrics import ServerMetrics, observe_many
 from aistack.api.tracing import Tracing
 from aistack.contract import UseCase
 from aistack.errors import ConfigError, LogUnavailableError
-from aistack.features.online import OnlineStore, open_store, versions
+from aistack.features.online import OnlineStore, SQLiteStore, open_store, versions
 from aistack.features.realtime import LabelResult, apply_labels
-from aistack.features.state import EventState, open_event_state
+from aistack.features.state import EventState, SQLiteEventState, open_event_state
 from aistack.governance.audit import AuditBuffer, audit_log, entry
 from aistack.governance.principals import Policy
 from aistack.lake.delta import Lake
@@ -89,6 +89,9 @@ class ServerState:
     _shadow_pending: int = 0
     _shadow_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
+    limiter: Any = None
+    """The scoring threads' anyio CapacityLimiter (`scoring_threads`), made by
+    the app's lifespan inside the event loop."""
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -128,6 +131,13 @@ class ServerState:
             / "wal"
             / prediction_log_table(self.use_case),
         )
+
+    @property
+    def scoring_threads(self) -> int:
+        """Threads that score at once: 1 on a local SQLite state (CPU-bound
+        Python), 4 where a network store's round trips can overlap."""
+        local = self.events is None or isinstance(self.events, SQLiteEventState)
+        return 1 if local and isinstance(self.store, SQLiteStore) else 4
 
     # --- models -------------------------------------------------------------
 

@@ -6,6 +6,7 @@ signatures, whose body types are built from the use case at run time.
 
 from typing import Any
 
+import anyio.to_thread
 import orjson
 from fastapi import (
     APIRouter,
@@ -17,7 +18,6 @@ from fastapi import (
     status,
 )
 from pydantic import BaseModel, ConfigDict, Field, create_model
-from starlette.concurrency import run_in_threadpool
 
 from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.api.state import ServerState
@@ -162,13 +162,15 @@ class LabelAnswer(BaseModel):
 
 
 async def _score(
-    state: ServerState,
+    request: Request,
     payloads: list[dict[str, Any]],
     route: str,
     *,
     explain: bool,
-    principal: str,
 ) -> list[Scored]:
+    state: ServerState = request.app.state.server
+    principal: str = request.state.principal
+    limiter = state.limiter
     predictor = state.predictor
     if predictor is None:
         raise HTTPException(
@@ -182,10 +184,11 @@ async def _score(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail) from exc
     try:  # off the event loop: /health answers while a big batch is scored
         with state.tracing.span("aistack.predict", {"aistack.route": route}) as span:
-            scored = await run_in_threadpool(
+            scored: list[Scored] = await anyio.to_thread.run_sync(
                 lambda: state.score(
                     payloads, route, explain=explain, principal=principal
-                )
+                ),
+                limiter=limiter,
             )
             if span is not None:
                 ids = [s.request_id for s in scored]
@@ -237,11 +240,8 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         explain: bool = EXPLAIN,
     ) -> Response:
         """Score one request (explained with ?explain=true)."""
-        state: ServerState = request.app.state.server
         rows = [payload.model_dump()]  # type: ignore[attr-defined]
-        scored = await _score(
-            state, rows, "predict", explain=explain, principal=request.state.principal
-        )
+        scored = await _score(request, rows, "predict", explain=explain)
         # serialised directly (the schema is answer_model's; the suite's schema
         # fuzz checks every answer against it): validating the answer again
         # cost about a tenth of a request
@@ -254,15 +254,8 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         explain: bool = EXPLAIN,
     ) -> Response:
         """Score up to `max_batch_rows` requests at once (?explain=true: explained)."""
-        state: ServerState = request.app.state.server
         rows = [r.model_dump() for r in payload.rows]  # type: ignore[attr-defined]
-        scored = await _score(
-            state,
-            rows,
-            "predict_batch",
-            explain=explain,
-            principal=request.state.principal,
-        )
+        scored = await _score(request, rows, "predict_batch", explain=explain)
         first = scored[0]
         body = {  # serialised directly: 1,000 pydantic answers cost ~16 ms
             "model_name": first.model_name,
@@ -278,7 +271,9 @@ def build_router(use_case: UseCase, *, max_batch_rows: int) -> APIRouter:
         state: ServerState = request.app.state.server
         items = [(item.event_id, item.label) for item in payload.labels]
         try:
-            result = await run_in_threadpool(state.label, items)
+            result = await anyio.to_thread.run_sync(
+                state.label, items, limiter=state.limiter
+            )
         except StoreUnavailableError as exc:
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, "online store unreachable"
