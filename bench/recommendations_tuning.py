@@ -40,6 +40,23 @@ per-user softmax 0.2708, weights searched on NDCG@10 and @20 0.2727, a
 LightGBM reranker (lambdarank or binary) over the components' top 50 0.2587 /
 0.2637 (below the single models on half the users).
 
+Tried later on the same held-out halves (mean of the four splits; the
+hybrid as shipped reads 0.2729) and not taken, none above the halves'
+noise (about 0.001): a seventh component of time-local popularity (items
+rated around the days the user rated, Gaussian kernel of 7, 20, 60 days)
+0.2733 / 0.2730 / 0.2729; log popularity 0.2731; a second ALS (128
+factors 0.2725, another seed 0.2728, 32 factors reg 5 0.2730); EASE binary
+lambda 400 0.2730, lambda 3000 0.2727; UserEASE binary 0.2727; PureSVD (64)
+0.2726; ItemKNN k 50 0.2729; content with release-year tokens, a centred
+profile or content kNN (single models up to 0.0705 against 0.0415) in place
+of ContentTFIDF 0.2717-0.2727; a release-year kernel 0.2722-0.2726; EASE on
+a gram of co-ratings weighted by their time gap (tau 1 h or 1 day, mixed
+with X'X) 0.2723-0.2734; blend weights learned on the four splits pooled
+0.2722. ALS single models around the default (mean of 4): reg 18 / 20 /
+20.5 / 22 0.2691 / 0.2705 / 0.2711 / 0.2687, reg 15 or 25 0.261, alpha 0.5
+0.2361, 1.5 0.2643, rating ** 1 0.2590, 96-200 factors 0.227-0.261, exact
+solver (no CG) 0.2697.
+
     .venv/bin/python bench/recommendations_tuning.py [--seed 2020] [--blend-only]
 """
 

@@ -10,8 +10,10 @@ sticky share of users (the same routing as every use case) is answered by the
 challenger, and the answer names its arm. Every `eval_seconds` the canary is
 judged by the use case's rollout guards (`aistack.api.guards`, as every
 server): error rate, p99 latency, and the shift of the shown items'
-popularity (interactions per item) against the champion's answers; a broken
-guard rolls it back, `promote_after` healthy requests promote it.
+popularity against the champion's answers; a broken guard rolls it back,
+`promote_after` healthy requests promote it. Item popularity is the one the
+monitor reads (`item_popularity`: the use case's gold popularity table), the
+same for both arms, re-read when that table gets a new version.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
-import scipy.sparse as sp
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi import status as http
 from fastapi.exceptions import RequestValidationError
@@ -56,7 +58,7 @@ from aistack.registry.artifacts import load_model
 from aistack.registry.rollout import Rollout, read_rollout, routes_to_challenger
 from aistack.serving.log import PredictionLog
 from aistack.settings import Settings
-from aistack.training.recommend import RankingModel
+from aistack.training.recommend import RankingModel, item_popularity
 from aistack.training.tracking import tracking
 
 log = logging.getLogger("aistack.api.ranking")
@@ -157,7 +159,8 @@ class Loaded:
     cold_scores: np.ndarray
     answers: list[list[dict[str, Any]]]
     cold_answer: list[dict[str, Any]]
-    popularity: np.ndarray  # known users per item index: what the guards compare
+    popularity: np.ndarray  # gold's count per item index: what the guards compare
+    popularity_lineage: dict[str, int]  # the popularity table's version read
 
     def shown_popularity(self, row: int | None, n: int) -> list[float]:
         """Popularity of the first `n` items answered to `row` (None: cold)."""
@@ -165,8 +168,19 @@ class Loaded:
         return self.popularity[top[:n]].tolist()  # type: ignore[no-any-return]
 
 
-def precompute(model: RankingModel, version: int) -> Loaded:
-    """Every known user's top-`MAX_K` and the cold-start ranking."""
+def popularity_per_item(model: RankingModel, popularity: pd.Series) -> np.ndarray:
+    """`popularity` (count per item id) along the model's item index, 0 if absent."""
+    aligned = popularity.reindex(pd.Index(model.items)).fillna(0.0)
+    return aligned.to_numpy(np.float64)
+
+
+def precompute(
+    model: RankingModel,
+    version: int,
+    popularity: tuple[pd.Series, dict[str, int]],
+) -> Loaded:
+    """Every known user's top-`MAX_K` and the cold-start ranking; `popularity`
+    is `item_popularity`'s answer (counts per item id, the version read)."""
     k = min(MAX_K, len(model.items))
     tops, scores = [], []
     for start in range(0, len(model.users), 1024):
@@ -185,7 +199,8 @@ def precompute(model: RankingModel, version: int) -> Loaded:
         cold_scores,
         [_items(model, top[row], score[row]) for row in range(len(top))],
         _items(model, cold_top, cold_scores),
-        np.diff(sp.csc_matrix(model.seen).indptr).astype(np.float64),
+        popularity_per_item(model, popularity[0]),
+        popularity[1],
     )
 
 
@@ -198,6 +213,7 @@ class RankingState:
         self.metrics = _Metrics()
         self.policy = Policy.load(settings.policy)
         lake = Lake(settings.tables_dir)
+        self.lake = lake
         self.registry = Registry(lake, settings.mlflow_uri)
         self.log = PredictionLog(
             lake,
@@ -219,17 +235,35 @@ class RankingState:
         )
         self.loaded: Loaded | None = None
         self.canary: tuple[Rollout, Loaded] | None = None
+        self._popularity: tuple[pd.Series, dict[str, int]] | None = None
         self.windows = {"champion": Window(), "challenger": Window()}
         self.judge: RolloutJudge | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
+    def popularity(self) -> tuple[pd.Series, dict[str, int]]:
+        """`item_popularity` of the use case, read again only when its table's
+        version moves (the same counts the monitor reads)."""
+        cached = self._popularity
+        table = (self.use_case.popularity_table or (self.use_case.interactions,))[0]
+        if cached is None or self.lake.versions([table]) != cached[1]:
+            cached = item_popularity(self.lake, self.use_case)
+            self._popularity = cached
+        return cached
+
     def _load(self, version: int, current: Loaded | None) -> Loaded:
+        popularity = self.popularity()
         if current is not None and current.version == version:
-            return current
+            if current.popularity_lineage == popularity[1]:
+                return current
+            return replace(
+                current,
+                popularity=popularity_per_item(current.model, popularity[0]),
+                popularity_lineage=popularity[1],
+            )
         model = load_model(self.registry, self.use_case.name, version)
         log.info("loaded %s version %s", self.use_case.name, version)
-        return precompute(model, version)
+        return precompute(model, version, popularity)
 
     def refresh(self) -> None:
         """Load the champion and a canary challenger when they change."""

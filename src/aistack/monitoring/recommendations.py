@@ -36,7 +36,7 @@ from aistack.htmlpage import RC, figure, header, svg, table, write_page
 from aistack.monitoring.alerts import AlertEvent, evaluate_alerts, latest_alerts
 from aistack.monitoring.drift import psi_sorted
 from aistack.monitoring.report import alerts_section
-from aistack.sql import quote
+from aistack.training.recommend import item_popularity
 from aistack.workspace import Workspace
 
 POPULARITY_BINS = 10
@@ -63,22 +63,8 @@ class RecommendationMonitor:
 
 
 def _popularity(ws: Workspace, uc: RankingUseCase) -> pd.Series:
-    """Interactions per interacted item id: the use case's gold popularity
-    table when it declares one, else counted in silver (the same counts)."""
-    item = quote(uc.item)
-    if uc.popularity_table is None:
-        table, query = uc.interactions, f"count(*) AS n FROM {uc.interactions}"
-        query = f"SELECT {item} AS item, {query} GROUP BY 1"
-    else:
-        table, column = uc.popularity_table
-        query = (
-            f"SELECT {item} AS item, {quote(column)} AS n FROM {table} "
-            f"WHERE {quote(column)} > 0"
-        )
-    con = ws.lake.connect(ws.lake.versions([table]))
-    counts = con.sql(query).to_df()
-    series: pd.Series = counts.set_index("item")["n"]
-    return series
+    """Interactions per interacted item id (`item_popularity`: gold's table)."""
+    return item_popularity(ws.lake, uc)[0]
 
 
 def _catalogue(ws: Workspace, uc: RankingUseCase, popularity: pd.Series) -> int:

@@ -176,6 +176,33 @@ def load_ranking_data(lake: Lake, uc: RankingUseCase, *, seed: int) -> RankingDa
     return RankingData(built[0], valid, built[-2], built[-1], items, lineage, split)
 
 
+def item_popularity(lake: Lake, uc: RankingUseCase) -> tuple[pd.Series, dict[str, int]]:
+    """Interactions per interacted item id, and the table version read.
+
+    The one source of item popularity outside training (the monitor, the
+    server's rollout guards): the use case's gold popularity table, its
+    declared count column, when it declares one; else counted in its
+    interactions table. Items counting 0 are left out.
+    """
+    item = quote(uc.item)
+    if uc.popularity_table is None:
+        table = uc.interactions
+        query = f"SELECT {item} AS item, count(*) AS n FROM {table} GROUP BY 1"
+    else:
+        table, column = uc.popularity_table
+        query = (
+            f"SELECT {item} AS item, {quote(column)} AS n FROM {table} "
+            f"WHERE {quote(column)} > 0"
+        )
+    lineage = lake.versions([table])
+    if table not in lineage:
+        msg = f"{uc.name}: {table} does not exist yet (run the gold stage)"
+        raise ConfigError(msg)
+    counts = lake.connect(lineage).sql(query).to_df()
+    series: pd.Series = counts.set_index("item")["n"].astype(np.float64)
+    return series, lineage
+
+
 def ranking_key(
     uc: RankingUseCase, trainer: Trainer, lineage: dict[str, int], seed: int
 ) -> str:

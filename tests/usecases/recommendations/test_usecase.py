@@ -19,9 +19,10 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
+from fastapi.testclient import TestClient
 
 from aistack.api.auth import API_PRINCIPAL
-from aistack.api.ranking import RECOMMENDATION_LOG_SCHEMA
+from aistack.api.ranking import RECOMMENDATION_LOG_SCHEMA, create_ranking_app
 from aistack.contract import get_any_use_case
 from aistack.features.derived import TRANSFORM_KEY
 from aistack.governance.audit import audit_path, verify
@@ -151,7 +152,7 @@ def test_training_reads_gold_and_ranks_exactly_as_from_silver(trained) -> None:
         assert np.array_equal(top_k(from_gold, 10), top_k(from_silver, 10))
     # the monitor's item popularity from gold is silver's count, item for item
     from_gold, from_silver = _popularity(ws, uc), _popularity(ws, before)
-    assert from_gold.sort_index().equals(from_silver.sort_index().astype("int64"))
+    assert from_gold.sort_index().equals(from_silver.sort_index())
     with tracking(ws.settings.mlflow_uri):
         for candidate in report.candidates:
             tags = mlflow.get_run(candidate.run_id).data.tags
@@ -332,20 +333,20 @@ def test_served_recommendations_are_logged_and_monitored(trained, tmp_path) -> N
     assert "window: popularity_psi" in " ".join(cli.stdout.split())
 
 
+def start_canary(ws, uc, version: int) -> None:
+    """A 50 % canary of model `version` of the use case."""
+    with tracking(ws.settings.mlflow_uri):
+        start_rollout(
+            ws.registry, uc.name, mode="canary", share=50.0, version=version, actor="t"
+        )
+
+
 def test_canary_routes_sticky_users_and_the_ab_test_finds_the_better_arm(
     trained,
 ) -> None:
     uc, ws, report = trained
     popularity = next(c for c in report.candidates if c.trainer == "popularity")
-    with tracking(ws.settings.mlflow_uri):
-        start_rollout(
-            ws.registry,
-            uc.name,
-            mode="canary",
-            share=50.0,
-            version=popularity.version,
-            actor="test",
-        )
+    start_canary(ws, uc, popularity.version)
     try:
         result = ranking_ab_test(ws, uc, seed=1)
         # the champion (best NDCG@10) gets more clicks than popularity, clearly
@@ -432,10 +433,7 @@ def test_popularity_and_coverage_alerts_fire_on_a_shifted_log_only(
 
 def canary_after_traffic(ws, uc, base: str, version: int, users: range):
     """Start a 50 % canary of `version`, serve `users`, end it; how it stood."""
-    with tracking(ws.settings.mlflow_uri):
-        start_rollout(
-            ws.registry, uc.name, mode="canary", share=50.0, version=version, actor="t"
-        )
+    start_canary(ws, uc, version)
     try:
         time.sleep(1.0)  # the server polls the registry every 0.3 s
         with httpx.Client() as client:
@@ -468,3 +466,56 @@ def test_a_canary_showing_blockbusters_is_rolled_back_a_close_one_is_not(
     assert shifted.status == "rolled_back"
     assert "score PSI vs champion" in shifted.reason
     assert last["arm"] == "champion"  # user 5 is routed to the canary otherwise
+
+
+def test_server_and_canary_read_item_popularity_from_gold(trained) -> None:
+    """The guards' popularity is gold's table (both arms), re-read on a new
+    version; counts no other source holds (2 x id + 1) prove where it comes from."""
+    uc, ws, report = trained
+    table, column = uc.popularity_table
+    original, inputs = ws.lake.read(table), ws.lake.last_inputs(table)
+    marked = original.to_pandas()
+    marked[column] = marked["item_id"] * 2 + 1
+    app = create_ranking_app(uc, ws.settings)
+    state = app.state.server
+    state.log.start()  # no polling thread: this test refreshes by hand
+    if state.audit is not None:
+        state.audit.start()
+    version = {c.trainer: c.version for c in report.candidates}
+    start_canary(ws, uc, version["ease"])
+    try:
+        ws.lake.write(
+            table, pa.Table.from_pandas(marked), mode="overwrite", inputs=inputs
+        )
+        state.refresh()
+        rollout, challenger = state.canary
+        assert challenger.version == version["ease"] != state.loaded.version
+        for loaded in (state.loaded, challenger):
+            np.testing.assert_array_equal(loaded.popularity, loaded.model.items * 2 + 1)
+        client = TestClient(app)
+        arms = {}
+        for user in range(1, 40):
+            arm = "challenger" if routes_to_challenger(rollout, user) else "champion"
+            if arm in arms:
+                continue
+            state.windows[arm].take()
+            answer = client.get(f"/v1/recommendations/users/{user}/items").json()
+            assert answer["arm"] == arm
+            shown = [i["item_id"] * 2 + 1 for i in answer["items"]]
+            assert state.windows[arm].take().scores == shown
+            arms[arm] = user
+        assert set(arms) == {"champion", "challenger"}
+        ws.lake.write(table, original, mode="overwrite", inputs=inputs)
+        state.refresh()  # a new version of gold: read again
+        counts = original.to_pandas().set_index("item_id")[column]
+        for loaded in (state.loaded, state.canary[1]):
+            expected = counts.reindex(loaded.model.items).fillna(0).to_numpy(float)
+            np.testing.assert_array_equal(loaded.popularity, expected)
+    finally:
+        state.stop()
+        with tracking(ws.settings.mlflow_uri):
+            end_rollout(
+                ws.registry, uc.name, status="stopped", reason="test", actor="t"
+            )
+        if ws.lake.read(table).to_pandas()[column].equals(marked[column]):
+            ws.lake.write(table, original, mode="overwrite", inputs=inputs)
