@@ -110,6 +110,8 @@ WRITER = textwrap.dedent(
     state = open_event_state(url, Path(folder), "uc")
     time.sleep(max(float(sys.argv[5]) - time.time(), 0))  # both start together
     for i in range(first, first + n):  # one read-modify-write per event
+        if i % 2:  # as a server does: read for the features, then write
+            state.read_blobs("v", ["hot"])
         state.write("v", [("hot", Event(i, i, (float(i),)))], {"hot": 0})
         state.write_labels("v", [("hot", i, i, 1.0)])
     """
@@ -130,6 +132,31 @@ def test_two_writer_processes_on_one_entity_lose_nothing(state_url, tmp_path) ->
     assert len(events) == 2 * n
     assert {e.id for e in events} == set(range(n)) | set(range(10_000, 10_000 + n))
     assert all(e.values == (1.0,) for e in events)  # every label kept too
+
+
+def test_a_write_after_a_read_sees_what_another_connection_wrote(tmp_path) -> None:
+    """The blobs a thread read are reused by its write only while no other
+    connection has committed (SQLite's data_version): a commit in between, by
+    another connection or by this one's own write or clear, is never lost."""
+    url = f"sqlite:///{tmp_path / 'online.db'}"
+    mine, other = (open_event_state(url, tmp_path, "uc") for _ in range(2))
+
+    def ids() -> list[Value]:
+        return [e.id for e in mine.read("v", ["e"], label_index=None)[0]]
+
+    mine.read_blobs("v", ["e"])  # remembered: no state yet
+    other.write("v", [("e", Event(1, 1, (1.0,)))], {})
+    mine.write("v", [("e", Event(2, 2, (2.0,)))], {})  # must read again
+    assert ids() == [1, 2]
+    mine.read_blobs("v", ["e"])
+    mine.write("v", [("e", Event(3, 3, (3.0,)))], {})  # reuses its read
+    mine.write("v", [("e", Event(4, 4, (4.0,)))], {})  # and its own write
+    assert ids() == [1, 2, 3, 4]
+    mine.read_blobs("v", ["e"])
+    mine.clear("v")
+    mine.write("v", [("e", Event(5, 5, (5.0,)))], {})
+    assert ids() == [5]
+    assert [e.id for e in other.read("v", ["e"], label_index=None)[0]] == [5]
 
 
 def _random_events(rng: random.Random, n: int, *, kinds: str) -> list[Event]:

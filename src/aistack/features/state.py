@@ -55,6 +55,7 @@ from aistack.features.blob import EntityState, add_events, decode, encode, event
 log = logging.getLogger(__name__)
 
 _CHUNK = 500  # entities per SELECT ... IN (...)
+_SEEN_MAX = 20_000  # blobs a thread remembers from its reads (see read_blobs)
 _RETRIES = 100  # Redis WATCH conflicts before a write gives up
 
 
@@ -348,24 +349,37 @@ class SQLiteEventState:
             fd = self._lock_file[1]
             fcntl.flock(fd, fcntl.LOCK_EX)
             con = self._connect()
+            local = self._local
+            local.written = []
             try:
                 con.execute("BEGIN IMMEDIATE")
                 yield con
                 con.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
+                local.seen = None  # what this thread read may not hold any more
                 if con.in_transaction:
                     con.execute("ROLLBACK")
-                raise StoreUnavailableError(f"sqlite at {self.path}: {exc}") from exc
+                if isinstance(exc, sqlite3.Error):
+                    msg = f"sqlite at {self.path}: {exc}"
+                    raise StoreUnavailableError(msg) from exc
+                raise
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+            seen = getattr(local, "seen", None)
+            if seen is not None:  # our own commit leaves data_version as it was
+                for view, entity, blob in local.written:
+                    seen[view, entity] = blob
             self._committed()
 
     def _tables(self, view: str) -> sqlite3.Connection:
         con = self._connect()
         if view not in self._made:
             for ddl in (
+                # a rowid table: a blob (KBs) fits in its leaf page, where a
+                # WITHOUT ROWID one overflows past ~1 KB; updated in place by
+                # an upsert (measured 100-240 -> 35-125 us a write transaction)
                 f'CREATE TABLE IF NOT EXISTS "st:{view}" (entity TEXT PRIMARY KEY, '
-                "state BLOB NOT NULL) WITHOUT ROWID",
+                "state BLOB NOT NULL)",
                 f'CREATE TABLE IF NOT EXISTS "ix:{view}" (id TEXT PRIMARY KEY, '
                 "entity TEXT, ts_us INTEGER) WITHOUT ROWID",
             ):
@@ -394,33 +408,65 @@ class SQLiteEventState:
     def read_blobs(
         self, view: str, entities: Sequence[str]
     ) -> list[tuple[str, bytes | str | None]]:
-        """Each entity's state blob (None: no state) and where it lives."""
+        """Each entity's state blob (None: no state) and where it lives.
+
+        The blobs read are remembered by this thread with the database's
+        `data_version` (read first): a write transaction that finds no other
+        connection committed since then edits them without reading them again.
+        """
         view = f"{self.namespace}.{view}"
         con = self._tables(view)
         keys = list(dict.fromkeys(entities))
         try:
+            version = con.execute("PRAGMA data_version").fetchone()[0]
             found = dict(self._blobs(con, view, keys))
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"sqlite at {self.path}: {exc}") from exc
+        local = self._local
+        seen: dict[tuple[str, str], Blob] | None = getattr(local, "seen", None)
+        if seen is None or local.version != version or len(seen) > _SEEN_MAX:
+            seen = local.seen = {}
+            local.version = version
+        for e in keys:
+            seen[view, e] = found.get(e)
         return [(f"{self.path} {view} {e}", found.get(e)) for e in entities]
+
+    def _current(
+        self, con: sqlite3.Connection, view: str, entities: Sequence[str]
+    ) -> dict[str, Blob]:
+        """Each entity's blob inside a write transaction: as this thread read it
+        when no other connection has committed since, else read again."""
+        local = self._local
+        seen: dict[tuple[str, str], Blob] | None = getattr(local, "seen", None)
+        if seen is not None and all((view, e) in seen for e in entities):
+            version = con.execute("PRAGMA data_version").fetchone()[0]
+            if version == local.version:
+                return {e: seen[view, e] for e in entities}
+        return dict(self._blobs(con, view, entities))
 
     def _update(
         self, con: sqlite3.Connection, view: str, entities: Sequence[str], edit: Edit
     ) -> None:
         """Read, edit and write back each entity's state (inside a transaction)."""
-        found = dict(self._blobs(con, view, entities))
+        found = self._current(con, view, entities)
         put, drop = [], []
+        written: list[tuple[str, str, Blob]] = self._local.written
         for entity in entities:
             blob = found.get(entity)
             new = edit(entity, blob, f"{self.path} {view} {entity}")
             if new is blob:
                 continue
+            written.append((view, entity, new))
             if new is None:
                 drop.append((entity,))
             else:
                 put.append((entity, new))
         if put:
-            con.executemany(f'INSERT OR REPLACE INTO "st:{view}" VALUES (?, ?)', put)
+            con.executemany(
+                f'INSERT INTO "st:{view}" VALUES (?, ?) '
+                "ON CONFLICT (entity) DO UPDATE SET state = excluded.state",
+                put,
+            )
         if drop:
             con.executemany(f'DELETE FROM "st:{view}" WHERE entity = ?', drop)
 
@@ -511,6 +557,7 @@ class SQLiteEventState:
         """Forget the view's events, labels and index (before a bootstrap as of)."""
         view = f"{self.namespace}.{view}"
         con = self._tables(view)
+        self._local.seen = None  # this connection's own change: data_version stays
         for table in ("st", "ix"):
             con.execute(f'DELETE FROM "{table}:{view}"')
         con.execute("DELETE FROM aistack_watermarks WHERE view = ?", (view,))
