@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import polars as pl
@@ -128,6 +130,82 @@ def test_the_plain_case_fast_path_answers_as_the_route(served_workspace_server) 
     assert httpx.post(url, content=json.dumps(payload)).status_code == 422
     text = httpx.get(f"{base}/metrics").text
     assert 'aistack_requests_total{route="/v1/fraud/predict",status="200"}' in text
+
+
+def _lookups(base: str) -> float:
+    """Scoring calls so far (the feature lookup histogram's count)."""
+    text = httpx.get(f"{base}/metrics").text
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("aistack_feature_lookup_seconds_count")
+    )
+    return float(line.split()[-1])
+
+
+def test_concurrent_single_rows_are_scored_together_as_one_by_one(
+    fraud_run, tmp_path
+) -> None:
+    """Waves of 24 concurrent single-row requests (distinct entities within a
+    wave, so no order inside it matters) get the answers
+    that the same requests one by one get from a copy of the same state, and
+    log the same features; the concurrent server scored them in fewer calls
+    than requests (coalesced)."""
+    waves = [
+        [
+            {
+                "transaction_id": 50_000 + 100 * w + k,
+                "customer_id": 3 * k + w % 3,
+                "terminal_id": 5 * k + w % 5,
+                "tx_amount": 10.0 + w + k / 8,
+                "tx_datetime": f"2018-06-01T{w // 60:02d}:{w % 60:02d}:{k:02d}",
+            }
+            for k in range(24)
+        ]
+        for w in range(12)
+    ]
+    answers: dict[str, dict] = {}
+    served: dict[str, dict] = {}
+    for mode in ("together", "one by one"):
+        ws = served_copy(fraud_run, tmp_path / mode.replace(" ", "_"))
+        with aistack_server(ws.settings.workspace) as (base, _):
+            before = _lookups(base)
+            with httpx.Client(base_url=base) as client:
+                for wave in waves:
+                    if mode == "one by one":
+                        got = [client.post("/v1/fraud/predict", json=p) for p in wave]
+                    else:
+                        with ThreadPoolExecutor(len(wave)) as pool:
+                            got = list(
+                                pool.map(
+                                    lambda p: httpx.post(
+                                        f"{base}/v1/fraud/predict", json=p
+                                    ),
+                                    wave,
+                                )
+                            )
+                    for r in got:
+                        assert r.status_code == 200, r.text
+                        answers.setdefault(mode, {})[r.json()["request_id"]] = r.json()
+            calls = _lookups(base) - before
+        log = pl.from_arrow(ws.lake.read(prediction_log_table(get_use_case("fraud"))))
+        served[mode] = dict(
+            zip(log.get_column("request_id"), log.get_column("features"), strict=True)
+        )
+        requests = sum(len(w) for w in waves)
+        if mode == "together":
+            assert calls < requests  # some requests were scored together
+        else:
+            assert calls == requests
+    assert answers["together"] == answers["one by one"]
+    assert len(served["together"]) == sum(len(w) for w in waves)
+    diff = [  # the batch path sums in another order: equal to 1e-12
+        (k, f, v, json.loads(served["one by one"][k])[f])
+        for k in served["together"]
+        for f, v in json.loads(served["together"][k]).items()
+        if not math.isclose(v, json.loads(served["one by one"][k])[f], rel_tol=1e-12)
+    ]
+    assert diff == []  # the logged features
 
 
 @pytest.mark.slow  # suite budget; the fuzz and 422 tests stay in the default run

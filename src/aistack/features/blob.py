@@ -502,8 +502,8 @@ def _new_numeric(tag: bytes, values: list[Value]) -> tuple[bytes, bytes] | None:
     if not fits:
         return None
     valid = bytes(v is not None for v in values)
-    data: np.ndarray = np.array([0 if v is None else v for v in values], dtype=dtype)
-    return valid, data.tobytes()
+    code = "q" if dtype is np.int64 else "d"
+    return valid, struct.pack(f"<{len(values)}{code}", *(v or 0 for v in values))
 
 
 def _appended(
@@ -524,7 +524,11 @@ def _appended(
     n, k = len(held.ts), len(events)
     start = 0 if cutoff is None else int(np.searchsorted(held.ts, cutoff, "left"))
     labels = held.labels
-    if cutoff is not None and bool((held.label_ts < cutoff).any()):
+    if (
+        cutoff is not None
+        and len(held.label_ts)
+        and bool((held.label_ts < cutoff).any())
+    ):
         keep = held.label_ts >= cutoff
         labels = b"".join(
             (
@@ -537,11 +541,11 @@ def _appended(
     at = _HEAD.size  # the event columns' offsets in `blob`
     ts_at, anonymous_at, column_at = at, at + 8 * n, at + 9 * n
     width = 1 + 9 * n  # one numeric column: tag, validity bytes, 8-byte values
-    ids = np.fromiter((e.id for e in events), np.int64, k).tobytes()
+    ids = struct.pack(f"<{k}q", *(e.id for e in events))
     parts = [
         _HEAD.pack(FORMAT, total, _label_count(held, cutoff), len(new)),
         blob[ts_at + 8 * start : ts_at + 8 * n],
-        np.fromiter((e.ts_us for e in events), np.int64, k).tobytes(),
+        struct.pack(f"<{k}q", *(e.ts_us for e in events)),
         blob[anonymous_at + start : anonymous_at + n],
         bytes(k),  # no anonymous event
     ]
@@ -565,7 +569,7 @@ def _appended(
 
 
 def _label_count(held: Frame, cutoff: int | None) -> int:
-    if cutoff is None:
+    if cutoff is None or not len(held.label_ts):
         return len(held.label_ts)
     return int((held.label_ts >= cutoff).sum())
 
