@@ -71,14 +71,21 @@ def serve_round(
         single, test="paced", concurrency=sv.PACED_CONNECTIONS, rate=sv.PACED_RATE
     )
     runs: list[sv.Run] = []
+    quiet = sv.wait_quiet(plan.args.quiet_wait) if plan.args.quiet_wait > 0 else ""
     with sv.running(config, plan.settings, plan.logs) as server:
-        console.print(f"  {config.label}: ready; {sv._load()}")
+        console.print(
+            f"  {config.label}: ready; {sv._load()}" + (f"; {quiet}" if quiet else "")
+        )
         sv.wrk(server, replace(single, test="warm-up"), sv.WARMUP_S, 1)
         for load in (single, paced):
             run = sv.wrk(server, load, plan.args.duration, 1)
             if run.failure or run.errors:
                 console.print(f"  [red]{load.test}: {run.failure or run.errors}[/red]")
             runs.append(run)
+            console.print(
+                f"    {load.test}: {run.rps:,.0f} req/s, p99 {run.p99_ms:.2f} ms; "
+                f"{sv.busy_processes()}"
+            )
     return runs
 
 
@@ -107,7 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="off/on alternations")
     parser.add_argument("--online-url", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet-wait", type=float, default=0)
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0,
+        help="s to wait, before each server, for other work to leave the CPUs",
+    )
     return parser.parse_args(argv)
 
 

@@ -1,17 +1,23 @@
 """Test-only: clinic visits keyed by a PII subject, with windowed features on
 the patient (the subject's own entity) and on the clinic (other entities whose
 windows hold the subject's visits). What `aistack forget` must reach in the
-online aggregation state and in `ops.batch_accounting`."""
+online aggregation state and in `ops.batch_accounting`.
+
+`versions_use_case` adds patient records kept latest-wins by `updated_at` and
+keyed by the PII subject itself: erasing the subject erases rows that replaced
+earlier versions (`replaced_rows` in the accounting)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandera.polars as pa_pl
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 from sklearn.linear_model import LogisticRegression
 
@@ -125,3 +131,59 @@ use_case = UseCase(
     gates=Gates(primary_metric="roc_auc"),
     serving=Serving(request=VisitRequest),
 )
+
+
+def read_versions(params: VisitParams, seed: int) -> Iterator[Batch]:
+    """The visits, then patient records in four batches: every patient's first
+    version on day 0; the subject updated on days 1, 2 and 3, with a repeated
+    version (day 2) and a stale one (day 3) held; patient 8 updated on day 1
+    (stale again on day 2), patient 9 on day 3."""
+    yield from read_sources(params, seed)
+    day = timedelta(days=1)
+    records = [
+        [(p, START) for p in range(PATIENTS)],
+        [(7, START + day), (8, START + day)],
+        [(7, START + day), (7, START + 2 * day), (8, START)],
+        [(7, START), (7, START + 3 * day), (9, START + 3 * day)],
+    ]
+    for n, rows in enumerate(records):
+        table = pa.table(
+            {
+                "national_id": [f"NID-{p:06d}" for p, _ in rows],
+                "full_name": [f"Patient {p} v{i}" for i, (p, _) in enumerate(rows)],
+                "updated_at": [at for _, at in rows],
+            }
+        )
+        yield Batch("patients", f"day-{n}", table)
+
+
+class PatientRecord(pa_pl.DataFrameModel):
+    """A patient's record, one current version per patient (PII key)."""
+
+    national_id: pl.String = pa_pl.Field(metadata={"pii": "key"})
+    full_name: pl.String = pa_pl.Field(metadata={"pii": "encrypt"})
+    updated_at: pl.Datetime = pa_pl.Field()
+
+
+patients = SilverTable(
+    "patients",
+    "patients",
+    lambda f: f,
+    PatientRecord,
+    key=("national_id",),
+    latest_by="updated_at",
+)
+versions_use_case = replace(
+    use_case,
+    name="visit_versions",
+    read_sources=read_versions,
+    silver=(*use_case.silver, patients),
+)
+
+
+def without_subject(params: VisitParams, seed: int) -> Iterator[Batch]:
+    """The batches of `read_versions` without the subject's rows: what bronze,
+    silver and quarantine hold after the subject is erased."""
+    for batch in read_versions(params, seed):
+        keep = pc.not_equal(batch.data.column("national_id"), SUBJECT)
+        yield Batch(batch.source, batch.id, batch.data.filter(keep))

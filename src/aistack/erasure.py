@@ -12,10 +12,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aistack.contract import RankingUseCase, UseCase, Value
+from aistack.contract import RankingUseCase, SilverTable, UseCase, Value
 from aistack.errors import ConfigError
 from aistack.features.online import open_store
 from aistack.features.state import open_event_state
@@ -23,7 +24,7 @@ from aistack.governance.audit import audit_event
 from aistack.governance.pii import PiiCipher
 from aistack.lake.bronze import BATCH_ID, ROW
 from aistack.lake.delta import Lake
-from aistack.lake.silver import ACCOUNTING
+from aistack.lake.silver import ACCOUNTING, checked_rows, reveal_pii
 from aistack.serving.log import prediction_log_table
 from aistack.sql import quote
 from aistack.training.tracking import ERASURE_TAG, LINEAGE_TAG
@@ -96,19 +97,8 @@ def forget(
     pseudonym = str(cipher.pseudonym([subject_id])[0])
     lake = ws.lake
     in_state = _state_targets(lake, use_case, keys, pseudonym)  # before silver goes
-    erased: dict[str, Counter[str]] = {}  # per bronze and quarantine table, batch
-    for spec in use_case.silver:
-        spec_keys = [c for c, mode in spec.pii.items() if mode == "key"]
-        if spec_keys:
-            _erase_bronze(
-                lake,
-                f"bronze.{spec.source}",
-                keys=spec_keys,
-                subject_id=subject_id,
-                cipher=cipher,
-                result=result,
-                erased=erased,
-            )
+    # per bronze and quarantine table, batch; per silver table, batch
+    erased, replaced = _erase_bronze(lake, use_case, subject_id, cipher, result)
     log = prediction_log_table(use_case) if isinstance(use_case, UseCase) else None
     for table in _derived_tables(lake, use_case, log):
         columns = set(lake.dataset(table).schema.names)
@@ -132,7 +122,7 @@ def forget(
         )
         for name, (entities, events) in in_state.items():
             result.state_events += state.erase(name, entities, events)
-    result.accounted_batches = _recount(lake, use_case, erased)
+    result.accounted_batches = _recount(lake, use_case, erased, replaced)
     for table in result.versions:
         result.vacuumed_files[table] = lake.vacuum(
             table, retention_hours=ws.settings.erasure_retention_hours
@@ -178,14 +168,19 @@ def _per_batch(lake: Lake, table: str, predicate: str) -> Counter[str]:
 
 
 def _recount(
-    lake: Lake, use_case: UseCase | RankingUseCase, erased: dict[str, Counter[str]]
+    lake: Lake,
+    use_case: UseCase | RankingUseCase,
+    erased: dict[str, Counter[str]],
+    replaced: dict[str, Counter[str]],
 ) -> int:
     """Lower each touched batch's `ops.batch_accounting` counts by its erased
-    rows, so bronze = silver + quarantine still holds per batch; batches changed.
+    rows, so bronze = silver + quarantine still holds per batch, and silver =
+    silver_rows - replaced_rows per table; batches changed.
 
     Per silver table reading an erased bronze source: bronze_rows drop by the
     batch's erased bronze rows, quarantined_rows by its erased quarantine rows,
-    silver_rows by the difference (the rows it had accepted).
+    silver_rows by the difference (the rows it had accepted), replaced_rows by
+    the accepted ones that had replaced an earlier version (`replaced`).
     """
     if not lake.exists(ACCOUNTING):
         return 0
@@ -196,6 +191,7 @@ def _recount(
         if not bronze:
             continue
         held = erased.get(f"quarantine.{spec.name}", Counter())
+        newer = replaced.get(f"silver.{spec.name}", Counter())
         mine = accounting.filter(
             pc.and_(
                 pc.equal(accounting["table"], f"silver.{spec.name}"),
@@ -207,6 +203,8 @@ def _recount(
             row["bronze_rows"] -= bronze[batch]
             row["quarantined_rows"] -= held[batch]
             row["silver_rows"] -= bronze[batch] - held[batch]
+            if row.get("replaced_rows") is not None:  # null: counted before it was
+                row["replaced_rows"] -= newer[batch]
             fixed.append(row)
     if fixed:
         lake.merge_matched(
@@ -236,37 +234,97 @@ def _derived_tables(
 
 def _erase_bronze(
     lake: Lake,
-    table: str,
-    *,
-    keys: list[str],
+    use_case: UseCase | RankingUseCase,
     subject_id: str,
     cipher: PiiCipher,
     result: ErasureResult,
-    erased: dict[str, Counter[str]],
-) -> None:
-    """Bronze holds the key encrypted (a fresh nonce per value): decrypt the key
-    columns to find the subject's rows, then delete them by batch and row
-    (counted per batch in `erased[table]`)."""
+) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
+    """Delete the subject's bronze rows; per bronze table the rows deleted per
+    batch, and per latest-wins silver table those of them that had replaced an
+    earlier version of their key, per batch (found before anything is deleted:
+    two silver tables may read one source)."""
+    erased: dict[str, Counter[str]] = {}
+    replaced: dict[str, Counter[str]] = {}
+    hits: dict[str, set[tuple[str, int]]] = {}  # per bronze table: (batch, row)
+    for spec in use_case.silver:
+        spec_keys = [c for c, mode in spec.pii.items() if mode == "key"]
+        if not spec_keys:
+            continue
+        bronze = f"bronze.{spec.source}"
+        found = _bronze_hits(
+            lake, bronze, keys=spec_keys, subject_id=subject_id, cipher=cipher
+        )
+        replaced[f"silver.{spec.name}"] = _replacing(lake, spec, found, cipher=cipher)
+        hits.setdefault(bronze, set()).update(found)
+    for bronze, found in hits.items():
+        if found:
+            erased[bronze] = Counter(b for b, _ in found)
+            _delete(lake, bronze, _rows_predicate(found), result)
+    return erased, replaced
+
+
+def _bronze_hits(
+    lake: Lake, table: str, *, keys: list[str], subject_id: str, cipher: PiiCipher
+) -> set[tuple[str, int]]:
+    """The subject's rows in a bronze table, as (batch, row). Bronze holds the
+    key encrypted (a fresh nonce per value): the key columns are decrypted."""
     if not lake.exists(table):
-        return
+        return set()
     present = [k for k in keys if k in lake.dataset(table).schema.names]
     data = lake.read(table, columns=[BATCH_ID, ROW, *present])
+    batches, rows = data.column(BATCH_ID).to_pylist(), data.column(ROW).to_pylist()
     hits: set[tuple[str, int]] = set()
     for key in present:
         clear = cipher.decrypt(data.column(key).to_pylist())
-        batches, rows = data.column(BATCH_ID).to_pylist(), data.column(ROW).to_pylist()
         hits |= {
             (b, r)
             for b, r, v in zip(batches, rows, clear, strict=True)
             if v == subject_id
         }
-    if hits:
-        erased.setdefault(table, Counter()).update(b for b, _ in hits)
-        predicate = " OR ".join(
-            f"({quote(BATCH_ID)} = {_literal(b)} AND {quote(ROW)} = {int(r)})"
-            for b, r in sorted(hits)
-        )
-        _delete(lake, table, predicate, result)
+    return hits
+
+
+def _rows_predicate(hits: set[tuple[str, int]]) -> str:
+    return " OR ".join(
+        f"({quote(BATCH_ID)} = {_literal(b)} AND {quote(ROW)} = {int(r)})"
+        for b, r in sorted(hits)
+    )
+
+
+def _replacing(
+    lake: Lake, spec: SilverTable, hits: set[tuple[str, int]], *, cipher: PiiCipher
+) -> Counter[str]:
+    """Latest-wins tables: per batch, the subject's bronze rows (`hits`) that
+    silver accepted as a newer version of their key, i.e. its `replaced_rows`.
+
+    Read before bronze is deleted. Rows quarantine holds (duplicate or stale
+    versions) were never accepted; a key's accepted versions only grow (each is
+    strictly newer than the last), so its oldest was its first and every other
+    one replaced a version.
+    """
+    if spec.latest_by is None or not spec.key or not hits:
+        return Counter()
+    quarantine = f"quarantine.{spec.name}"
+    in_batches = pc.field(BATCH_ID).isin(sorted({b for b, _ in hits}))
+    near = in_batches & pc.field(ROW).isin(sorted({r for _, r in hits}))
+    mine = pl.DataFrame(
+        sorted(hits), schema={BATCH_ID: pl.String, ROW: pl.Int64}, orient="row"
+    )
+    raw = pl.DataFrame(lake.read(f"bronze.{spec.source}", where=near))
+    raw = raw.join(mine, on=[BATCH_ID, ROW], how="semi", maintain_order="left")
+    if lake.exists(quarantine):
+        held = pl.DataFrame(lake.read(quarantine, columns=[BATCH_ID, ROW], where=near))
+        raw = raw.join(held, on=[BATCH_ID, ROW], how="anti", maintain_order="left")
+    if not raw.height:
+        return Counter()
+    typed, _ = checked_rows(reveal_pii(raw, spec, cipher), spec)
+    versions = typed.select(*spec.key, spec.latest_by).with_columns(
+        raw.get_column(BATCH_ID)
+    )
+    later = versions.sort(spec.latest_by, nulls_last=False, maintain_order=True).filter(
+        pl.struct(spec.key).is_first_distinct().not_()
+    )
+    return Counter(dict(later.group_by(BATCH_ID).len().iter_rows()))
 
 
 def _delete(lake: Lake, table: str, predicate: str, result: ErasureResult) -> None:
