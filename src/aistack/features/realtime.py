@@ -301,18 +301,20 @@ def _columnar(  # noqa: PLR0917  (online_features' own arguments)
     seen = set(zip(stored.seg[maybe].tolist(), stored.ids[maybe].tolist(), strict=True))
     last = [int(h[0][-1]) if len(h[0]) else None for h in held]
     newest: dict[int, int] = {j: t for j, t in enumerate(last) if t is not None}
-    rows = [c.python() for c in asked]
-    for i in range(n):
-        j, ident, t = int(seg[i]), ids[i], ts_us[i]
+    values = list(zip(*(c.python() for c in asked), strict=True)) or [()] * n
+    lateness, events, late = plan.lateness_us, out.events, out.late
+    for i, (j, ident, t, key, own) in enumerate(
+        zip(seg.tolist(), ids, ts_us, keys, values, strict=True)
+    ):
         if (j, ident) in seen:
             hidden[i] = True
             continue
         seen.add((j, ident))
-        event = Event(t, ident, tuple(r[i] for r in rows))
-        out.events.append((keys[i], event))
+        events.append((key, Event(t, ident, own)))
         mark = last[j]
-        out.late[i] = mark is not None and t < mark - plan.lateness_us
-        newest[j] = max(newest.get(j, t), t)
+        late[i] = mark is not None and t < mark - lateness
+        if t > newest.get(j, t - 1):
+            newest[j] = t
     asked_flat = Flat(
         seg,
         np.asarray(ts_us, dtype=np.int64),
