@@ -10,6 +10,7 @@ the refusal can name the holder.
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,32 +22,50 @@ def file_lock(
     *,
     holder: str | None = None,
     refuse: Callable[[str], Exception] | None = None,
+    remove: bool = False,
 ) -> Iterator[None]:
     """Hold the lock at `path` (waiting for it), or, with `refuse`, raise
     `refuse(current holder's text)` at once when another process holds it.
-    `holder`: the text this process leaves in the file while it holds it."""
+    `holder`: the text this process leaves in the file while it holds it.
+    `remove`: delete the file on release (a lock per port in the temp folder
+    would otherwise stay behind); a waiter that got the lock of a removed file
+    takes the lock again on the file now at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        if refuse is None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        else:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                raise refuse(handle.read().strip()) from None
-        if holder is not None:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(holder)
-            handle.flush()
-        try:
-            yield
-        finally:
+    while True:
+        with path.open("a+") as handle:
+            if refuse is None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            else:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.seek(0)
+                    raise refuse(handle.read().strip()) from None
+            if remove and not _still_at(path, handle.fileno()):
+                continue  # its holder removed it while we waited: the new one
             if holder is not None:
                 handle.seek(0)
                 handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.write(holder)
+                handle.flush()
+            try:
+                yield
+            finally:
+                if holder is not None:
+                    handle.seek(0)
+                    handle.truncate()
+                if remove:
+                    path.unlink(missing_ok=True)  # before the unlock: see above
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+
+
+def _still_at(path: Path, fd: int) -> bool:
+    """Whether `path` still names the open file `fd` (not removed or replaced)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def libpq_dsn(uri: str) -> str:

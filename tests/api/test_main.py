@@ -10,9 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import polars as pl
@@ -475,6 +477,9 @@ def test_a_second_serve_on_a_port_in_use_is_refused(served_workspace) -> None:
         assert f"port {port} on 127.0.0.1 is in use by pid {proc.pid}" in second.stderr
         assert "Traceback" not in second.stderr + second.stdout
         assert httpx.get(f"{base}/health").status_code == 200
+        lock = Path(tempfile.gettempdir()) / f"aistack-serve-127.0.0.1-{port}.lock"
+        assert lock.exists()
+    assert not lock.exists()  # a stopped server leaves no lock file behind
 
 
 def _workers(parent: psutil.Process) -> set[int]:

@@ -129,7 +129,9 @@ def port_claim(host: str, port: int) -> Iterator[None]:
     def refuse(holder: str) -> ConfigError:
         return ConfigError(_in_use(host, port, holder or "another aistack serve"))
 
-    with file_lock(path, holder=f"pid {os.getpid()} (aistack serve)", refuse=refuse):
+    with file_lock(
+        path, holder=f"pid {os.getpid()} (aistack serve)", refuse=refuse, remove=True
+    ):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
