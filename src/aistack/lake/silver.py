@@ -35,7 +35,7 @@ from aistack.lake.delta import DataFile, Lake
 from aistack.sql import quote
 
 ACCOUNTING = "ops.batch_accounting"
-CHUNK_ROWS = 250_000
+CHUNK_ROWS = 100_000
 ORDER = (INGESTED_AT, BATCH_ID, ROW)  # bronze order: unique per row
 _POS = "_pos"
 
@@ -594,11 +594,8 @@ def build_silver(
                     else pl.concat([existing, taken], rechunk=False)
                 )
             result.silver_rows += good.height
-            fresh = good.filter(~pl.col(BATCH_ID).is_in(list(held))) if held else good
-            written = lake.write_file(target, fresh.to_arrow())
-            if written is not None:
-                files.append(written)
-            del good, fresh
+            files.extend(_write_chunk(lake, target, good, held))
+            del good
             bads.append(bad)
         bad = pl.concat(bads, how="diagonal_relaxed")
         inputs: dict[str, int | str] = {bronze: bronze_version}
@@ -623,6 +620,20 @@ def build_silver(
         checks = bad.get_column("_check").str.split("; ").explode().value_counts()
         result.by_check = dict(checks.iter_rows())
     return result
+
+
+def _write_chunk(
+    lake: Lake, table: str, good: pl.DataFrame, held: set[str]
+) -> list[DataFile]:
+    """A chunk's silver rows of batches the table does not hold yet, as an
+    uncommitted file (none when there are no such rows)."""
+    fresh = good.filter(~pl.col(BATCH_ID).is_in(list(held))) if held else good
+    written = lake.write_file(table, fresh.to_arrow())
+    del fresh
+    # Arrow's allocator keeps the chunk's freed pages; the next chunk would
+    # add to them rather than reuse them all
+    pa.default_memory_pool().release_unused()
+    return [] if written is None else [written]
 
 
 def _taken_keys(
