@@ -154,6 +154,7 @@ def run(
                             ws.lake, use_case, view, written_at=now, engine=ws.engine
                         )
                     )
+                    release_memory()  # each view's window state, before the next
                     progress.advance(task)
         if not {"train", "score"} & set(stages):
             return report
