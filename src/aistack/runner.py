@@ -39,7 +39,7 @@ from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
 from aistack.sql import quote
 from aistack.training.sets import split_periods
-from aistack.workspace import Workspace
+from aistack.workspace import Workspace, create_tracking_db
 
 if TYPE_CHECKING:
     from aistack.serving.batch import ScoreResult
@@ -80,6 +80,18 @@ def _timed(report: RunReport, stage: str) -> Iterator[None]:
     yield
     report.seconds[stage] = round(time.perf_counter() - start, 2)
     release_memory()
+
+
+@contextmanager
+def _tracking(ws: Workspace) -> Iterator[None]:
+    """MLflow pointed at the workspace's tracking database, created first the
+    safe way (a process killed while MLflow migrates a new SQLite database in
+    place leaves one no later run can open)."""
+    from aistack.training.tracking import tracking
+
+    create_tracking_db(ws.settings.mlflow_uri)
+    with tracking(ws.settings.mlflow_uri):
+        yield
 
 
 def release_memory() -> None:
@@ -161,9 +173,8 @@ def run(
         # the learning stages' libraries (MLflow, scikit-learn, ...) are imported
         # when one runs: landing and gold stay light (~130 MiB less at their peaks)
         from aistack.serving.batch import score_range
-        from aistack.training.tracking import tracking
 
-        with tracking(ws.settings.mlflow_uri):
+        with _tracking(ws):
             if "train" in stages:
                 with _timed(report, "train"):
                     _train(
@@ -246,7 +257,7 @@ def _run_ranking(
         ranking_key,
         train_recommender,
     )
-    from aistack.training.tracking import experiment_id, tracking
+    from aistack.training.tracking import experiment_id
 
     seed = ws.settings.seed
     if "gold" in stages and uc.gold:
@@ -256,7 +267,7 @@ def _run_ranking(
                 table = uc.gold_table_name(gold)
                 report.gold.append(build_derived(ws.lake, gold, table=table))
                 progress.advance(task)
-    with tracking(ws.settings.mlflow_uri):
+    with _tracking(ws):
         if "train" in stages:
             with _timed(report, "train"):
                 task = progress.add_task("train + gate", total=len(uc.trainers) + 1)
@@ -413,7 +424,7 @@ def tune(
 ) -> list[TuneResult]:
     """Tune each chosen trainer (default: every one declaring a search space) on
     the use case's validation folds; `run` then trains with the chosen values."""
-    from aistack.training.tracking import experiment_id, tracking
+    from aistack.training.tracking import experiment_id
     from aistack.training.tune import prequential_folds, split_folds, tune_trainer
 
     known = {t.name: t for t in use_case.trainers}
@@ -435,7 +446,7 @@ def tune(
         folds = prequential_folds(ws.lake, use_case, as_of=as_of, lineage=lineage)
     else:
         folds = split_folds(ws.lake, use_case, as_of=as_of, seed=seed)
-    with tracking(ws.settings.mlflow_uri):
+    with _tracking(ws):
         experiment = experiment_id(
             use_case, ws.settings.artifacts_dir.resolve().as_uri()
         )
