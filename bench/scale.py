@@ -10,14 +10,22 @@ and both worker processes (summed). A size multiplies customers and terminals
 (the default: 5,000 and 10,000 over 183 days; 10x: 50,000 customers, ~18 M
 transactions).
 
+At 1x on the embedded engine the same child then times the handbook's pandas
+feature code (`handbook_features`) on the silver transactions the gold stage read,
+after every stage (its memory is in no stage's peak), and prints gold's speed-up
+over it: pandas seconds / gold stage seconds (two views, Delta writes included;
+pandas writes nothing).
+
     .venv/bin/python bench/scale.py                      # 1, 3 and 10x, both engines
     .venv/bin/python bench/scale.py --sizes 0.1 --engines duckdb dask   # quick
+    .venv/bin/python bench/scale.py --sizes 1 --engines duckdb          # 1x + pandas
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +45,8 @@ STAGES = ("ingest", "silver", "gold", "train", "score")
 DEFAULT = {"customers": 5000, "terminals": 10000, "days": 183}
 TARGET_10X_S = 300.0
 TARGET_10X_MIB = 8 * 1024.0
+TARGET_1X_MIB = 1024.0
+TARGET_GOLD_RATIO = 15.0
 
 
 @dataclass
@@ -123,6 +133,24 @@ def measure(size: float, engine: str, tmp: Path) -> list[Measured]:
     return found
 
 
+def handbook_seconds(tmp: Path) -> float:
+    """Wall seconds of the handbook's pandas features over the workspace's silver
+    transactions (the rows the gold stage read), with the handbook's names."""
+    from aistack.lake.delta import Lake  # noqa: PLC0415
+    from aistack.usecases.fraud.handbook import handbook_features  # noqa: PLC0415
+
+    names = ("transaction_id", "tx_datetime", "customer_id", "terminal_id")
+    columns = [*names, "tx_amount", "tx_fraud"]
+    lake = Lake(tmp / "ws" / "tables")
+    frame = lake.read("silver.transactions", columns=columns).to_pandas()
+    frame.columns = [c.upper() for c in frame.columns]
+    start = time.perf_counter()
+    features = handbook_features(frame)
+    seconds = time.perf_counter() - start
+    assert len(features) == len(frame)
+    return seconds
+
+
 @contextmanager
 def _engine(engine: str, tmp: Path) -> Iterator[tuple[dict[str, object], list[int]]]:
     me = psutil.Process().pid
@@ -136,11 +164,13 @@ def _engine(engine: str, tmp: Path) -> Iterator[tuple[dict[str, object], list[in
         yield extra, [me, *cluster.pids]
 
 
-def child(size: float, engine: str) -> None:
-    """One (size, engine) run; prints its measurements as JSON."""
+def child(size: float, engine: str, *, pandas: bool) -> None:
+    """One (size, engine) run; prints its measurements (and, with `pandas`, the
+    handbook's pandas feature seconds) as JSON."""
     with tempfile.TemporaryDirectory(prefix="aistack-scale-") as tmp:
         found = measure(size, engine, Path(tmp))
-    print(json.dumps([asdict(m) for m in found]))
+        handbook = handbook_seconds(Path(tmp)) if pandas else None
+    print(json.dumps({"stages": [asdict(m) for m in found], "pandas_s": handbook}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,23 +180,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--engines", nargs="+", choices=["duckdb", "dask"], default=["duckdb", "dask"]
     )
+    parser.add_argument(
+        "--no-pandas",
+        action="store_true",
+        help="skip the handbook's pandas features at 1x on the embedded engine",
+    )
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "ENGINE"))
     args = parser.parse_args(argv)
     if args.child:
-        child(float(args.child[0]), args.child[1])
+        size, engine = float(args.child[0]), args.child[1]
+        child(size, engine, pandas=_with_pandas(size, engine, args.no_pandas))
         return 0
     console = Console()
+    console.print(f"load average {os.getloadavg()[0]:.1f} (1 min) at the start")
     results: list[Measured] = []
+    pandas_s: float | None = None
     for size in args.sizes:
         for engine in args.engines:
             console.print(f"[bold]{size:g}x on {engine}[/] ...")
             command = [sys.executable, __file__, "--child", str(size), engine]
+            if args.no_pandas:
+                command.append("--no-pandas")
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 console.print(f"[red]{size:g}x on {engine} failed:[/]\n{done.stderr}")
                 return 1
-            last = done.stdout.strip().splitlines()[-1]
-            results.extend(Measured(**m) for m in json.loads(last))
+            last = json.loads(done.stdout.strip().splitlines()[-1])
+            results.extend(Measured(**m) for m in last["stages"])
+            pandas_s = last["pandas_s"] if last["pandas_s"] is not None else pandas_s
     table = Table(title="fraud pipeline by size and engine (2 workers on the cluster)")
     for column in ("size", "engine", "stage", "rows", "seconds", "peak MiB"):
         table.add_column(column, justify="right")
@@ -193,6 +234,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"{peak:,.0f}",
             )
     console.print(table)
+    console.print(f"load average {os.getloadavg()[0]:.1f} (1 min) at the end")
+    one = [m for m in results if m.size == 1.0 and m.engine == "duckdb"]
+    if one:
+        peak = max(m.peak_mib for m in one)
+        console.print(
+            f"1x embedded: peak {peak:,.0f} MiB (target {TARGET_1X_MIB:,.0f}): "
+            + ("PASS" if peak <= TARGET_1X_MIB else "FAIL")
+        )
+    gold = next((m for m in one if m.stage == "gold"), None)
+    if gold is not None and pandas_s is not None:
+        ratio = pandas_s / gold.seconds
+        console.print(
+            f"1x gold vs the handbook's pandas features on the same silver rows, "
+            f"this run: {pandas_s:.1f} s / {gold.seconds:.1f} s = {ratio:.1f}x "
+            f"(target {TARGET_GOLD_RATIO:.0f}x): "
+            + ("PASS" if ratio >= TARGET_GOLD_RATIO else "FAIL")
+        )
     ten = [m for m in results if m.size == 10.0 and m.engine == "duckdb"]
     if ten:
         total, peak = sum(m.seconds for m in ten), max(m.peak_mib for m in ten)
@@ -203,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             + ("PASS" if verdict else "FAIL")
         )
     return 0
+
+
+def _with_pandas(size: float, engine: str, skip: bool) -> bool:
+    return size == 1.0 and engine == "duckdb" and not skip
 
 
 if __name__ == "__main__":

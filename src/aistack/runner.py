@@ -6,6 +6,7 @@ versions, so re-running a stage on the same inputs changes nothing.
 
 from __future__ import annotations
 
+import gc
 import getpass
 import os
 import time
@@ -14,7 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pyarrow as pa
 from pydantic import BaseModel
 from rich.progress import (
     BarColumn,
@@ -34,36 +37,14 @@ from aistack.flow import STAGES, Stage
 from aistack.governance.pii import cipher_for, source_pii
 from aistack.lake.bronze import IngestResult, ingest
 from aistack.lake.silver import SilverResult, build_silver
-from aistack.serving.batch import ScoreResult, score_range, score_recommendations
 from aistack.sql import quote
-from aistack.training.card import log_card_scores, write_model_card
-from aistack.training.fit import (
-    Candidate,
-    champion_metric,
-    choose_champion,
-    existing_candidate,
-    train_candidate,
-    training_key,
-)
-from aistack.training.recommend import (
-    champion_ranking_metric,
-    choose_ranking_champion,
-    load_ranking_data,
-    ranking_key,
-    train_recommender,
-)
-from aistack.training.report import write_evaluation_report
-from aistack.training.sets import build_training_set, split_periods
-from aistack.training.tracking import experiment_id, tracking
-from aistack.training.tune import (
-    TuneResult,
-    prequential_folds,
-    split_folds,
-    tune_trainer,
-    tuning_history,
-    with_tuned,
-)
-from aistack.workspace import Workspace
+from aistack.training.sets import split_periods
+from aistack.workspace import Workspace, create_tracking_db
+
+if TYPE_CHECKING:
+    from aistack.serving.batch import ScoreResult
+    from aistack.training.fit import Candidate
+    from aistack.training.tune import TuneResult
 
 
 @dataclass
@@ -98,6 +79,27 @@ def _timed(report: RunReport, stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     report.seconds[stage] = round(time.perf_counter() - start, 2)
+    release_memory()
+
+
+@contextmanager
+def _tracking(ws: Workspace) -> Iterator[None]:
+    """MLflow pointed at the workspace's tracking database, created first the
+    safe way (a process killed while MLflow migrates a new SQLite database in
+    place leaves one no later run can open)."""
+    from aistack.training.tracking import tracking
+
+    create_tracking_db(ws.settings.mlflow_uri)
+    with tracking(ws.settings.mlflow_uri):
+        yield
+
+
+def release_memory() -> None:
+    """Give the memory a finished stage freed back to the system: Arrow's
+    allocator keeps freed pages for reuse (~200 MiB after a 1x ingest), which
+    would add to the next stage's peak."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
 
 
 def default_score_range(ws: Workspace, use_case: UseCase) -> tuple[datetime, datetime]:
@@ -164,8 +166,15 @@ def run(
                             ws.lake, use_case, view, written_at=now, engine=ws.engine
                         )
                     )
+                    release_memory()  # each view's window state, before the next
                     progress.advance(task)
-        with tracking(ws.settings.mlflow_uri):
+        if not {"train", "score"} & set(stages):
+            return report
+        # the learning stages' libraries (MLflow, scikit-learn, ...) are imported
+        # when one runs: landing and gold stay light (~130 MiB less at their peaks)
+        from aistack.serving.batch import score_range
+
+        with _tracking(ws):
             if "train" in stages:
                 with _timed(report, "train"):
                     _train(
@@ -239,6 +248,17 @@ def _run_ranking(
     actor: str,
 ) -> None:
     """Gold tables, train + gate every recommender, then batch top-K per user."""
+    from aistack.serving.batch import score_recommendations
+    from aistack.training.fit import existing_candidate
+    from aistack.training.recommend import (
+        champion_ranking_metric,
+        choose_ranking_champion,
+        load_ranking_data,
+        ranking_key,
+        train_recommender,
+    )
+    from aistack.training.tracking import experiment_id
+
     seed = ws.settings.seed
     if "gold" in stages and uc.gold:
         with _timed(report, "gold"):
@@ -247,7 +267,7 @@ def _run_ranking(
                 table = uc.gold_table_name(gold)
                 report.gold.append(build_derived(ws.lake, gold, table=table))
                 progress.advance(task)
-    with tracking(ws.settings.mlflow_uri):
+    with _tracking(ws):
         if "train" in stages:
             with _timed(report, "train"):
                 task = progress.add_task("train + gate", total=len(uc.trainers) + 1)
@@ -301,6 +321,19 @@ def _train(
     actor: str,
     now: datetime,
 ) -> None:
+    from aistack.training.card import log_card_scores, write_model_card
+    from aistack.training.fit import (
+        champion_metric,
+        choose_champion,
+        existing_candidate,
+        train_candidate,
+        training_key,
+    )
+    from aistack.training.report import write_evaluation_report
+    from aistack.training.sets import build_training_set
+    from aistack.training.tracking import experiment_id
+    from aistack.training.tune import tuning_history, with_tuned
+
     task = progress.add_task("train + gate", total=len(use_case.trainers) + 1)
     experiment = experiment_id(use_case, ws.settings.artifacts_dir.resolve().as_uri())
     lineage = ws.lake.versions(
@@ -391,6 +424,9 @@ def tune(
 ) -> list[TuneResult]:
     """Tune each chosen trainer (default: every one declaring a search space) on
     the use case's validation folds; `run` then trains with the chosen values."""
+    from aistack.training.tracking import experiment_id
+    from aistack.training.tune import prequential_folds, split_folds, tune_trainer
+
     known = {t.name: t for t in use_case.trainers}
     unknown = [n for n in trainers if n not in known]
     if unknown:
@@ -410,7 +446,7 @@ def tune(
         folds = prequential_folds(ws.lake, use_case, as_of=as_of, lineage=lineage)
     else:
         folds = split_folds(ws.lake, use_case, as_of=as_of, seed=seed)
-    with tracking(ws.settings.mlflow_uri):
+    with _tracking(ws):
         experiment = experiment_id(
             use_case, ws.settings.artifacts_dir.resolve().as_uri()
         )

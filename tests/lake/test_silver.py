@@ -152,6 +152,38 @@ def test_accounting_violation_raises_before_any_write(tmp_path, monkeypatch) -> 
     assert not lake.exists(ACCOUNTING)
 
 
+def test_chunks_stream_to_files_that_one_commit_records(tmp_path, monkeypatch) -> None:
+    """Each chunk's silver rows are written as it is checked (bounded memory) and
+    recorded by one commit; a check failing in a later chunk leaves no file."""
+    monkeypatch.setattr(silver_mod, "CHUNK_ROWS", 1)  # every batch its own chunk
+    lake = Lake(tmp_path)
+    ingest(lake, fraud_batches(bad=0), ingested_at=NOW)
+    spec = {s.name: s for s in get_use_case("fraud").silver}
+    for name in ("customers", "terminals"):
+        build_silver(lake, spec[name], processed_at=NOW)
+    real, calls = silver_mod.validate_rows, []
+
+    def fail_third(*args, **kwargs):
+        good, bad = real(*args, **kwargs)
+        calls.append(1)
+        return (good.head(good.height - 1) if len(calls) == 3 else good), bad
+
+    monkeypatch.setattr(silver_mod, "validate_rows", fail_third)
+    with pytest.raises(ContractError, match="nothing was written"):
+        build_silver(lake, spec["transactions"], processed_at=NOW)
+    folder = lake.path("silver.transactions")
+    assert not lake.exists("silver.transactions")
+    assert not list(folder.glob("*.parquet"))  # the first two chunks' files: gone
+    monkeypatch.setattr(silver_mod, "validate_rows", real)
+    result = build_silver(lake, spec["transactions"], processed_at=NOW)
+    assert lake.version("silver.transactions") == 0  # one commit
+    assert len(lake.file_paths("silver.transactions")) == result.batches == 10
+    assert sorted(p.name for p in folder.glob("*.parquet")) == sorted(
+        lake.file_paths("silver.transactions")
+    )
+    assert lake.rows("silver.transactions") == lake.rows("bronze.transactions")
+
+
 def test_missing_column_quarantines_rows_with_reason() -> None:
     spec = {s.name: s for s in get_use_case("fraud").silver}["terminals"]
     raw = pl.DataFrame(

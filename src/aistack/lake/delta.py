@@ -100,6 +100,20 @@ def _file_stats(table: pa.Table) -> str:
     return json.dumps(stats)
 
 
+def delta_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with every zoned timestamp in UTC, the only zone Delta stores
+    (the instants are the same; DuckDB's Arrow output says "Etc/UTC")."""
+    return pa.schema(
+        [
+            f.with_type(pa.timestamp(f.type.unit, tz="UTC"))
+            if pa.types.is_timestamp(f.type) and f.type.tz is not None
+            else f
+            for f in schema
+        ],
+        metadata=schema.metadata,
+    )
+
+
 def check_table_name(name: str) -> str:
     """Return `name` if it has the form `layer.name` in lower snake case."""
     if not _NAME.match(name):
@@ -167,6 +181,11 @@ class Lake:
             columns=columns, filter=where
         )
 
+    def file_paths(self, name: str) -> list[str]:
+        """Data files of the current version, relative to the table's folder."""
+        actions = pa.table(self._table(name).get_add_actions(flatten=True))
+        return [str(path) for path in actions.column("path").to_pylist()]
+
     def rows(self, name: str, *, version: int | None = None) -> int:
         """Row count from the Delta log's file statistics (no data scan)."""
         actions = pa.table(self._table(name, version).get_add_actions(flatten=True))
@@ -229,6 +248,7 @@ class Lake:
         """
         if data.num_rows == 0:
             return None
+        data = data.cast(delta_schema(data.schema))
         path = self.path(name)
         path.mkdir(parents=True, exist_ok=True)
         relative = f"part-{uuid.uuid4()}.parquet"
@@ -371,9 +391,8 @@ class Lake:
         """Distinct values of one column (e.g. the batch ids a table holds)."""
         if not self.exists(name):
             return set()
-        con = duckdb.connect()
-        con.register("dataset", self.dataset(name))
-        query = f"SELECT DISTINCT {quote(column)} FROM dataset"
+        con = self.connect({name: self._table(name).version()})
+        query = f"SELECT DISTINCT {quote(column)} FROM {name}"
         return {row[0] for row in con.execute(query).fetchall()}
 
     def tables(self) -> list[TableInfo]:

@@ -26,15 +26,17 @@ import pandera.errors
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from aistack.contract import PiiCodec, SilverTable
 from aistack.errors import ConfigError, ContractError, DeclarationError
 from aistack.lake.bronze import BATCH_ID, INGESTED_AT, METADATA_COLUMNS, ROW, SOURCE
-from aistack.lake.delta import Lake
+from aistack.lake.delta import DataFile, Lake
 from aistack.sql import quote
 
 ACCOUNTING = "ops.batch_accounting"
-CHUNK_ROWS = 250_000
+CHUNK_ROWS = 100_000
+ORDER = (INGESTED_AT, BATCH_ID, ROW)  # bronze order: unique per row
 _POS = "_pos"
 
 
@@ -445,24 +447,36 @@ def _write_new_batches(
 def _write_silver(
     lake: Lake,
     spec: SilverTable,
-    rows: pl.DataFrame,
+    files: list[DataFile],
     inputs: dict[str, int | str],
     *,
     updates: bool,
 ) -> None:
-    """Append the new batches' rows; with `updates` (some rows replace an earlier
-    version of their key) merge each key's last version instead."""
+    """Record the new batches' files in one commit; with `updates` (some rows
+    replace an earlier version of their key) merge each key's last version
+    instead (the files are then read back and left unrecorded)."""
+    table = silver_table(spec)
     if not updates or spec.latest_by is None:
-        _write_new_batches(lake, silver_table(spec), rows, inputs)
-    else:
-        winners = rows.unique(spec.key, keep="last", maintain_order=True)
-        lake.upsert(
-            silver_table(spec),
-            winners.to_arrow(),
-            key=spec.key,
-            newer=spec.latest_by,
-            inputs=inputs,
-        )
+        if files:
+            schema = pq.read_schema(lake.path(table) / files[0].path)
+            lake.commit_files(table, files, schema=schema, inputs=inputs)
+        return
+    rows = _frame(
+        pa.concat_tables(pq.read_table(lake.path(table) / f.path) for f in files)
+    )
+    winners = rows.unique(spec.key, keep="last", maintain_order=True)
+    lake.upsert(
+        table, winners.to_arrow(), key=spec.key, newer=spec.latest_by, inputs=inputs
+    )
+    _discard(lake, table, files)
+
+
+def _discard(lake: Lake, table: str, files: list[DataFile]) -> None:
+    """Remove written files that no commit of `table` records."""
+    recorded = set(lake.file_paths(table)) if lake.exists(table) else set()
+    for written in files:
+        if written.path not in recorded:
+            (lake.path(table) / written.path).unlink(missing_ok=True)
 
 
 REDACTED = "<pii>"
@@ -545,59 +559,53 @@ def build_silver(
     columns = ", ".join(  # names come from source files: quoted, never trusted
         quote(c) for c in lake.dataset(bronze).schema.names if c != SOURCE
     )
-    existing = None
     latest = () if spec.latest_by is None else (spec.latest_by,)
-    if spec.key and lake.exists(target):
-        keys = lake.dataset(target).to_table(
-            columns=[*spec.key, *latest], filter=~pc.field(BATCH_ID).isin(pending)
-        )
-        existing = _frame(keys)
+    existing = _taken_keys(lake, spec, pending)
     references = _reference_values(lake, spec, result)
-    goods, bads, counts = [], [], []
-    for chunk in _chunks(con, bronze, pending):
-        # one chunk of batches in memory at a time (validated rows are compact)
-        sql = (
-            f"SELECT {columns} FROM {bronze} WHERE {BATCH_ID} IN "
-            f"(SELECT unnest($chunk)) ORDER BY {INGESTED_AT}, {BATCH_ID}, {ROW}"
-        )
-        raw, checked = _read_chunk(
-            con, spec, sql, chunk, codec=codec, lake=lake, pinned=pinned, engine=engine
-        )
-        good, bad = validate_rows(
-            raw, spec, existing_keys=existing, references=references, checked=checked
-        )
-        if codec is not None and spec.pii:
-            good, bad = protect_pii(good, bad, spec, codec)
-        counts.append(
-            _account(
-                raw,
-                good,
-                bad=bad,
-                replacing=_replacing(good, spec, existing),
-                table=target,
-                bronze_version=bronze_version,
+    held = lake.distinct(target, BATCH_ID)  # a run killed before its accounting
+    files: list[DataFile] = []  # each chunk's silver rows, written, not committed
+    bads, counts = [], []
+    try:
+        for chunk in _chunks(con, bronze, pending):
+            # one chunk of batches in memory at a time: its silver rows go to a
+            # file of the table's folder, recorded by one commit at the end
+            good, bad, counted = _checked_chunk(
+                con,
+                spec,
+                chunk,
+                columns=columns,
+                existing=existing,
+                references=references,
+                codec=codec,
+                lake=lake,
+                pinned=pinned,
+                engine=engine,
                 processed_at=processed_at,
             )
-        )
-        if spec.key:  # later chunks see this chunk's keys as already taken
-            taken = good.select(*spec.key, *latest)
-            # appended as is (an update's key twice, the newer last): each
-            # chunk looks up only its own keys (`_known_keys`), so the build
-            # stays linear in rows rather than re-deduplicating all keys
-            existing = (
-                taken
-                if existing is None
-                else pl.concat([existing, taken], rechunk=False)
-            )
-        goods.append(good)
-        bads.append(bad)
-    good = pl.concat(goods, rechunk=False)
-    bad = pl.concat(bads, how="diagonal_relaxed")
-    inputs: dict[str, int | str] = {bronze: bronze_version}
-    _write_new_batches(lake, quarantine, bad, inputs)
-    accounted = pl.concat(counts)
-    updates = spec.latest_by is not None and accounted["replaced_rows"].sum() > 0
-    _write_silver(lake, spec, good, inputs, updates=updates)
+            counts.append(counted)
+            if spec.key:  # later chunks see this chunk's keys as already taken
+                taken = good.select(*spec.key, *latest)
+                # appended as is (an update's key twice, the newer last): each
+                # chunk looks up only its own keys (`_known_keys`), so the build
+                # stays linear in rows rather than re-deduplicating all keys
+                existing = (
+                    taken
+                    if existing is None
+                    else pl.concat([existing, taken], rechunk=False)
+                )
+            result.silver_rows += good.height
+            files.extend(_write_chunk(lake, target, good, held))
+            del good
+            bads.append(bad)
+        bad = pl.concat(bads, how="diagonal_relaxed")
+        inputs: dict[str, int | str] = {bronze: bronze_version}
+        _write_new_batches(lake, quarantine, bad, inputs)
+        accounted = pl.concat(counts)
+        updates = spec.latest_by is not None and accounted["replaced_rows"].sum() > 0
+        _write_silver(lake, spec, files, inputs, updates=updates)
+    except BaseException:  # a failed check, a killed run: the files are garbage
+        _discard(lake, target, files)
+        raise
     lake.write(
         ACCOUNTING,
         accounted.to_arrow(),
@@ -606,15 +614,83 @@ def build_silver(
         merge_schema=True,  # replaced_rows came after the first tables
     )
     result.batches = len(pending)
-    result.bronze_rows, result.silver_rows, result.quarantined_rows = (
-        good.height + bad.height,
-        good.height,
-        bad.height,
-    )
+    result.quarantined_rows = bad.height
+    result.bronze_rows = result.silver_rows + bad.height
     if bad.height:
         checks = bad.get_column("_check").str.split("; ").explode().value_counts()
         result.by_check = dict(checks.iter_rows())
     return result
+
+
+def _write_chunk(
+    lake: Lake, table: str, good: pl.DataFrame, held: set[str]
+) -> list[DataFile]:
+    """A chunk's silver rows of batches the table does not hold yet, as an
+    uncommitted file (none when there are no such rows)."""
+    fresh = good.filter(~pl.col(BATCH_ID).is_in(list(held))) if held else good
+    written = lake.write_file(table, fresh.to_arrow())
+    del fresh
+    # Arrow's allocator keeps the chunk's freed pages; the next chunk would
+    # add to them rather than reuse them all
+    pa.default_memory_pool().release_unused()
+    return [] if written is None else [written]
+
+
+def _taken_keys(
+    lake: Lake, spec: SilverTable, pending: list[str]
+) -> pl.DataFrame | None:
+    """Keys (and versions) silver holds from batches other than `pending`."""
+    target = silver_table(spec)
+    if not spec.key or not lake.exists(target):
+        return None
+    latest = () if spec.latest_by is None else (spec.latest_by,)
+    keys = lake.dataset(target).to_table(
+        columns=[*spec.key, *latest], filter=~pc.field(BATCH_ID).isin(pending)
+    )
+    return _frame(keys)
+
+
+def _checked_chunk(
+    con: duckdb.DuckDBPyConnection,
+    spec: SilverTable,
+    chunk: list[str],
+    *,
+    columns: str,
+    existing: pl.DataFrame | None,
+    references: Mapping[str, pl.Series],
+    codec: PiiCodec | None,
+    lake: Lake,
+    pinned: dict[str, int],
+    engine: Engine | None,
+    processed_at: datetime,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """One chunk of whole bronze batches: (silver rows, quarantined rows, the
+    batches' accounting); raises when a batch's rows do not add up."""
+    ((bronze, bronze_version),) = pinned.items()
+    # the range lets the scan skip row groups by their statistics (the list
+    # alone is a join); the chunk's batches are consecutive in sorted order
+    sql = (
+        f"SELECT {columns} FROM {bronze} WHERE {BATCH_ID} BETWEEN $first AND $last "
+        f"AND {BATCH_ID} IN (SELECT unnest($chunk))"
+    )
+    raw, checked = _read_chunk(
+        con, spec, sql, chunk, codec=codec, lake=lake, pinned=pinned, engine=engine
+    )
+    good, bad = validate_rows(
+        raw, spec, existing_keys=existing, references=references, checked=checked
+    )
+    if codec is not None and spec.pii:
+        good, bad = protect_pii(good, bad, spec, codec)
+    counted = _account(
+        raw,
+        good,
+        bad=bad,
+        replacing=_replacing(good, spec, existing),
+        table=silver_table(spec),
+        bronze_version=bronze_version,
+        processed_at=processed_at,
+    )
+    return good, bad, counted
 
 
 def _read_chunk(
@@ -630,7 +706,9 @@ def _read_chunk(
 ) -> tuple[pl.DataFrame, tuple[pl.DataFrame, list[pl.DataFrame]] | None]:
     """A chunk's bronze rows (PII revealed) and, on a cluster, their row-wise
     checks done by the workers (None: validate_rows does them here)."""
-    raw = _frame(con.sql(sql, params={"chunk": chunk}).to_arrow_table())
+    params = {"chunk": chunk, "first": min(chunk), "last": max(chunk)}
+    # sorted here: DuckDB's ORDER BY holds every string of the chunk again
+    raw = _frame(con.sql(sql, params=params).to_arrow_table()).sort(ORDER)
     if codec is not None and spec.pii:
         return reveal_pii(raw, spec, codec), None
     if engine is None or not engine.distributed:
@@ -660,8 +738,10 @@ def _checked_part(
     order, read here from bronze and checked row by row (positions in the chunk)."""
     offset, count = part
     con = lake.connect(pinned)
-    query = f"{sql} LIMIT {int(count)} OFFSET {int(offset)}"
-    raw = _frame(con.sql(query, params={"chunk": chunk}).to_arrow_table())
+    order = ", ".join(ORDER)
+    query = f"{sql} ORDER BY {order} LIMIT {int(count)} OFFSET {int(offset)}"
+    params = {"chunk": chunk, "first": min(chunk), "last": max(chunk)}
+    raw = _frame(con.sql(query, params=params).to_arrow_table())
     typed, failures = checked_rows(raw, spec)
     return typed, [f.with_columns(pl.col(_POS) + offset) for f in failures]
 
