@@ -176,7 +176,14 @@ def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> 
         if workers == 1:
             config = _config(http)
             config.host, config.port = settings.host, settings.port
-            uvicorn.Server(config).run()
+            # uvicorn re-raises the SIGTERM it shut down on; with the default
+            # handler that ends the process before the port claim is released
+            # (its lock file removed): end it by SystemExit instead
+            previous = signal.signal(signal.SIGTERM, _exit_on_term)
+            try:
+                uvicorn.Server(config).run()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
             return
         # metrics from every worker, merged on /metrics; a folder we made is ours
         # to remove when the server stops (the operator's own one is left alone)
@@ -190,6 +197,10 @@ def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> 
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)
                 del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _supervise(host: str, port: int, http: str, workers: int) -> None:
