@@ -113,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10, help="s per wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="off/on alternations")
     parser.add_argument("--online-url", default=None)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="serving worker processes (each run)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--quiet-wait",
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "off": (
                 sv.Config(
                     "ours",
+                    workers=args.workers,
                     name="governance off",
                     env=(("AISTACK_AUDIT_PREDICTIONS", "false"),),
                 ),
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             "on": (
                 sv.Config(
                     "ours",
+                    workers=args.workers,
                     name="grants + audit on",
                     env=(
                         ("AISTACK_POLICY", str(policy)),
@@ -189,7 +194,7 @@ def figures_table(
     """Medians over rounds, the ratio on/off, and the targets."""
     table = Table(
         title=f"cost of governance (median of {args.rounds} rounds, "
-        f"{args.duration:g} s per run, 1 worker)"
+        f"{args.duration:g} s per run, {args.workers} worker(s))"
     )
     for column in ("measure", "off", "on", "on vs off", "target", "verdict"):
         table.add_column(column)
