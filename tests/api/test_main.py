@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from aistack.api.server import port_claim
-from aistack.api.state import prediction_log_table
+from aistack.api.state import ServerState, prediction_log_table
 from aistack.contract import get_use_case
 from aistack.errors import ConfigError
 from aistack.features.online import materialize, open_store
@@ -349,6 +349,18 @@ def served_workspace_server(fraud_run, tmp_path_factory):
     ws = served_copy(fraud_run, tmp_path_factory.mktemp("api") / "served")
     with aistack_server(ws.settings.workspace) as (base, _):
         yield base
+
+
+def test_scoring_threads_are_one_on_sqlite_and_four_on_redis(
+    served_workspace, tmp_path
+) -> None:
+    """What the README says of the scoring threads, on the real stores."""
+    uc = get_use_case("fraud")
+    settings = served_workspace.settings
+    assert ServerState(uc, settings).scoring_threads == 1
+    with redis_server(tmp_path) as (url, _):
+        remote = settings.model_copy(update={"online_url": url})
+        assert ServerState(uc, remote).scoring_threads == 4
 
 
 def test_redis_store_serves_and_ready_flips_when_it_goes_down(
