@@ -54,11 +54,17 @@ def allowed_principal(state: Any, authorization: str) -> str | None:  # noqa: AN
     tokens = state.settings.api_tokens
     if not tokens:
         return API_PRINCIPAL
+    return API_PRINCIPAL if _listed(token, tokens) else None
+
+
+def _listed(given: str, tokens: Any) -> bool:  # noqa: ANN401  (SecretStr list)
+    """Whether `given` is one of `tokens`, in constant time (no early exit: the
+    time does not depend on which matched)."""
     ok = False
-    if token:
-        for t in tokens:  # no early exit: time does not depend on which matched
-            ok |= hmac.compare_digest(token.encode(), t.get_secret_value().encode())
-    return API_PRINCIPAL if ok else None
+    if given:
+        for token in tokens:
+            ok |= hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+    return ok
 
 
 async def require_token(request: Request) -> None:
@@ -89,10 +95,5 @@ async def require_token(request: Request) -> None:
     tokens = state.settings.api_tokens
     if not tokens:
         return
-    given = _bearer(request)
-    ok = False
-    if given:
-        for token in tokens:  # no early exit: time does not depend on which matched
-            ok |= hmac.compare_digest(given.encode(), token.get_secret_value().encode())
-    if not ok:
+    if not _listed(_bearer(request), tokens):
         raise _unauthorized(failures, "missing or invalid bearer token")

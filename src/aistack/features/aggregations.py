@@ -532,12 +532,7 @@ def evaluate_few(
             # positions among the valid events: (hi - window, hi], before `pos`
             start = bisect_left(index, bisect_right(ts, hi - spec.window_us, hi=pos))
             end = bisect_left(index, bisect_right(ts, hi, hi=pos))
-            window = values[start:end]
-            if spec.shift_us == 0:
-                own = _value(current, columns, spec)
-                if own is not None:
-                    window = [*window, own]
-            row.append(_apply(spec.function, window, spec.fill))
+            row.append(_windowed(spec, values[start:end], current, columns))
         rows.append(row)
     return rows
 
@@ -584,12 +579,20 @@ def evaluate_one(
         end_t = t - spec.shift_us
         start = bisect_right(held_ts, end_t - spec.window_us)
         window = held_values[start : bisect_right(held_ts, end_t)]
-        if spec.shift_us == 0:
-            own = _value(current, columns, spec)
-            if own is not None:
-                window = [*window, own]
-        row.append(_apply(spec.function, window, spec.fill))
+        row.append(_windowed(spec, window, current, columns))
     return row
+
+
+def _windowed(
+    spec: Spec, window: list[float], current: Event, columns: Mapping[str, int]
+) -> float | None:
+    """`spec` over the held values in its window, plus the current event's own
+    value when the window ends at it (no shift)."""
+    if spec.shift_us == 0:
+        own = _value(current, columns, spec)
+        if own is not None:
+            window = [*window, own]
+    return _apply(spec.function, window, spec.fill)
 
 
 def _value(e: Event, columns: Mapping[str, int], spec: Spec) -> float | None:
