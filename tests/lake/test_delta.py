@@ -116,3 +116,36 @@ def test_files_written_apart_are_invisible_until_one_commit_records_them(
     assert stray is not None and lake.read("gold.t").num_rows == 6
     assert lake.commit_files("gold.t", [], schema=parts[0].schema, inputs={"a": 2}) == 1
     assert lake.read("gold.t").num_rows == 6 and lake.last_inputs("gold.t") == {"a": 2}
+
+
+def test_appenders_kept_open_keep_every_row_of_concurrent_writers(
+    tmp_path: Path,
+) -> None:
+    """Two appenders (as two stream consumers) and a plain write interleave on
+    one table: every row lands once, in its own commit, new columns merged."""
+    lake = Lake(tmp_path)
+    a, b = lake.appender("ops.log"), lake.appender("ops.log")
+    a.append(pa.table({"x": [0]}))  # creates the table
+    for i in range(1, 30, 3):
+        a.append(pa.table({"x": [i]}))
+        b.append(pa.table({"x": [i + 1]}))
+        lake.write("ops.log", pa.table({"x": [i + 2]}), mode="append")
+    b.append(pa.table({"x": [100], "y": ["new column"]}))
+    a.append(pa.table({"x": [101]}))  # its handle predates the new column
+    table = lake.read("ops.log")
+    assert sorted(table.column("x").to_pylist()) == [*range(31), 100, 101]
+    assert lake.version("ops.log") == 32
+    assert table.filter(pa.compute.field("x") == 100).column("y").to_pylist() == [
+        "new column"
+    ]
+    assert lake.vacuum("ops.log", retention_hours=0) == 0  # nothing to remove
+
+
+def test_an_appender_after_a_failed_append_reopens_the_table(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    log = lake.appender("ops.log")
+    log.append(pa.table({"x": [1]}))
+    with pytest.raises(Exception, match=r"(?i)schema|cast|type"):
+        log.append(pa.table({"x": ["not an int"]}))
+    log.append(pa.table({"x": [2]}))
+    assert sorted(lake.read("ops.log").column("x").to_pylist()) == [1, 2]

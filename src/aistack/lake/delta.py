@@ -22,9 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    PostCommitHookProperties,
+    write_deltalake,
+)
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from deltalake.transaction import (
     AddAction,
@@ -240,6 +245,10 @@ class Lake:
         # reading the version reopens the table: skipped on hot paths (-1)
         return self._table(name).version() if return_version else -1
 
+    def appender(self, name: str) -> Appender:
+        """A handle that appends to `name` again and again (logs: see `Appender`)."""
+        return Appender(self, name)
+
     def write_file(self, name: str, data: pa.Table) -> DataFile | None:
         """Write `data` as one Parquet file into table `name`'s folder, uncommitted.
 
@@ -372,11 +381,13 @@ class Lake:
         """Remove files no longer in the current version and older than
         `retention_hours` (0: every one, so older versions stop being readable).
         Returns how many files were removed."""
-        removed = self._table(name).vacuum(
+        table = self._table(name)
+        removed = table.vacuum(
             retention_hours=int(retention_hours),
             enforce_retention_duration=False,
             dry_run=False,
         )
+        table.cleanup_metadata()  # log entries past the log retention (`Appender`)
         return len(removed)
 
     def last_inputs(self, name: str) -> dict[str, int | str] | None:
@@ -454,3 +465,61 @@ class Lake:
             con.register(alias, delta.to_pyarrow_dataset())
             con.execute(f"CREATE OR REPLACE VIEW {layer}.{table} AS FROM {alias}{only}")
         return con
+
+
+_HOT_HOOKS = PostCommitHookProperties(
+    create_checkpoint=True, cleanup_expired_logs=False
+)
+
+
+class Appender:
+    """Appends to one table through a table handle kept open: the hot path of
+    the prediction log (stream commits, server flushes).
+
+    A commit through the kept handle reads only the versions since its previous
+    one (concurrent appenders commit in between: appends never conflict), where
+    `Lake.write` loads the table again, and it skips the expired-log cleanup
+    (`Lake.vacuum` does it). Measured (500 rows, schema merge, 300 commits in a
+    row): 21 ms -> 10 ms CPU per commit. The table is created by the first
+    append when it does not exist yet."""
+
+    def __init__(self, lake: Lake, name: str) -> None:
+        self._lake = lake
+        self._name = name
+        self._table: DeltaTable | None = None
+
+    def append(self, data: pa.Table) -> None:
+        """Commit `data` (new columns merged into the schema) in one transaction."""
+        if self._table is None:
+            if not self._lake.exists(self._name):
+                self._lake.write(
+                    self._name,
+                    data,
+                    mode="append",
+                    merge_schema=True,
+                    return_version=False,
+                )
+                self._table = self._lake._table(self._name)
+                return
+            self._table = self._lake._table(self._name)
+        try:
+            self._commit(self._table, data)
+        except CommitFailedError:  # another writer changed the schema meanwhile
+            self._table = self._lake._table(self._name)
+            self._commit(self._table, data)
+        except Exception:
+            self._table = None  # opened again, from disk, by the next append
+            raise
+
+    @staticmethod
+    def _commit(table: DeltaTable, data: pa.Table) -> None:
+        write_deltalake(
+            table,
+            data,
+            mode="append",
+            schema_mode="merge",
+            commit_properties=CommitProperties(
+                custom_metadata={INPUTS_KEY: json.dumps({})}
+            ),
+            post_commithook_properties=_HOT_HOOKS,
+        )

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from aistack.contract import UseCase
 from aistack.errors import LogUnavailableError
-from aistack.lake.delta import Lake
+from aistack.lake.delta import Appender, Lake
 from aistack.serving.requests import Scored
 from aistack.wal import new_segment, orphan_segments
 
@@ -163,6 +163,7 @@ class PredictionLog:
     _thread: threading.Thread | None = None
     _segment: _Segment | None = None
     _pending: list[_Segment] = field(default_factory=list)
+    _appender: Appender | None = None
     written: int = 0
 
     def start(self) -> None:
@@ -233,12 +234,11 @@ class PredictionLog:
             return self._retry_pending(fresh=rows)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        self.lake.write(
-            self.table,
-            log_table(rows, self.schema or log_schema(self.feature_names)),
-            mode="append",
-            merge_schema=True,  # a newer server may log more columns
-            return_version=False,
+        if self._appender is None:
+            self._appender = self.lake.appender(self.table)
+        # merges the schema: a newer server may log more columns
+        self._appender.append(
+            log_table(rows, self.schema or log_schema(self.feature_names))
         )
         self.written += len(rows)
 

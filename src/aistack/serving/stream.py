@@ -59,7 +59,7 @@ from aistack.features.online import OnlineStore, open_store, to_us
 from aistack.features.realtime import apply_labels
 from aistack.features.state import EventState, open_event_state
 from aistack.governance.audit import AuditBuffer, audit_log, entry
-from aistack.lake.delta import Lake
+from aistack.lake.delta import Appender, Lake
 from aistack.registry.aliases import Registry
 from aistack.serving.inference import Predictor, load_version
 from aistack.serving.log import log_records, log_schema, log_table, prediction_log_table
@@ -520,6 +520,7 @@ class Consumer:
     processed: int = 0
     _batches: int = 0
     lake: Lake = field(init=False)
+    appender: Appender = field(init=False)
     store: OnlineStore = field(init=False)
     events: EventState | None = field(init=False)
     registry: Registry = field(init=False)
@@ -551,6 +552,7 @@ class Consumer:
             else None
         )
         self.table = prediction_log_table(self.use_case)
+        self.appender = self.lake.appender(self.table)
         self.schema = log_schema(self.use_case.feature_names)
         key = partition_key(self.use_case) if s.stream_partitions > 1 else ""
         self.cross_shift_us = cross_shift_us(self.use_case, key) if key else None
@@ -639,13 +641,7 @@ class Consumer:
         thread, in the order the batches were scored)."""
         records = [r for b in batches for r in b.records]
         if records:
-            self.lake.write(
-                self.table,
-                log_table(records, self.schema),
-                mode="append",
-                merge_schema=True,
-                return_version=False,
-            )
+            self.appender.append(log_table(records, self.schema))
         for b in batches:
             self._failpoint("after_commit", b.number)
         self.source.finish(
