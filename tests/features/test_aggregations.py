@@ -20,7 +20,8 @@ from aistack.contract import (
 )
 from aistack.errors import DeclarationError
 from aistack.features import realtime
-from aistack.features.aggregations import Event, evaluate, evaluate_many, view_sql
+from aistack.features.aggregations import Event, evaluate, evaluate_many
+from aistack.features.offline import view_rows
 from aistack.features.state import open_event_state
 
 T0 = datetime(2024, 1, 1)
@@ -28,7 +29,8 @@ H = timedelta(hours=1)
 
 
 def frame_sql(rows: list[tuple[int, str, datetime, float | None, int]], aggs) -> dict:
-    """Per-event features by the compiled SQL over a table of rows."""
+    """Per-event features by the offline path over a table of rows (small
+    batches: several cuts between entities)."""
     con = duckdb.connect()
     con.register(
         "events",
@@ -42,10 +44,16 @@ def frame_sql(rows: list[tuple[int, str, datetime, float | None, int]], aggs) ->
             }
         ),
     )
-    sql = view_sql(
-        "events", entity="entity", event_id="id", timestamp="ts", aggregations=aggs
+    out = view_rows(
+        con,
+        "events",
+        entity="entity",
+        event_id="id",
+        timestamp="ts",
+        aggregations=aggs,
+        chunk_rows=100,
     )
-    out = con.sql(sql).to_arrow_table().to_pylist()
+    out = out.read_all().to_pylist()
     return {r["id"]: r for r in out}
 
 

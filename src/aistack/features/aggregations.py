@@ -5,8 +5,9 @@ in a half-open window: (t - window, t] with the event itself included, or, with 
 `shift`, (t - shift - window, t - shift] (rows whose label was known by t).
 Events are ordered by (timestamp, event id): of two events of one entity in the
 same microsecond, the first does not see the second, exactly as a stream would
-score them. The offline compiler (`view_sql`) and the online evaluator
-(`evaluate`) implement this one definition; tests hold them equal.
+score them. The offline path (`aistack.features.offline.view_rows`) and the
+online evaluator (`evaluate`) implement this one definition; tests hold them
+equal.
 """
 
 from __future__ import annotations
@@ -15,131 +16,17 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
 
 from aistack.contract.aggregations import (
-    Aggregation,
     Function,
     Spec,
     Value,
     Where,
-    specs,
 )
-from aistack.sql import quote
-
-_US = timedelta(microseconds=1)
-
-
-# --- offline: DuckDB SQL ----------------------------------------------------
-
-
-def _bound_name(us: int) -> str:
-    return f"_n_le_{us}"
-
-
-def _agg_sql(spec: Spec, frame: str) -> str:
-    conditions = []
-    if spec.where is not None:
-        conditions.append(spec.where.sql())
-    if spec.column is not None:
-        conditions.append(f"{quote(spec.column)} IS NOT NULL")
-    value = f"CAST({quote(spec.column)} AS DOUBLE)" if spec.column else ""
-    func = {
-        "count": f"count({value or '*'})",
-        "sum": f"sum({value})",
-        "mean": f"avg({value})",
-        "min": f"min({value})",
-        "max": f"max({value})",
-        "stddev": f"stddev_samp({value})",
-        "last": f"arg_max({value}, _rn)",
-    }[spec.function]
-    filtered = (
-        f"{func} FILTER (WHERE {' AND '.join(conditions)})" if conditions else func
-    )
-    expr = f"{filtered} OVER {frame}"
-    if spec.function == "count":
-        expr = f"CAST({expr} AS DOUBLE)"
-    if spec.fill is not None:
-        expr = f"COALESCE({expr}, {float(spec.fill)!r})"
-    return expr
-
-
-def _counts_rows(spec: Spec) -> bool:
-    """Whether the feature counts every row of its window (no column, no filter)."""
-    return spec.function == "count" and spec.column is None and spec.where is None
-
-
-def _row_count_sql(spec: Spec) -> str:
-    """The rows of the window (start, end], from the bounds' row counts: exact
-    integers, no window aggregate. `count(*)` over the frame below equals it."""
-    end = _bound_name(spec.shift_us) if spec.shift_us else "_rn"
-    expr = f"CAST({end} - {_bound_name(spec.shift_us + spec.window_us)} AS DOUBLE)"
-    if spec.fill is not None:
-        expr = f"COALESCE({expr}, {float(spec.fill)!r})"
-    return expr
-
-
-def view_sql(
-    source: str,
-    *,
-    entity: str,
-    event_id: str,
-    timestamp: str,
-    aggregations: Sequence[Aggregation],
-    since: str | None = None,
-) -> str:
-    """SQL giving one row per event of `source`: id, entity, event_time, features.
-
-    Each window is a frame of rows (start, end] in (timestamp, id) order, where
-    start and end count the entity's rows with timestamp <= t - shift - window
-    and <= t - shift (a RANGE count), so ties and the half-open bounds are exact.
-    `since` (a SQL condition on the source) limits the rows read (increments:
-    the new events and everything inside the longest window before them).
-    """
-    compiled = specs(aggregations)
-    part = f"PARTITION BY {quote(entity)}"
-    ts = quote(timestamp)
-    bounds = sorted(
-        {s.shift_us + s.window_us for s in compiled} | {s.shift_us for s in compiled}
-    )
-    # RANGE over the integer microseconds: the same rows as an INTERVAL over
-    # the timestamp, found faster (~25% of each count's cost)
-    counts = [
-        f"count(*) OVER ({part} ORDER BY _us RANGE BETWEEN UNBOUNDED PRECEDING AND "
-        f"{us} PRECEDING) AS {_bound_name(us)}"
-        for us in bounds
-        if us > 0
-    ]
-    where = f" WHERE {since}" if since else ""
-    ranked = (
-        f"SELECT *, row_number() OVER ({part} ORDER BY {ts}, {quote(event_id)}) AS _rn"
-        + "".join(f", {c}" for c in counts)
-        + f" FROM (SELECT *, epoch_us({ts}) AS _us FROM {source}{where})"
-    )
-    selects = [
-        f"{quote(event_id)}",
-        f"{quote(entity)}",
-        f"{ts} AS event_time",
-    ]
-    order = f"{part} ORDER BY {ts}, {quote(event_id)}"
-    for spec in compiled:
-        if _counts_rows(spec):
-            selects.append(f"{_row_count_sql(spec)} AS {quote(spec.name)}")
-            continue
-        start = f"_rn - {_bound_name(spec.shift_us + spec.window_us)} - 1"
-        end = (
-            f"_rn - {_bound_name(spec.shift_us)} PRECEDING"
-            if spec.shift_us
-            else "CURRENT ROW"
-        )
-        frame = f"({order} ROWS BETWEEN {start} PRECEDING AND {end})"
-        selects.append(f"{_agg_sql(spec, frame)} AS {quote(spec.name)}")
-    return f"SELECT {', '.join(selects)} FROM ({ranked})"
-
 
 # --- online: the same definition over an entity's events ---------------------
 
@@ -214,12 +101,16 @@ def _prefixed(
     values: np.ndarray,
     current_valid: np.ndarray,
     current: np.ndarray,
+    *,
+    total: np.ndarray | None = None,
 ) -> _Series:
-    """The prefix arrays of one (column, filter) over flattened events."""
+    """The prefix arrays of one (column, filter) over flattened events (`total`:
+    the prefix sums when the caller computed them)."""
     count = np.zeros(len(values) + 1, dtype=np.int64)
     np.cumsum(valid, out=count[1:])
-    total = np.zeros(len(values) + 1, dtype=np.longdouble)
-    np.cumsum(values, dtype=np.longdouble, out=total[1:])
+    if total is None:
+        total = np.zeros(len(values) + 1, dtype=np.longdouble)
+        np.cumsum(values, dtype=np.longdouble, out=total[1:])
     last = np.full(len(values) + 1, -1, dtype=np.int64)
     last[1:] = np.where(valid, np.arange(len(values)), -1)
     np.maximum.accumulate(last, out=last)

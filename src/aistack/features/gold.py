@@ -26,11 +26,12 @@ from functools import partial
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aistack.contract import AggregationView, FeatureView, UseCase, View
 from aistack.engine import Engine, partition_of, split_rows
 from aistack.errors import SchemaError
-from aistack.features.aggregations import view_sql
+from aistack.features.offline import view_rows
 from aistack.lake.delta import DataFile, Lake
 from aistack.sql import quote
 
@@ -109,13 +110,12 @@ def build_gold(
         version = lake.commit_files(table, files, schema=written[0][1], inputs=inputs)
         return GoldResult(table, version, sum(f.rows for f in files), skipped=False)
     con = lake.connect(versions)
-    rows = _new_rows(lake, con, table, view, written_at)
-    stream = rows.to_arrow_reader(batch_size=_BATCH_ROWS)
+    stream = _new_rows(lake, con, table, view, written_at)
     schema = _utc(stream.schema)
     counted = [0]
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for batch in stream:  # streamed from DuckDB's sort to the writer
+        for batch in stream:  # streamed to the writer
             counted[0] += batch.num_rows
             yield batch.cast(schema)
 
@@ -131,19 +131,25 @@ def _new_rows(
     table: str,
     view: View,
     written_at: datetime,
-) -> duckdb.DuckDBPyRelation:
+) -> pa.RecordBatchReader:
     """The rows this build appends, in (entity, event_time[, id]) order."""
     if isinstance(view, AggregationView):
-        rows_sql = _new_event_rows(lake, con, table, view)
-        order = f"{_q(view.entity)}, {EVENT_TIME}, {_q(view.id)}"
-    else:
-        rows_sql = _changed_rows(lake, con, table, view)
-        order = f"{_q(view.entity)}, {EVENT_TIME}"
+        rows = _new_event_rows(lake, con, table, view)
+        at = pa.scalar(written_at, pa.timestamp("us", tz="UTC"))
+        schema = rows.schema.append(pa.field(WRITTEN_AT, at.type))
+        stamped = (
+            pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.repeat(at, batch.num_rows)], schema=schema
+            )
+            for batch in rows
+        )
+        return pa.RecordBatchReader.from_batches(schema, stamped)
+    rows_sql = _changed_rows(lake, con, table, view)
     return con.sql(
         f"SELECT *, $written_at::TIMESTAMPTZ AS {WRITTEN_AT} FROM ({rows_sql}) "
-        f"ORDER BY {order}",
+        f"ORDER BY {_q(view.entity)}, {EVENT_TIME}",
         params={"written_at": written_at},
-    )
+    ).to_arrow_reader(batch_size=_BATCH_ROWS)
 
 
 def _gold_partition(
@@ -164,14 +170,18 @@ def _gold_partition(
     only = partition_of(view.entity, part, parts)
     where = {view.source: only, table: only}
     con = lake.connect(versions, where=where)
-    rows = _new_rows(lake, con, table, view, written_at).to_arrow_table()
+    rows = _new_rows(lake, con, table, view, written_at).read_all()
     rows = rows.cast(_utc(rows.schema))
     return lake.write_file(table, rows), rows.schema
 
 
-def aggregation_sql(view: AggregationView, *, since: str | None = None) -> str:
-    """The view's per-event SQL over its source (`since`: a condition on it)."""
-    return view_sql(
+def aggregation_rows(
+    con: duckdb.DuckDBPyConnection, view: AggregationView, *, since: str | None = None
+) -> pa.RecordBatchReader:
+    """The view's per-event rows over its source (`since`: a condition on it),
+    streamed in (entity, event_time, id) order."""
+    return view_rows(
+        con,
         view.source,
         entity=view.entity,
         event_id=view.id,
@@ -183,21 +193,23 @@ def aggregation_sql(view: AggregationView, *, since: str | None = None) -> str:
 
 def _new_event_rows(
     lake: Lake, con: duckdb.DuckDBPyConnection, table: str, view: AggregationView
-) -> str:
-    """SQL of the rows of events not in gold yet (all events on a first build)."""
+) -> pa.RecordBatchReader:
+    """The rows of events not in gold yet (all events on a first build)."""
     ident, ts = _q(view.id), _q(view.timestamp)
     if not lake.exists(table):
-        return aggregation_sql(view)
+        return aggregation_rows(con, view)
     con.execute(
         f"CREATE TEMP TABLE new_ids AS SELECT {ident}, {ts} FROM {view.source} "
         f"ANTI JOIN {table} USING ({ident})"
     )
     first = con.execute(f"SELECT epoch_us(min({ts})) FROM new_ids").fetchall()[0]
     if first is None or first[0] is None:
-        return f"{aggregation_sql(view)} LIMIT 0"
+        return aggregation_rows(con, view, since="FALSE")
     since = f"epoch_us({ts}) > {int(first[0]) - view.span // timedelta(microseconds=1)}"
-    rows = aggregation_sql(view, since=since)
-    return f"SELECT * FROM ({rows}) SEMI JOIN new_ids USING ({ident})"
+    rows = aggregation_rows(con, view, since=since)
+    new = con.sql(f"SELECT {ident} FROM new_ids").to_arrow_table().column(0)
+    kept = (b.filter(pc.is_in(b.column(view.id), value_set=new)) for b in rows)
+    return pa.RecordBatchReader.from_batches(rows.schema, kept)
 
 
 def _changed_rows(

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from aistack.contract import AggregationView, FeatureView, UseCase
 from aistack.errors import ConfigError
-from aistack.features.gold import aggregation_sql, point_in_time_join
+from aistack.features.gold import aggregation_rows, point_in_time_join
 from aistack.lake.delta import Lake
 from aistack.serving.log import FEATURE_PREFIX, prediction_log_table
 from aistack.sql import quote
@@ -152,9 +152,11 @@ def _offline(lake: Lake, use_case: UseCase, event_ids: list[str]) -> pd.DataFram
             vcon.register("logged", pa.table({"_event_key": pa.array(event_ids)}))
             since = f"epoch_us({quote(view.timestamp)}) > {start - view.span // _US}"
             names = ", ".join(quote(f) for f in view.feature_names)
+            found = aggregation_rows(vcon, view, since=since).read_all()
+            vcon.register("view_rows", found)
             rows = vcon.sql(
                 f"SELECT CAST({quote(view.id)} AS VARCHAR) AS _event_key, {names} "
-                f"FROM ({aggregation_sql(view, since=since)}) f "
+                "FROM view_rows f "
                 f"WHERE CAST({quote(view.id)} AS VARCHAR) IN "
                 "(SELECT _event_key FROM logged)"
             ).to_df()
