@@ -194,12 +194,19 @@ def pipeline_section(ctx: rt.Context, figures: Figures) -> None:
     stages = ("ingest", "silver") if args.quick else None
     # a key for this process only (never printed): PII protection needs one
     os.environ.setdefault(ctx.settings.pii_key_env, os.urandom(32).hex())
+    kwargs = {"stages": stages} if stages else {}
+    # untimed: the first run pays the imports (MLflow, the learners)
+    run(
+        use_case,
+        Workspace(load_settings(workspace=tmp / "pii-warm-up", seed=0)),
+        use_case.params(),
+        **kwargs,
+    )
     for k in range(args.rounds):
         for key, variant in variants.items():
             ws = Workspace(load_settings(workspace=tmp / f"pii-{key}-{k}", seed=0))
             quiet = sv.wait_quiet(args.quiet_wait) if args.quiet_wait > 0 else ""
             start = time.perf_counter()
-            kwargs = {"stages": stages} if stages else {}
             report = run(variant, ws, variant.params(), **kwargs)
             seconds = {**report.seconds, "total": time.perf_counter() - start}
             _check_protection(ws.lake, key == "on")
@@ -359,11 +366,13 @@ def figures_table(
     for stage in off_runs[0]:
         off_s = statistics.median(r[stage] for r in off_runs)
         on_s = statistics.median(r[stage] for r in on_runs)
+        if max(off_s, on_s) < 0.01:  # a stage with nothing to do (gold here)
+            continue
         table.add_row(
             f"{PII_USE_CASE} {stage}, s (PII protection)",
             f"{off_s:.2f}",
             f"{on_s:.2f}",
-            f"{on_s / off_s - 1:+.0%}" if off_s >= 0.01 else "",
+            f"{on_s / off_s - 1:+.0%}",
             "",
             "",
         )
