@@ -158,7 +158,8 @@ LUA = r"""
 -- id START_ID + seq and time START_US + seq * STEP_US; its other fields are
 -- line (id * 7919) mod n + 1 of the thread's entities file. BENCH_RATE > 0
 -- paces each thread on an absolute schedule (delay()); response() counts
--- answers that name a late view. done() prints one line "WRK_JSON {...}".
+-- answers that name a late view. BENCH_AUTH, when set, is sent as a bearer
+-- token. done() prints one line "WRK_JSON {...}".
 local entities_file = os.getenv("BENCH_ENTITIES")
 local rows_per = tonumber(os.getenv("BENCH_ROWS") or "1") or 1
 local start_id = tonumber(os.getenv("BENCH_START_ID"))
@@ -180,6 +181,10 @@ late = 0
 local ents = {}
 local count = 0
 local headers = { ["Content-Type"] = "application/json" }
+local token = os.getenv("BENCH_AUTH")
+if token and #token > 0 then
+  headers["Authorization"] = "Bearer " .. token
+end
 
 function init(args)
   local path = entities_file:gsub("{thread}", tostring(thread_index))

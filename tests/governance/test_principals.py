@@ -67,6 +67,20 @@ def test_a_changed_policy_file_is_reloaded(tmp_path: Path) -> None:
     assert first.reloaded().principals["a"].roles == ("auditor",)
 
 
+def test_a_deleted_policy_file_refuses_from_the_reload_on(tmp_path: Path) -> None:
+    token = new_token()
+    path = tmp_path / "p.toml"
+    policy = Policy(path)
+    policy.principals["svc"] = Principal("svc", ("service",), (), hash_token(token))
+    policy.save()
+    loaded = Policy.load(path)
+    path.unlink()
+    # requests do not stat the file: the loaded principals hold until the reload
+    assert loaded.authenticate(token).name == "svc"
+    with pytest.raises(AuthenticationError, match="no such file"):
+        loaded.reloaded().authenticate(token)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

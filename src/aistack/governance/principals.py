@@ -170,10 +170,16 @@ class Policy:
         return self.path is not None
 
     def authenticate(self, token: str | None) -> Principal:
-        """The principal holding `token` (the local admin when no policy is set)."""
+        """The principal holding `token` (the local admin when no policy is set).
+
+        The file is not read again: a server calls this on every request, and
+        reloads the policy (`reloaded`) on its poll, where edits, a deletion
+        included, take effect. Only a policy without principals looks for its
+        file, to say it is missing.
+        """
         if not self.configured:
             return local_admin()
-        if not self.path.exists():  # type: ignore[union-attr]
+        if not self.principals and not self.path.exists():  # type: ignore[union-attr]
             msg = f"policy {self.path}: no such file; create it with `aistack "
             raise AuthenticationError(msg + "principal add NAME --role admin`")
         if not token:
