@@ -4,11 +4,7 @@ A consumer reads a micro-batch of messages (events and late labels), scores the
 events through the same feature and model path as the HTTP server, updates the
 aggregation state, appends the predictions to the Delta prediction log in one
 commit, then publishes them to the output stream and acknowledges the batch in
-one broker transaction. The commit and acknowledgement run on a committer
-thread behind the scoring of the next micro-batches, in order; the batches
-scored meanwhile share the next commit (a group commit), so a busy consumer
-pays the commit's fixed cost once per several batches. Exactly-once effect
-after a crash anywhere:
+one broker transaction. Exactly-once effect after a crash anywhere:
 
 - killed before the commit: the messages are still pending; the restarted
   consumer scores them again (the state update is idempotent per event id and
@@ -418,93 +414,6 @@ def _load_champion(registry: Registry, use_case: UseCase) -> Predictor | None:
 
 
 @dataclass
-class _Scored:
-    """One scored micro-batch waiting for its commit and acknowledgement."""
-
-    number: int
-    records: list[dict[str, Any]]
-    outputs: list[bytes]
-    ids: list[str]
-    enqueued_ms: list[int]
-    progress_us: int
-    started: float
-
-
-class _Committer:
-    """Commits scored micro-batches behind the scoring of the next ones.
-
-    One thread, in scoring order: everything handed over since its last commit
-    goes into one Delta commit and one broker transaction (a group commit: the
-    commit's fixed cost, ~15-30 ms, is shared by more events the busier the
-    consumer is; the Delta write releases the GIL, so scoring goes on meanwhile).
-    At most `depth` batches wait: scoring then blocks (back-pressure). A failed
-    commit stops the consumer at its next hand-over with that error, and its
-    batches stay unacknowledged (delivered again after a restart)."""
-
-    def __init__(self, consumer: Consumer, depth: int = 2) -> None:
-        self._consumer = consumer
-        self._depth = depth
-        self._queue: deque[_Scored] = deque()
-        self._busy = False
-        self._closed = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(
-            target=self._run, name="aistack-stream-commit", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, batch: _Scored) -> None:
-        with self._cond:
-            while len(self._queue) >= self._depth and self._error is None:
-                self._cond.wait()
-            self._raise()
-            self._queue.append(batch)
-            self._cond.notify_all()
-
-    def drain(self) -> None:
-        """Wait until every handed-over batch is committed and acknowledged."""
-        with self._cond:
-            while (self._queue or self._busy) and self._error is None:
-                self._cond.wait()
-            self._raise()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue or self._error is not None:
-                    return
-                batches = list(self._queue)
-                self._queue.clear()
-                self._busy = True
-                self._cond.notify_all()
-            try:
-                self._consumer.commit(batches)
-            except BaseException as exc:  # handed to the scoring thread
-                log.exception("commit of %d micro-batches failed", len(batches))
-                with self._cond:
-                    self._error = exc
-                    self._busy = False
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-
-
-@dataclass
 class Consumer:
     """Scores a stream of one use case; see the module docstring."""
 
@@ -528,7 +437,6 @@ class Consumer:
     predictor: Predictor | None = field(init=False, default=None)
     _checked: float = field(init=False, default=0.0)
     _progress_us: int = field(init=False, default=0)
-    _committer: _Committer = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -576,11 +484,9 @@ class Consumer:
         mlflow.set_registry_uri(self.settings.mlflow_uri)
         if self.audit is not None:
             self.audit.start()  # chains what a killed consumer wrote ahead
-        self._committer = _Committer(self)
         try:
             return self._consume(stop, until_idle=until_idle)
         finally:
-            self._committer.close()
             if self.audit is not None:
                 self.audit.close()
 
@@ -590,26 +496,21 @@ class Consumer:
             if not pending:
                 break
             self.process(pending, recovered=True)
-            self._committer.drain()  # the next `pending` sees these acknowledged
         while not stop.is_set():
             batch = self.source.read(self.batch_size, self.block_ms)
             if batch:
                 self.process(batch, recovered=False)
             else:
-                self._committer.drain()
                 self.metrics.lag.set(self.source.lag())
                 if until_idle and not self.source.pending(1):
                     break
-        self._committer.drain()
         return self.processed
 
     def process(self, messages: Sequence[Message], *, recovered: bool) -> None:
-        """Score one micro-batch and hand it to the committer (see the module
-        docstring); it is committed and acknowledged behind the next one."""
+        """Score one micro-batch and commit it (see the module docstring)."""
         start = time.perf_counter()
         self._batches += 1
         if recovered:
-            self._committer.drain()  # the log holds every batch handed over
             messages = self._skip_committed(messages)
             if not messages:
                 return
@@ -623,40 +524,19 @@ class Consumer:
                 self._score(run, predictor, records, outputs)
         self._audit(records)
         self._failpoint("after_state")
-        self._committer.submit(
-            _Scored(
-                self._batches,
-                records,
-                outputs,
-                [m.id for m in messages],
-                [m.enqueued_ms for m in messages if m.kind == "event"],
-                self._progress_us,
-                start,
-            )
-        )
-
-    def commit(self, batches: Sequence[_Scored]) -> None:
-        """Append the batches' predictions to the Delta log in one commit, then
-        publish and acknowledge them in one broker transaction (the committer's
-        thread, in the order the batches were scored)."""
-        records = [r for b in batches for r in b.records]
         if records:
             self.appender.append(log_table(records, self.schema))
-        for b in batches:
-            self._failpoint("after_commit", b.number)
+        self._failpoint("after_commit")
         self.source.finish(
-            [o for b in batches for o in b.outputs],
-            [i for b in batches for i in b.ids],
-            progress_us=max(b.progress_us for b in batches),
+            outputs, [m.id for m in messages], progress_us=self._progress_us
         )
         now_ms = time.time() * 1000
-        done = time.perf_counter()
-        for b in batches:
-            for enqueued in b.enqueued_ms:
-                self.metrics.latency.observe(max(now_ms - enqueued, 0) / 1000)
-            self.metrics.events.inc(len(b.records))
-            self.processed += len(b.records)
-            self.metrics.batch_seconds.observe(done - b.started)
+        for m in messages:
+            if m.kind == "event":
+                self.metrics.latency.observe(max(now_ms - m.enqueued_ms, 0) / 1000)
+        self.metrics.events.inc(len(records))
+        self.processed += len(records)
+        self.metrics.batch_seconds.observe(time.perf_counter() - start)
 
     def _audit(self, records: Sequence[Mapping[str, Any]]) -> None:
         """One audit record per prediction, written ahead before the commit (at
@@ -776,12 +656,12 @@ class Consumer:
             self.metrics.recovered.inc(len(committed))
         return [m for m, i in zip(messages, ids, strict=True) if i not in committed]
 
-    def _failpoint(self, name: str, batch: int | None = None) -> None:
+    def _failpoint(self, name: str) -> None:
         point = self.settings.stream_failpoint
         if point is None:
             return
         where, _, nth = point.partition(":")
-        if where == name and (self._batches if batch is None else batch) == int(nth):
+        if where == name and self._batches == int(nth):
             log.warning("failpoint %s: killing the consumer", point)
             os.kill(os.getpid(), signal.SIGKILL)
 
