@@ -55,12 +55,13 @@ event_key = itemgetter(0, 3, 1)  # Event.key, without a Python call per event
 _TS, _VALUES = itemgetter(0), itemgetter(2)
 
 
-_LIMIT = 2**62  # composite (entity, time) keys stay inside int64
+KEY_LIMIT = 2**62  # composite (entity, time) keys stay inside int64
 
 
 @dataclass
-class _Series:
-    """One (column, filter) over the flattened events: what a window aggregates."""
+class Prefixes:
+    """One (column, filter) over the flattened events: what a window aggregates
+    (online, and offline in `aistack.features.offline`)."""
 
     valid: np.ndarray  # bool per event: passes the filter, value not NULL
     values: np.ndarray  # float64 per event (0 where not valid), then one 0
@@ -77,7 +78,7 @@ def _series(
     ci: int,
     where: Where | None,
     wi: int,
-) -> _Series:
+) -> Prefixes:
     def column(items: Sequence[Event]) -> tuple[np.ndarray, np.ndarray]:
         n = len(items)
         if ci < 0:
@@ -93,17 +94,17 @@ def _series(
 
     valid, values = column(events)
     current_valid, current = column(currents)
-    return _prefixed(valid, values, current_valid, current)
+    return prefixes(valid, values, current_valid, current)
 
 
-def _prefixed(
+def prefixes(
     valid: np.ndarray,
     values: np.ndarray,
     current_valid: np.ndarray,
     current: np.ndarray,
     *,
     total: np.ndarray | None = None,
-) -> _Series:
+) -> Prefixes:
     """The prefix arrays of one (column, filter) over flattened events (`total`:
     the prefix sums when the caller computed them)."""
     count = np.zeros(len(values) + 1, dtype=np.int64)
@@ -115,12 +116,12 @@ def _prefixed(
     last[1:] = np.where(valid, np.arange(len(values)), -1)
     np.maximum.accumulate(last, out=last)
     padded = np.append(values, 0.0)
-    return _Series(valid, padded, count, total, last, current_valid, current)
+    return Prefixes(valid, padded, count, total, last, current_valid, current)
 
 
-def _aggregate(
+def aggregate(
     function: Function,
-    series: _Series,
+    series: Prefixes,
     start: np.ndarray,
     end: np.ndarray,
     own: np.ndarray,
@@ -145,7 +146,7 @@ def _aggregate(
 
 def _loop(
     function: Function,
-    series: _Series,
+    series: Prefixes,
     start: np.ndarray,
     end: np.ndarray,
     own: np.ndarray,
@@ -203,7 +204,7 @@ def evaluate_many(
     )
     base = int(t.min()) - max(s.shift_us + s.window_us for s in compiled) - 1
     span = int(t.max()) - base + 1
-    if len(segments) * (span + 1) >= _LIMIT:  # a batch spanning ages: split it
+    if len(segments) * (span + 1) >= KEY_LIMIT:  # a batch spanning ages: split it
         for i in range(len(segments)):
             picked = [k for k in range(n) if requests[k][0] == i]
             if picked:
@@ -215,7 +216,7 @@ def evaluate_many(
     keyed += np.clip(ts - base, 0, span)
     origin = seg * (span + 1) - base
 
-    def series(spec: Spec) -> _Series:
+    def series(spec: Spec) -> Prefixes:
         where = spec.where
         ci = columns[spec.column] if spec.column is not None else -1
         wi = columns[where.column] if where is not None else -1
@@ -228,7 +229,7 @@ def evaluate_many(
 def _windows(
     compiled: Sequence[Spec],
     at: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    series_of: Callable[[Spec], _Series],
+    series_of: Callable[[Spec], Prefixes],
     out: np.ndarray,
 ) -> None:
     """Every feature into `out`: each spec's window [start, end) by binary search
@@ -236,7 +237,7 @@ def _windows(
     and filter). `at`: sorted keys, each request's segment origin, time and
     position."""
     keyed, origin, t, pos = at
-    cache: dict[tuple[str | None, Where | None], _Series] = {}
+    cache: dict[tuple[str | None, Where | None], Prefixes] = {}
     for j, spec in enumerate(compiled):
         hi = t - spec.shift_us
         start = np.minimum(
@@ -251,7 +252,7 @@ def _windows(
         if series is None:
             series = cache[(spec.column, spec.where)] = series_of(spec)
         own = series.current_valid & (spec.shift_us == 0)
-        column = _aggregate(spec.function, series, start, end, own)
+        column = aggregate(spec.function, series, start, end, own)
         if spec.fill is not None:
             column = np.where(np.isnan(column), spec.fill, column)
         out[:, j] = column
@@ -332,13 +333,13 @@ def evaluate_flat(
     t = requests.ts
     base = int(t.min()) - max(s.shift_us + s.window_us for s in compiled) - 1
     span = int(t.max()) - base + 1
-    if (int(seg.max()) + 1) * (span + 1) >= _LIMIT:
+    if (int(seg.max()) + 1) * (span + 1) >= KEY_LIMIT:
         msg = "a batch spanning ages: evaluate it per entity"
         raise OverflowError(msg)
     keyed = seg * (span + 1) + np.clip(ts - base, 0, span)
     origin = requests.seg * (span + 1) - base
 
-    def series(spec: Spec) -> _Series:
+    def series(spec: Spec) -> Prefixes:
         return _flat_series(spec, columns, (stored, requests), order, hidden)
 
     _windows(compiled, (keyed, origin, t, pos), series, out)
@@ -351,7 +352,7 @@ def _flat_series(
     halves: tuple[Flat, Flat],
     order: np.ndarray,
     hidden: np.ndarray,
-) -> _Series:
+) -> Prefixes:
     def pick(flat: Flat) -> tuple[np.ndarray, np.ndarray]:
         n = len(flat.ts)
         if spec.column is None:
@@ -367,7 +368,7 @@ def _flat_series(
     current_valid, current = pick(halves[1])
     valid = np.concatenate([held_valid, current_valid])[order] & ~hidden
     values = np.where(valid, np.concatenate([held_values, current])[order], 0.0)
-    return _prefixed(valid, values, current_valid, current)
+    return prefixes(valid, values, current_valid, current)
 
 
 def _apply(function: Function, values: list[float], fill: float | None) -> float | None:

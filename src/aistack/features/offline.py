@@ -22,12 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aistack.contract.aggregations import Aggregation, Spec, Where, specs
-from aistack.features.aggregations import _aggregate, _prefixed, _Series
+from aistack.features.aggregations import KEY_LIMIT, Prefixes, aggregate, prefixes
 from aistack.sql import quote
 
 _PREFIXED = ("count", "sum", "mean", "last")
 _US = "_us"
-_LIMIT = 2**62  # composite (entity, time) keys stay inside int64
 _CHUNK_ROWS = 256 * 1024
 
 Series = tuple[str | None, Where | None]
@@ -121,7 +120,7 @@ def window_features(
         return bounds[us]
 
     series = _series_of(compiled)
-    prefixed: dict[Series, _Series] = {}
+    prefixed: dict[Series, Prefixes] = {}
     framed: list[tuple[Spec, np.ndarray, np.ndarray, pa.ChunkedArray]] = []
     out: list[np.ndarray | None] = []
     for spec in compiled:
@@ -136,7 +135,7 @@ def window_features(
                 prefixed[key] = layout.series(column)
             # the prefix arrays hold one extra slot per entity: row i is at i + seg
             at = (start + layout.seg, end + layout.seg)
-            out.append(_aggregate(spec.function, prefixed[key], *at, layout.no_own))
+            out.append(aggregate(spec.function, prefixed[key], *at, layout.no_own))
         else:
             framed.append((spec, start, end, column))
             out.append(None)
@@ -175,7 +174,7 @@ class _Layout:
         no_own = np.zeros(n, dtype=bool)
         return cls(seg, np.arange(n) + seg, no_own, grids)
 
-    def series(self, column: pa.ChunkedArray) -> _Series:
+    def series(self, column: pa.ChunkedArray) -> Prefixes:
         """The prefix arrays of one series; its sums restart at each entity."""
         valid = ~column.is_null().to_numpy(zero_copy_only=False)
         values = column.fill_null(0.0).to_numpy()
@@ -190,7 +189,7 @@ class _Layout:
             grid[cell] = values[rows]
             np.cumsum(grid.reshape(shape), axis=1, out=grid.reshape(shape))
             total[self.slot[rows] + 1] = grid[cell]
-        return _prefixed(valid_p, values_p, self.no_own, values, total=total)
+        return prefixes(valid_p, values_p, self.no_own, values, total=total)
 
 
 def _segment_starts(column: pa.ChunkedArray) -> np.ndarray:
@@ -217,7 +216,7 @@ def _bounds(
     reach = max(s.shift_us + s.window_us for s in compiled)
     base = int(us.min()) - reach - 1
     span = int(us.max()) - base + 1
-    if (int(seg[-1]) + 1) * (span + 1) < _LIMIT:
+    if (int(seg[-1]) + 1) * (span + 1) < KEY_LIMIT:
         keyed = seg * (span + 1) + (us - base)
         return lambda d: np.searchsorted(keyed, keyed - d, "right")
     distinct = np.unique(us)

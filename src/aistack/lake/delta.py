@@ -119,6 +119,12 @@ def delta_schema(schema: pa.Schema) -> pa.Schema:
     )
 
 
+def _commit_properties(inputs: Mapping[str, int | str] | None) -> CommitProperties:
+    """A commit's properties: its inputs (table -> version), its lineage."""
+    metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
+    return CommitProperties(custom_metadata=metadata)
+
+
 def check_table_name(name: str) -> str:
     """Return `name` if it has the form `layer.name` in lower snake case."""
     if not _NAME.match(name):
@@ -219,8 +225,7 @@ class Lake:
         """
         path = self.path(name)
         path.mkdir(parents=True, exist_ok=True)
-        metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
-        commit = CommitProperties(custom_metadata=metadata)
+        commit = _commit_properties(inputs)
         if predicate is not None:
             if mode != "overwrite":
                 raise ValueError("a predicate only narrows an overwrite")
@@ -287,8 +292,7 @@ class Lake:
         actions = [
             AddAction(f.path, f.size, {}, f.modified_ms, True, f.stats) for f in files
         ]
-        metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
-        commit = CommitProperties(custom_metadata=metadata)
+        commit = _commit_properties(inputs)
         if not self.exists(name):
             self.path(name).mkdir(parents=True, exist_ok=True)
             create_table_with_add_actions(
@@ -323,7 +327,6 @@ class Lake:
             return self.write(name, data, mode="append", inputs=inputs)
         on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
         col = quote(newer)
-        metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
         (
             self._table(name)
             .merge(
@@ -331,7 +334,7 @@ class Lake:
                 predicate=on,
                 source_alias="s",
                 target_alias="t",
-                commit_properties=CommitProperties(custom_metadata=metadata),
+                commit_properties=_commit_properties(inputs),
             )
             .when_matched_update_all(predicate=f"t.{col} IS NULL OR s.{col} > t.{col}")
             .when_not_matched_insert_all()
@@ -352,13 +355,12 @@ class Lake:
         whose `key` matches a row of `data`; other rows are untouched. Re-applying
         the same merge changes nothing."""
         on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
-        metadata = {INPUTS_KEY: json.dumps(dict(sorted((inputs or {}).items())))}
         merger = self._table(name).merge(
             data,
             predicate=on,
             source_alias="s",
             target_alias="t",
-            commit_properties=CommitProperties(custom_metadata=metadata),
+            commit_properties=_commit_properties(inputs),
         )
         if action == "update":
             merger = merger.when_matched_update_all()
@@ -518,8 +520,6 @@ class Appender:
             data,
             mode="append",
             schema_mode="merge",
-            commit_properties=CommitProperties(
-                custom_metadata={INPUTS_KEY: json.dumps({})}
-            ),
+            commit_properties=_commit_properties(None),
             post_commithook_properties=_HOT_HOOKS,
         )
