@@ -149,3 +149,26 @@ def test_an_appender_after_a_failed_append_reopens_the_table(tmp_path: Path) -> 
         log.append(pa.table({"x": ["not an int"]}))
     log.append(pa.table({"x": [2]}))
     assert sorted(lake.read("ops.log").column("x").to_pylist()) == [1, 2]
+
+
+def test_vacuum_removes_log_entries_past_the_log_retention(tmp_path: Path) -> None:
+    """Appends skip Delta's expired-log cleanup; `vacuum` does it (here with a
+    log retention of 0, so every entry before the last checkpoint expires)."""
+    from deltalake import DeltaTable, write_deltalake  # noqa: PLC0415
+
+    lake = Lake(tmp_path)
+    write_deltalake(
+        str(lake.path("ops.log")),
+        pa.table({"x": [0]}),
+        configuration={"delta.logRetentionDuration": "interval 0 seconds"},
+    )
+    log = lake.appender("ops.log")
+    for i in range(1, 6):
+        log.append(pa.table({"x": [i]}))
+    commits = sorted((lake.path("ops.log") / "_delta_log").glob("*.json"))
+    assert len(commits) == 6  # every append kept its entry
+    DeltaTable(str(lake.path("ops.log"))).create_checkpoint()
+    lake.vacuum("ops.log", retention_hours=0)
+    left = sorted((lake.path("ops.log") / "_delta_log").glob("*.json"))
+    assert len(left) < len(commits)
+    assert sorted(lake.read("ops.log").column("x").to_pylist()) == list(range(6))
