@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,9 +45,15 @@ def fraud_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, RunR
 
 @pytest.fixture(scope="session")
 def pii_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh PII master key, set in AISTACK_PII_KEY for the session (servers and
-    CLI subprocesses inherit it); the key never lies in a workspace."""
-    key = new_key_file(tmp_path_factory.mktemp("keys") / "pii.key").read_text().strip()
+    """A fixed PII master key, set in AISTACK_PII_KEY for the session (servers and
+    CLI subprocesses inherit it); the key never lies in a workspace. Fixed, so
+    runs are reproducible: rows are ordered by (time, id) and an id may be a
+    keyed pseudonym, so a fresh key would reorder ties, hence the CV folds (a
+    gate's margin then moved from run to run)."""
+    path = tmp_path_factory.mktemp("keys") / "pii.key"
+    new_key_file(path)  # the CLI's own file format and mode
+    key = hashlib.sha256(b"aistack test suite").hexdigest()
+    path.write_text(key + "\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AISTACK_PII_KEY", key)
         yield key
