@@ -92,7 +92,7 @@ def test_batch_scoring_writes_explanations_that_add_up(patient_run, tmp_path) ->
         start, end = default_score_range(ws, uc)
         score_range(ws.lake, uc, ws.registry, start=start, end=end, explain=True)
     rows = ws.lake.read(uc.predictions_table).to_pylist()
-    assert len(rows) == 1500 - ws.lake.rows("quarantine.patients")
+    assert len(rows) == 7874 - ws.lake.rows("quarantine.patients")
     for row in rows[:200]:
         found = json.loads(row["explanation"])
         total = (
