@@ -3,16 +3,19 @@ transaction per write, by concurrent writer processes (SQLite and Redis)."""
 
 from __future__ import annotations
 
+import gc
 import random
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import weakref
 
 import pytest
 import redis
 
+import aistack.features.blob as blob_module
 from aistack.contract import Value
 from aistack.errors import ConfigError
 from aistack.features.aggregations import Event
@@ -215,3 +218,37 @@ def test_the_columnar_edit_equals_the_event_path(kinds: str) -> None:
             unchanged += got is blob
     assert unchanged > 0  # a retry or an empty write rewrites nothing
     assert kinds != "appends" or appended > 100  # the shortcut was exercised
+
+
+def test_a_write_reuses_the_frames_its_reader_parsed_and_keeps_none(
+    state_url, tmp_path, monkeypatch
+) -> None:
+    state = open_event_state(state_url, tmp_path, "uc")
+    state.write("v", [("1", Event(10, 1, (1.0,))), ("2", Event(11, 2, (2.0,)))], {})
+    blobs = [blob for _, blob in state.read_blobs("v", ["1", "2"])]
+    assert all(blob is not None for blob in blobs)
+    frames = {blob: frame(blob, where="test") for blob in blobs if blob is not None}
+    kept = [weakref.ref(f) for f in frames.values()]
+
+    def no_parse(blob: bytes) -> object:
+        raise AssertionError("a state the reader parsed was parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(blob_module, "_parse", no_parse)
+        state.write_views(
+            [
+                StateWrite(
+                    "v",
+                    [("1", Event(20, 3, (3.0,))), ("2", Event(21, 4, (4.0,)))],
+                    {},
+                    frames=frames,
+                )
+            ]
+        )
+    assert [e.id for e in state.read("v", ["1"], label_index=None)[0]] == [1, 3]
+    assert [e.id for e in state.read("v", ["2"], label_index=None)[0]] == [2, 4]
+    # nothing outlives the request that parsed it: a process-wide cache of
+    # frames made the collector's full passes stall serving for ~100 ms
+    del frames
+    gc.collect()
+    assert [ref() for ref in kept] == [None, None]

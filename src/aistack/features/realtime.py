@@ -37,7 +37,7 @@ from aistack.features.aggregations import (
     event_key,
     vectorised,
 )
-from aistack.features.blob import Col, col_of, events_of, frame
+from aistack.features.blob import Col, Frame, col_of, events_of, frame
 from aistack.features.state import EventState, StateWrite, Watermark
 from aistack.lake.delta import Lake
 from aistack.sql import quote
@@ -62,6 +62,8 @@ class ViewFeatures:
     events: list[tuple[str, Event]] = field(default_factory=list)
     prune: dict[str, int] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)  # the columns of `values`
+    frames: dict[bytes | str, Frame] = field(default_factory=dict)
+    """The state blobs read for these features, parsed (for the write)."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ def _one(
             - plan.retention_us
         },
         names=plan.names,
+        frames={} if f is None or blob is None else {blob: f},
     )
     return out
 
@@ -226,13 +229,18 @@ _Held = tuple[np.ndarray, np.ndarray, list[Col]]  # ts, ids, value columns
 
 
 def _held(
-    blobs: Sequence[tuple[str, bytes | str | None]], label_at: int | None
+    blobs: Sequence[tuple[str, bytes | str | None]],
+    label_at: int | None,
+    frames: dict[bytes | str, Frame],
 ) -> list[_Held] | None:
-    """Each entity's events, columnar (labels merged); None where one holds what
-    only the event path evaluates (text ids or values, anonymous events)."""
+    """Each entity's events, columnar (labels merged; each parsed blob kept in
+    `frames`); None where one holds what only the event path evaluates (text
+    ids or values, anonymous events)."""
     out: list[_Held] = []
     for at, blob in blobs:
         f = None if blob is None else frame(blob, where=at)
+        if f is not None and blob is not None:
+            frames[blob] = f
         if f is None or not len(f.ts):
             out.append((np.empty(0, np.int64), np.empty(0, np.int64), []))
             continue
@@ -281,7 +289,8 @@ def _columnar(  # noqa: PLR0917  (online_features' own arguments)
     path evaluates (text values or ids, anonymous events, text filters)."""
     n = len(ts_us)
     asked = [col_of([None] * n if c is None else list(c)) for c in given]
-    held = _held(blobs, label_at)
+    frames: dict[bytes | str, Frame] = {}
+    held = _held(blobs, label_at, frames)
     if (
         held is None
         or any(anonymous)
@@ -290,7 +299,9 @@ def _columnar(  # noqa: PLR0917  (online_features' own arguments)
         or any(c.tag == b"j" for c in asked)
     ):
         return None
-    out = ViewFeatures(np.empty((n, plan.width)), [False] * n, names=plan.names)
+    out = ViewFeatures(
+        np.empty((n, plan.width)), [False] * n, names=plan.names, frames=frames
+    )
     seg = np.fromiter((segment[k] for k in keys), np.int64, n)
     hidden = np.zeros(n, dtype=bool)
     # retries (ids held already, or repeated in this batch) are hidden twins
@@ -339,7 +350,7 @@ def commit(
     """Write the batch's new events (and prune) of every view, once they have
     been scored, in one state transaction (`indexed`: for later labels)."""
     changes = [
-        StateWrite(view.name, f.events, f.prune, indexed)
+        StateWrite(view.name, f.events, f.prune, indexed, f.frames)
         for view, f, indexed in found
         if f.events or f.prune
     ]

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -50,7 +50,14 @@ import redis
 from aistack.contract import Value
 from aistack.errors import ConfigError, StoreUnavailableError
 from aistack.features.aggregations import Event
-from aistack.features.blob import EntityState, add_events, decode, encode, events_of
+from aistack.features.blob import (
+    EntityState,
+    Frame,
+    add_events,
+    decode,
+    encode,
+    events_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +77,15 @@ class Watermark:
 @dataclass(frozen=True)
 class StateWrite:
     """New events of one view (idempotent per id), each entity's prune cutoff,
-    and whether to index the events for their later labels."""
+    and whether to index the events for their later labels. `frames`: blobs the
+    writer already parsed (read for the features), so an entity's state found
+    unchanged in the transaction is not parsed again."""
 
     view: str
     events: Sequence[tuple[str, Event]]
     prune: Mapping[str, int]
     indexed: bool = False
+    frames: Mapping[bytes | str, Frame] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,9 +182,15 @@ def _edits(change: StateWrite) -> tuple[list[str], Edit]:
     for entity, e in change.events:
         added.setdefault(entity, []).append(e)
 
+    frames = change.frames
+
     def edit(entity: str, blob: Blob, where: str) -> Blob:
         return add_events(
-            blob, added.get(entity, ()), change.prune.get(entity), where=where
+            blob,
+            added.get(entity, ()),
+            change.prune.get(entity),
+            where=where,
+            parsed=None if blob is None else frames.get(blob),
         )
 
     return list(dict.fromkeys([*added, *change.prune])), edit
