@@ -10,30 +10,45 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+SEGMENT = ".jsonl"
+"""A segment being written (locked by its writer), or left by a dead one."""
+
 
 def new_segment(folder: Path) -> tuple[Path, IO[bytes]]:
-    """A fresh segment in `folder`, open for appending and locked by this process."""
+    """A fresh segment in `folder`, open for appending and locked by this process.
+
+    Made under another name, locked, then renamed: a segment is never seen
+    unlocked while its writer lives (another process taking a just-created file
+    for a dead writer's, and deleting it, would lose what is then written)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl"
-    handle = path.open("ab")
+    path = folder / f"{os.getpid()}-{uuid.uuid4().hex}{SEGMENT}"
+    making = path.with_suffix(".new")
+    handle = making.open("ab")
     fcntl.flock(handle, fcntl.LOCK_EX)
+    making.rename(path)
     return path, handle
 
 
 def orphan_segments(
-    folder: Path, *, skip: Path | None = None
+    folder: Path, *, skip: Path | None = None, suffix: str = SEGMENT
 ) -> Iterator[tuple[Path, IO[bytes]]]:
-    """Segments whose writer is gone, each now locked by this process (oldest
-    name first); `skip`: this process's own live segment."""
+    """Files named `*<suffix>` that no process holds, each now locked by this
+    process (oldest name first); `skip`: this process's own live segment."""
     if not folder.exists():
         return
-    for path in sorted(folder.glob("*.jsonl")):
+    for path in sorted(folder.glob(f"*{suffix}")):
         if path == skip:
             continue
-        handle = path.open("ab")
+        try:  # never created here: a file taken meanwhile stays gone
+            handle = open(os.open(path, os.O_WRONLY | os.O_APPEND), "ab")  # noqa: SIM115
+        except FileNotFoundError:  # taken (renamed or removed) meanwhile
+            continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a live process owns it
+            handle.close()
+            continue
+        if not path.exists():  # renamed or removed before the lock was ours
             handle.close()
             continue
         yield path, handle

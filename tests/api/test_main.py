@@ -396,14 +396,15 @@ def test_redis_store_serves_and_ready_flips_when_it_goes_down(
                 again.wait()
 
 
-@pytest.mark.slow  # two workers; the one-worker SIGTERM flush test stays default
 def test_two_workers_serve_share_metrics_and_flush_on_sigterm(
     served_workspace, tmp_path
 ) -> None:
+    """The workers hand their log segments off; the supervisor commits them,
+    while serving and at SIGTERM, each row once."""
     ws = served_workspace
     token = 'to"ken\\'  # quotes and backslashes reach the workers intact
     env = {
-        "AISTACK_LOG_FLUSH_SECONDS": "3600",
+        "AISTACK_LOG_FLUSH_SECONDS": "1",
         "AISTACK_API_TOKENS": json.dumps([token]),
         "TMPDIR": str(tmp_path),  # where the workers' metrics folder is made
     }
@@ -431,10 +432,23 @@ def test_two_workers_serve_share_metrics_and_flush_on_sigterm(
             in text
         )
         assert len(list(tmp_path.glob("aistack-prom-*"))) == 1
+        table = prediction_log_table(get_use_case("fraud"))
+        deadline = time.monotonic() + 60  # committed while serving
+        while not ws.lake.exists(table) or ws.lake.rows(table) < 60:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        for i in range(60, 70):  # sent just before the stop
+            r = httpx.post(
+                f"{base}/v1/fraud/predict",
+                json={**GOOD, "transaction_id": i},
+                headers=auth,
+            )
+            assert r.status_code == 200
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    log = pl.from_arrow(ws.lake.read(prediction_log_table(get_use_case("fraud"))))
-    assert log.height == 60
+        assert proc.wait(timeout=60) == 0
+    log = pl.from_arrow(ws.lake.read(table))
+    assert log.height == 70 and log.get_column("request_id").n_unique() == 70
+    assert not [p for p in (ws.settings.workspace / "wal").rglob("*") if p.is_file()]
     assert not list(tmp_path.glob("aistack-prom-*"))  # removed when serving stopped
 
 

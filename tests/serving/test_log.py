@@ -15,10 +15,17 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from aistack.lake.delta import Lake
-from aistack.serving.log import PredictionLog, log_records, log_schema, log_table
+from aistack.serving.log import (
+    LogFlusher,
+    PredictionLog,
+    log_records,
+    log_schema,
+    log_table,
+)
 from aistack.serving.requests import Scored
 from servers import aistack_server
 
@@ -183,3 +190,71 @@ def test_a_flush_commits_exactly_the_queued_records(tmp_path, write_ahead) -> No
     want = log_table([*records, records[0]], log_schema(("f1", "f2")))
     assert stored.equals(want.sort_by([("request_id", "ascending")]))
     assert not list((tmp_path / "wal").rglob("*.jsonl"))
+
+
+def _records(first: int, n: int) -> list[dict]:
+    return log_records(
+        [_scored(i) for i in range(first, first + n)],
+        [{"transaction_id": i} for i in range(first, first + n)],
+        route="predict",
+        online_versions={},
+    )
+
+
+def test_workers_hand_off_segments_and_the_flusher_commits_each_row_once(
+    tmp_path,
+) -> None:
+    # two workers' logs (each its own locked segment) and the supervisor's
+    # flusher, on one folder, as a multi-worker server runs them
+    lake, wal = Lake(tmp_path / "tables"), tmp_path / "wal"
+    schema = log_schema(("f1", "f2"))
+    workers = [
+        PredictionLog(
+            lake,
+            TABLE,
+            flush_seconds=3600,
+            feature_names=("f1", "f2"),
+            wal_dir=wal,
+            handoff=True,
+        )
+        for _ in range(2)
+    ]
+    flusher = LogFlusher(lake, TABLE, wal, schema, flush_seconds=3600)
+    for log in workers:
+        log.start()
+    records = _records(0, 100)
+    workers[0].append_records(records[:50])
+    workers[1].append_records(records[50:80])
+    assert flusher.flush() == 0  # nothing handed off yet: live segments untouched
+    assert not lake.exists(TABLE)
+    assert workers[0].flush() == 50  # handed off, not written
+    assert not lake.exists(TABLE)
+    assert sorted(p.suffix for p in wal.iterdir()) == [".jsonl", ".jsonl", ".ready"]
+    assert flusher.flush() == 50
+    workers[1].append_records(records[80:])
+    for log in workers:
+        log.close()  # hands off what is left, removes its empty segment
+    assert flusher.flush() == 50
+    assert list(wal.iterdir()) == []
+    stored = lake.read(TABLE).sort_by([("request_id", "ascending")])
+    want = log_table(records, schema).sort_by([("request_id", "ascending")])
+    assert stored.equals(want)
+
+
+def test_the_flusher_recovers_a_killed_workers_segment_and_its_own_failed_commit(
+    tmp_path,
+) -> None:
+    lake, wal = Lake(tmp_path / "tables"), tmp_path / "wal"
+    schema = log_schema(("f1", "f2"))
+    flusher = LogFlusher(lake, TABLE, wal, schema, flush_seconds=3600)
+    wal.mkdir()
+    lines = [orjson.dumps(r, default=str) + b"\n" for r in _records(0, 30)]
+    # a killed worker's segment (nobody holds it), its last line torn
+    (wal / "1-dead.jsonl").write_bytes(b"".join(lines[:10]) + lines[10][:25])
+    # a flusher died after committing rows 10-19 and before deleting them
+    flusher._write(log_table(_records(10, 10), schema))
+    (wal / "2-taken.committing").write_bytes(b"".join(lines[10:25]))
+    assert flusher.flush() == 15  # 0-9 and 20-24: nothing twice
+    assert list(wal.iterdir()) == []
+    ids = lake.read(TABLE, columns=["request_id"]).column("request_id").to_pylist()
+    assert sorted(ids, key=int) == [str(i) for i in range(25)]

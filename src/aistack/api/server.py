@@ -24,8 +24,17 @@ import uvicorn
 from prometheus_client import multiprocess
 
 from aistack.api.main import USE_CASE_ENV
+from aistack.contract import RankingUseCase, get_any_use_case
 from aistack.errors import ConfigError, CrashLoopError
+from aistack.lake.delta import Lake
 from aistack.locks import file_lock
+from aistack.serving.log import (
+    LOG_HANDOFF_ENV,
+    LogFlusher,
+    log_schema,
+    log_wal_dir,
+    prediction_log_table,
+)
 from aistack.settings import Settings
 
 
@@ -191,12 +200,36 @@ def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> 
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             made = tempfile.mkdtemp(prefix="aistack-prom-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        flusher = log_flusher(use_case, settings)
+        if flusher is not None:
+            os.environ[LOG_HANDOFF_ENV] = "1"
+            flusher.start()
         try:
             _supervise(settings.host, settings.port, http, workers)
         finally:
+            if flusher is not None:
+                flusher.close()  # the workers have stopped: what they left
+                del os.environ[LOG_HANDOFF_ENV]
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)
                 del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def log_flusher(name: str, settings: Settings) -> LogFlusher | None:
+    """The prediction log's flusher for a multi-worker server's supervisor (the
+    workers hand their segments off to it); None for a ranking use case, whose
+    workers commit their own recommendation log."""
+    use_case = get_any_use_case(name)
+    if isinstance(use_case, RankingUseCase):
+        return None
+    table = prediction_log_table(use_case)
+    return LogFlusher(
+        Lake(settings.tables_dir),
+        table,
+        log_wal_dir(settings.workspace, table),
+        log_schema(use_case.feature_names),
+        flush_seconds=settings.log_flush_seconds,
+    )
 
 
 def _exit_on_term(signum: int, frame: object) -> None:

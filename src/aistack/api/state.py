@@ -42,7 +42,12 @@ from aistack.registry.rollout import (
     routes_to_challenger,
 )
 from aistack.serving.inference import Predictor, load_version
-from aistack.serving.log import PredictionLog, prediction_log_table
+from aistack.serving.log import (
+    LOG_HANDOFF_ENV,
+    PredictionLog,
+    log_wal_dir,
+    prediction_log_table,
+)
 from aistack.serving.requests import (
     LookupTimings,
     RequestFeatures,
@@ -122,14 +127,14 @@ class ServerState:
         self.tracing = Tracing(
             self.settings.otlp_endpoint, service=f"aistack-{self.use_case.name}"
         )
+        table = prediction_log_table(self.use_case)
         self.log = PredictionLog(
             self.lake,
-            prediction_log_table(self.use_case),
+            table,
             flush_seconds=self.settings.log_flush_seconds,
             feature_names=self.use_case.feature_names,
-            wal_dir=self.settings.workspace
-            / "wal"
-            / prediction_log_table(self.use_case),
+            wal_dir=log_wal_dir(self.settings.workspace, table),
+            handoff=os.environ.get(LOG_HANDOFF_ENV) == "1",
         )
 
     @property

@@ -14,7 +14,9 @@ answers every flush (measured under a paced 1,000 requests/s, 1 worker: up to
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from aistack.contract import UseCase
 from aistack.errors import LogUnavailableError
 from aistack.lake.delta import Appender, Lake
 from aistack.serving.requests import Scored
-from aistack.wal import new_segment, orphan_segments
+from aistack.wal import SEGMENT, new_segment, orphan_segments
 
 
 def prediction_log_table(use_case: UseCase) -> str:
@@ -156,6 +158,26 @@ class _Segment:
         self.path.unlink(missing_ok=True)
         self.handle.close()  # closing releases the lock
 
+    def hand_off(self) -> None:
+        """Complete: renamed `.ready` (still locked), then released for the
+        flusher (`LogFlusher`)."""
+        self.path.rename(self.path.with_suffix(READY))
+        self.handle.close()
+
+
+READY = ".ready"
+"""A complete segment a server worker handed off: never committed."""
+COMMITTING = ".committing"
+"""A segment the flusher took: it may or may not have reached the table."""
+LOG_HANDOFF_ENV = "AISTACK_LOG_HANDOFF"
+"""Set for the workers of a multi-worker server: they only write ahead, and the
+supervisor process commits (`LogFlusher`)."""
+
+
+def log_wal_dir(workspace: Path, table: str) -> Path:
+    """Where a log table's write-ahead segments live."""
+    return workspace / "wal" / table
+
 
 @dataclass
 class PredictionLog:
@@ -181,6 +203,9 @@ class PredictionLog:
     wal_dir: Path | None = None
     schema: pa.Schema | None = None
     """Columns of the records (default: the prediction log's, `log_schema`)."""
+    handoff: bool = False
+    """Only write ahead: each flush hands the segment off to a `LogFlusher` in
+    another process instead of committing it here (needs `wal_dir`)."""
     _lines: list[bytes] = field(default_factory=list)
     """Records queued since the last flush, as JSON lines (chunks of them)."""
     _queued: int = 0
@@ -195,10 +220,15 @@ class PredictionLog:
     written: int = 0
 
     def start(self) -> None:
-        """Replay segments of killed processes, then start the background flusher."""
+        """Replay segments of killed processes, then start the background flusher.
+
+        Handing off, the flusher process replays them instead."""
+        if self.handoff and self.wal_dir is None:
+            raise ValueError("a prediction log that hands off needs a wal_dir")
         if self.wal_dir is not None:
             self._segment = _Segment.open_new(self.wal_dir)
-            self._adopt_orphans()
+            if not self.handoff:
+                self._adopt_orphans()
         self._thread = threading.Thread(
             target=self._loop, name="prediction-log", daemon=True
         )
@@ -228,7 +258,8 @@ class PredictionLog:
                 except OSError as exc:
                     msg = f"prediction log cannot be written ahead: {exc.strerror}"
                     raise LogUnavailableError(msg) from exc
-            self._lines.append(lines)
+            if not self.handoff:  # handing off, the segment is the only copy
+                self._lines.append(lines)
             self._queued += len(records)
             full = self._queued >= self.max_rows
         if full:
@@ -239,7 +270,10 @@ class PredictionLog:
 
         Returns the rows written. On failure the rows stay in their segment on
         disk (without a WAL: back in the buffer) and the error is raised.
+        Handing off: the rows handed off.
         """
+        if self.handoff:
+            return self._hand_off()
         with self._write_lock:
             with self._lock:
                 chunks, self._lines, self._queued = self._lines, [], 0
@@ -262,6 +296,18 @@ class PredictionLog:
                 return self._retry_pending()
             self._pending.append(done)
             return self._retry_pending(fresh=lines)
+
+    def _hand_off(self) -> int:
+        """Close the segment for the flusher process and write to a new one."""
+        assert self.wal_dir is not None
+        with self._lock:
+            done, rows = self._segment, self._queued
+            if done is None or not rows:
+                return 0
+            self._segment = _Segment.open_new(self.wal_dir)
+            self._queued = 0
+        done.hand_off()
+        return rows
 
     @property
     def _schema(self) -> pa.Schema:
@@ -311,18 +357,7 @@ class PredictionLog:
                 log.exception("replaying the prediction log failed; will retry")
 
     def _unlogged(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """`rows` whose request id is not in the table yet (replays are idempotent)."""
-        if not rows or not self.lake.exists(self.table):
-            return rows
-        con = self.lake.connect(self.lake.versions([self.table]))
-        ids = [r["request_id"] for r in rows]
-        found = con.execute(
-            f"SELECT DISTINCT request_id FROM {self.table} "
-            "WHERE request_id IN (SELECT unnest($ids))",
-            {"ids": ids},
-        ).fetchall()
-        present = {r[0] for r in found}
-        return [r for r in rows if r["request_id"] not in present]
+        return unlogged(self.lake, self.table, rows)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -353,6 +388,132 @@ class PredictionLog:
         if self._segment is not None:
             self._segment.drop()
             self._segment = None
+
+
+def unlogged(
+    lake: Lake, table: str, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`rows` whose request id is not in `table` yet (replays are idempotent)."""
+    if not rows or not lake.exists(table):
+        return rows
+    con = lake.connect(lake.versions([table]))
+    ids = [r["request_id"] for r in rows]
+    found = con.execute(
+        f"SELECT DISTINCT request_id FROM {table} "
+        "WHERE request_id IN (SELECT unnest($ids))",
+        {"ids": ids},
+    ).fetchall()
+    present = {r[0] for r in found}
+    return [r for r in rows if r["request_id"] not in present]
+
+
+BACKGROUND_NICE = 10
+"""The flusher thread's niceness: the serving workers come first for the CPU."""
+
+
+@dataclass
+class LogFlusher:
+    """Commits the segments that the workers of a multi-worker server hand off
+    (`PredictionLog(handoff=True)`), from the supervisor process.
+
+    A worker that commits its own log holds the GIL for parts of every flush
+    (building the table, the Delta commit's Python side) while its requests
+    wait: measured on 2 workers under a paced 1,000 requests/s, answers that
+    overlapped a flush had a p99 of 24-29 ms against 9-11 ms for the others.
+    Here the flush runs in a process that serves nothing, on a thread at
+    `BACKGROUND_NICE`, so the kernel gives the workers the CPU first.
+
+    Every `flush_seconds` it takes each `.ready` segment (locks it, renames it
+    `.committing`), commits them together in one Delta commit and deletes
+    them. A `.committing` segment left by a flusher that failed or died, and a
+    worker's segment left by a killed worker, are committed after dropping the
+    request ids already in the table, so nothing is written twice. `close`
+    flushes what is left, after the workers have stopped.
+    """
+
+    lake: Lake
+    table: str
+    wal_dir: Path
+    schema: pa.Schema
+    flush_seconds: float = 5.0
+    written: int = 0
+    _appender: Appender | None = None
+    _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        """Commit what earlier runs left, then every `flush_seconds`."""
+        self._thread = threading.Thread(
+            target=self._loop, name="prediction-log-flusher", daemon=True
+        )
+        self._thread.start()
+
+    def flush(self) -> int:
+        """Commit every segment handed off or left behind; the rows written."""
+        with self._lock:
+            written = self._recover()
+            taken = []
+            try:
+                for path, handle in orphan_segments(self.wal_dir, suffix=READY):
+                    moved = path.with_suffix(COMMITTING)
+                    path.rename(moved)
+                    taken.append((moved, handle))
+                if taken:
+                    lines = b"".join(p.read_bytes() for p, _ in taken)
+                    written += self._write(lines_table(lines, self.schema))
+                    for path, _ in taken:
+                        path.unlink()
+            finally:  # a failed commit leaves them `.committing`: recovered
+                for _, handle in taken:
+                    handle.close()
+            return written
+
+    def _recover(self) -> int:
+        """Segments that may have reached the table (a flusher's that failed or
+        died) or that no flusher took (a killed worker's): their rows not in
+        the table yet."""
+        written = 0
+        for suffix in (COMMITTING, SEGMENT):
+            for path, handle in orphan_segments(self.wal_dir, suffix=suffix):
+                try:
+                    rows = unlogged(self.lake, self.table, _read_segment(path))
+                    if rows:
+                        written += self._write(log_table(rows, self.schema))
+                    path.unlink()
+                finally:
+                    handle.close()
+        return written
+
+    def _write(self, table: pa.Table) -> int:
+        if self._appender is None:
+            self._appender = self.lake.appender(self.table)
+        self._appender.append(table)
+        self.written += table.num_rows
+        return int(table.num_rows)
+
+    def _loop(self) -> None:
+        # this thread only (and the Delta writer's threads it starts, which
+        # inherit it); raising one's own niceness is always allowed
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        while True:
+            try:
+                self.flush()
+            except Exception:  # keep the flusher alive; rows stay on disk
+                log.exception("prediction log flush failed; will retry")
+            if self._stop.wait(self.flush_seconds):
+                return
+
+    def close(self) -> None:
+        """Stop the thread and commit what is left (the workers have stopped)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        try:
+            self.flush()
+        except Exception:
+            log.exception("prediction log left on disk for the next start")
 
 
 def _read_segment(path: Path) -> list[dict[str, Any]]:
