@@ -3,12 +3,17 @@ so a segment nobody holds was left by a dead writer and can be replayed."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 SEGMENT = ".jsonl"
 """A segment being written (locked by its writer), or left by a dead one."""
@@ -52,3 +57,25 @@ def orphan_segments(
             handle.close()
             continue
         yield path, handle
+
+
+BACKGROUND_NICE = 10
+"""Niceness of the threads that commit handed-off segments: the serving
+workers come first for the CPU."""
+
+
+def background_loop(
+    step: Callable[[], object], every: float, stop: threading.Event, *, what: str
+) -> None:
+    """Run `step` now and every `every` seconds until `stop`, on this thread at
+    `BACKGROUND_NICE` (this thread only, and the threads it starts, which
+    inherit it); a failed step is logged and retried at the next turn."""
+    with contextlib.suppress(OSError):  # raising one's own niceness is allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    while True:
+        try:
+            step()
+        except Exception:  # keep the thread alive: the segments stay on disk
+            log.exception("%s failed; will retry", what)
+        if stop.wait(every):
+            return

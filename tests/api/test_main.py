@@ -26,6 +26,7 @@ from aistack.api.state import ServerState, prediction_log_table
 from aistack.contract import get_use_case
 from aistack.errors import ConfigError
 from aistack.features.online import materialize, open_store
+from aistack.governance.audit import audit_path, read, verify
 from conftest import other_version, served_copy
 from servers import aistack_server, redis_binary, redis_server
 
@@ -449,6 +450,13 @@ def test_two_workers_serve_share_metrics_and_flush_on_sigterm(
     log = pl.from_arrow(ws.lake.read(table))
     assert log.height == 70 and log.get_column("request_id").n_unique() == 70
     assert not [p for p in (ws.settings.workspace / "wal").rglob("*") if p.is_file()]
+    # the audit records too: handed off by the workers, chained by the parent
+    audited = [r for r in read(audit_path(ws)) if r["action"] == "predict"]
+    assert sorted(r["details"]["request_id"] for r in audited) == sorted(
+        log.get_column("request_id").to_list()
+    )
+    assert verify(audit_path(ws)).broken is None
+    assert not list((audit_path(ws).parent / "wal").iterdir())
     assert not list(tmp_path.glob("aistack-prom-*"))  # removed when serving stopped
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from aistack.governance.audit import (
     AuditBuffer,
+    AuditDrainer,
     Verdict,
     append,
     audit_event,
@@ -131,3 +132,38 @@ def test_written_ahead_predictions_survive_a_kill(tmp_path: Path) -> None:
     assert ids == [*map(str, range(50)), "late"]
     assert verify(path) == Verdict(51, None, signed=False, seals=0)
     assert list((path.parent / "wal").glob("*.jsonl")) == []
+
+
+def test_workers_hand_off_records_and_the_drainer_chains_each_once(
+    tmp_path: Path,
+) -> None:
+    path = audit_path(tmp_path)
+    key = b"k" * 32
+    workers = [
+        AuditBuffer(path, flush_seconds=3600, key=key, handoff=True) for _ in range(2)
+    ]
+    drainer = AuditDrainer(path, flush_seconds=3600, key=key)
+    for buffer in workers:
+        buffer.start()
+    for i in range(30):
+        workers[i % 2].record([entry("svc", "predict", {"request_id": str(i)})])
+    drainer.drain()  # the live segments are the workers': left alone
+    assert not path.exists() or not list(read(path))
+    workers[0].flush()  # released, not chained, by the worker
+    assert not path.exists() or not list(read(path))
+    drainer.drain()
+    assert _predicted(path) == list(range(0, 30, 2))
+    workers[0].flush()  # nothing new: its empty segment is removed, not chained
+    for buffer in workers:
+        buffer.close()
+    drainer.close()
+    assert _predicted(path) == list(range(30))
+    verdict = verify(path, key=key)  # 30 records and a seal per drain that chained
+    assert (verdict.checked, verdict.broken, verdict.seals) == (32, None, 2)
+    assert list((path.parent / "wal").iterdir()) == []
+
+
+def _predicted(path: Path) -> list[int]:
+    return sorted(
+        int(r["details"]["request_id"]) for r in read(path) if r["action"] == "predict"
+    )

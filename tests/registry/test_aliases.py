@@ -25,6 +25,8 @@ def test_history_answers_which_version_was_champion(fraud_run, fraud_copy) -> No
     t1 = datetime.now(UTC)
     registry.rollback("fraud", actor="bob", reason="test: rollback")
     assert registry.version_of("fraud", "champion") == champion
+    aliases, _ = registry.registered("fraud")
+    assert aliases["champion"] == champion
     assert registry.version_at("fraud", "champion", t0) == champion
     assert registry.version_at("fraud", "champion", t1) == other
     last = registry.history("fraud")[-1]
@@ -51,10 +53,13 @@ def test_a_registry_that_cannot_answer_is_not_no_champion(tmp_path) -> None:
     create_tracking_db(f"sqlite:///{db}")
     registry = Registry(Lake(tmp_path / "tables"), f"sqlite:///{db}")
     assert registry.version_of("fraud", "champion") is None  # absent: None
+    assert registry.registered("fraud") == ({}, {})
     lock = sqlite3.connect(db, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # another process holds the database
     try:
         with pytest.raises(RegistryError, match="database is locked"):
             registry.version_of("fraud", "champion")
+        with pytest.raises(RegistryError, match="database is locked"):
+            registry.registered("fraud")  # the server's poll: one call for both
     finally:
         lock.execute("ROLLBACK")

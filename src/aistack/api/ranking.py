@@ -50,7 +50,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aistack.api.auth import UNAUTHORIZED, UNAVAILABLE, require_token
 from aistack.api.guards import RolloutJudge, Window, end_as_judged
 from aistack.contract import RankingUseCase
-from aistack.governance.audit import AuditBuffer, audit_log, entry
+from aistack.governance.audit import AUDIT_HANDOFF_ENV, AuditBuffer, audit_log, entry
 from aistack.governance.principals import Policy
 from aistack.lake.delta import Lake
 from aistack.registry.aliases import Registry
@@ -229,6 +229,7 @@ class RankingState:
                 flush_seconds=settings.audit_flush_seconds,
                 key=audit.key,
                 anchor=audit.anchor,
+                handoff=os.environ.get(AUDIT_HANDOFF_ENV) == "1",
             )
             if settings.audit_predictions
             else None

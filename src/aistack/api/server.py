@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 import uvicorn
@@ -26,6 +27,7 @@ from prometheus_client import multiprocess
 from aistack.api.main import USE_CASE_ENV
 from aistack.contract import RankingUseCase, get_any_use_case
 from aistack.errors import ConfigError, CrashLoopError
+from aistack.governance.audit import AUDIT_HANDOFF_ENV, AuditDrainer, audit_log
 from aistack.lake.delta import Lake
 from aistack.locks import file_lock
 from aistack.serving.log import (
@@ -200,36 +202,55 @@ def serve(use_case: str, settings: Settings, *, workers: int, nodelay: bool) -> 
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             made = tempfile.mkdtemp(prefix="aistack-prom-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
-        flusher = log_flusher(use_case, settings)
-        if flusher is not None:
-            os.environ[LOG_HANDOFF_ENV] = "1"
-            flusher.start()
+        committers = log_committers(use_case, settings)
+        for variable, committer in committers:
+            os.environ[variable] = "1"
+            committer.start()
         try:
             _supervise(settings.host, settings.port, http, workers)
         finally:
-            if flusher is not None:
-                flusher.close()  # the workers have stopped: what they left
-                del os.environ[LOG_HANDOFF_ENV]
+            for variable, committer in committers:
+                committer.close()  # the workers have stopped: what they left
+                del os.environ[variable]
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)
                 del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
-def log_flusher(name: str, settings: Settings) -> LogFlusher | None:
-    """The prediction log's flusher for a multi-worker server's supervisor (the
-    workers hand their segments off to it); None for a ranking use case, whose
-    workers commit their own recommendation log."""
+class Committer(Protocol):
+    """Commits what the workers hand off, from the supervisor."""
+
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def log_committers(name: str, settings: Settings) -> list[tuple[str, Committer]]:
+    """What a multi-worker server's supervisor commits for its workers, each with
+    the variable that tells the workers to hand off: the prediction log (not a
+    ranking use case's recommendation log, which its workers commit) and the
+    audit records of predictions."""
     use_case = get_any_use_case(name)
-    if isinstance(use_case, RankingUseCase):
-        return None
-    table = prediction_log_table(use_case)
-    return LogFlusher(
-        Lake(settings.tables_dir),
-        table,
-        log_wal_dir(settings.workspace, table),
-        log_schema(use_case.feature_names),
-        flush_seconds=settings.log_flush_seconds,
-    )
+    found: list[tuple[str, Committer]] = []
+    if not isinstance(use_case, RankingUseCase):
+        table = prediction_log_table(use_case)
+        flusher = LogFlusher(
+            Lake(settings.tables_dir),
+            table,
+            log_wal_dir(settings.workspace, table),
+            log_schema(use_case.feature_names),
+            flush_seconds=settings.log_flush_seconds,
+        )
+        found.append((LOG_HANDOFF_ENV, flusher))
+    if settings.audit_predictions:
+        audit = audit_log(settings, os.environ)
+        drainer = AuditDrainer(
+            audit.path,
+            flush_seconds=settings.audit_flush_seconds,
+            key=audit.key,
+            anchor=audit.anchor,
+        )
+        found.append((AUDIT_HANDOFF_ENV, drainer))
+    return found
 
 
 def _exit_on_term(signum: int, frame: object) -> None:

@@ -30,7 +30,7 @@ from aistack.errors import ConfigError, LogUnavailableError
 from aistack.features.online import OnlineStore, SQLiteStore, open_store, versions
 from aistack.features.realtime import LabelResult, apply_labels
 from aistack.features.state import EventState, SQLiteEventState, open_event_state
-from aistack.governance.audit import AuditBuffer, audit_log, entry
+from aistack.governance.audit import AUDIT_HANDOFF_ENV, AuditBuffer, audit_log, entry
 from aistack.governance.principals import Policy
 from aistack.lake.delta import Lake
 from aistack.monitoring.alerts import evaluate_alerts, firing
@@ -38,7 +38,7 @@ from aistack.monitoring.consistency import check_consistency
 from aistack.registry.aliases import Registry
 from aistack.registry.rollout import (
     Rollout,
-    read_rollout,
+    rollout_of,
     routes_to_challenger,
 )
 from aistack.serving.inference import Predictor, load_version
@@ -108,6 +108,7 @@ class ServerState:
                 flush_seconds=self.settings.audit_flush_seconds,
                 key=log.key,
                 anchor=log.anchor,
+                handoff=os.environ.get(AUDIT_HANDOFF_ENV) == "1",
             )
             if self.settings.audit_predictions
             else None
@@ -150,13 +151,16 @@ class ServerState:
         return load_version(self.registry, self.use_case.name, version)
 
     def refresh_model(self) -> bool:
-        """Follow the registry: champion alias and rollout. True if anything changed."""
-        changed = self._refresh_champion()
-        return self._refresh_rollout() or changed
+        """Follow the registry: champion alias and rollout. True if anything changed.
 
-    def _refresh_champion(self) -> bool:
+        One registry call for both (the poll's Python holds the GIL the
+        requests wait for: 4.7 -> 2.8 ms a poll on SQLite)."""
+        aliases, tags = self.registry.registered(self.use_case.name)
+        changed = self._refresh_champion(aliases.get("champion"))
+        return self._refresh_rollout(rollout_of(tags)) or changed
+
+    def _refresh_champion(self, version: int | None) -> bool:
         name = self.use_case.name
-        version = self.registry.version_of(name, "champion")
         current = self.predictor
         if version is None or (current is not None and current.version == version):
             return False
@@ -193,8 +197,7 @@ class ServerState:
         )
         return True
 
-    def _refresh_rollout(self) -> bool:
-        rollout = read_rollout(self.registry, self.use_case.name)
+    def _refresh_rollout(self, rollout: Rollout | None) -> bool:
         active = rollout if rollout is not None and rollout.active else None
         if active is None:
             changed = self.rollout is not None

@@ -37,7 +37,7 @@ from aistack.errors import ConfigError
 from aistack.governance.keys import read_key
 from aistack.governance.principals import Principal
 from aistack.settings import Settings
-from aistack.wal import new_segment, orphan_segments
+from aistack.wal import background_loop, new_segment, orphan_segments
 
 GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
@@ -434,9 +434,20 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+AUDIT_HANDOFF_ENV = "AISTACK_AUDIT_HANDOFF"
+"""Set for the workers of a multi-worker server: they only write their audit
+records ahead, and the supervisor process chains them (`AuditDrainer`)."""
+
+
 @dataclass
 class AuditBuffer:
-    """Prediction records: written ahead per call, chained in batches off the path."""
+    """Prediction records: written ahead per call, chained in batches off the path.
+
+    With `handoff` (the workers of a multi-worker server) a flush only closes
+    the segment, and the supervisor's `AuditDrainer` chains it: the chain's
+    append (read the head, hash, seal, fsync) then runs outside the serving
+    processes.
+    """
 
     path: Path
     flush_seconds: float = 1.0
@@ -444,6 +455,7 @@ class AuditBuffer:
     """Seals each flush when set (see `AuditLog.key`)."""
     anchor: Path | None = None
     """Head recorded after each flush when set (see `AuditLog.anchor`)."""
+    handoff: bool = False
     _handle: IO[bytes] | None = None
     _segment: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -456,8 +468,10 @@ class AuditBuffer:
         return self.path.parent / "wal"
 
     def start(self) -> None:
-        """Chain orphan segments, open a fresh one, start the flusher."""
-        self._adopt_orphans()
+        """Chain orphan segments (unless handing off), open a fresh one, start
+        the flusher."""
+        if not self.handoff:
+            self._adopt_orphans()
         self._rotate()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="audit")
         self._thread.start()
@@ -498,17 +512,78 @@ class AuditBuffer:
         self._segment, self._handle = new_segment(self.wal_dir)
 
     def _drain(self, segment: Path, handle: IO[bytes]) -> None:
-        append(self.path, _read_segment(segment), key=self.key, anchor=self.anchor)
-        segment.unlink(missing_ok=True)
-        handle.close()
+        if self.handoff:  # the drainer chains it once released (empty: gone)
+            if not segment.stat().st_size:
+                segment.unlink(missing_ok=True)
+            handle.close()
+            return
+        _chain_segment(self.path, segment, handle, key=self.key, anchor=self.anchor)
 
     def _adopt_orphans(self) -> None:
-        for segment, handle in orphan_segments(self.wal_dir):
-            self._drain(segment, handle)
+        drain_orphans(self.path, key=self.key, anchor=self.anchor)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_seconds):
             self.flush()
+
+
+def _chain_segment(
+    path: Path,
+    segment: Path,
+    handle: IO[bytes],
+    *,
+    key: bytes | None,
+    anchor: Path | None,
+) -> None:
+    try:
+        append(path, _read_segment(segment), key=key, anchor=anchor)
+        segment.unlink(missing_ok=True)
+    finally:
+        handle.close()
+
+
+def drain_orphans(path: Path, *, key: bytes | None, anchor: Path | None) -> None:
+    """Chain every write-ahead segment of the log at `path` that no live
+    process holds (handed off, or left by a killed one), then drop it."""
+    for segment, handle in orphan_segments(path.parent / "wal"):
+        _chain_segment(path, segment, handle, key=key, anchor=anchor)
+
+
+@dataclass
+class AuditDrainer:
+    """Chains the audit segments a multi-worker server's workers hand off
+    (`AuditBuffer(handoff=True)`), from the supervisor process, every
+    `flush_seconds` on a thread at `aistack.wal.BACKGROUND_NICE`; `close`
+    chains what is left once the workers have stopped."""
+
+    path: Path
+    flush_seconds: float = 1.0
+    key: bytes | None = field(default=None, repr=False)
+    anchor: Path | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def drain(self) -> None:
+        """Chain every released segment now."""
+        drain_orphans(self.path, key=self.key, anchor=self.anchor)
+
+    def start(self) -> None:
+        """Chain what earlier runs left, then every `flush_seconds`."""
+        self._thread = threading.Thread(
+            target=background_loop,
+            args=(self.drain, self.flush_seconds, self._stop),
+            kwargs={"what": "audit chaining"},
+            name="audit-drainer",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and chain what is left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self.drain()
 
 
 def _read_segment(path: Path) -> list[Mapping[str, Any]]:

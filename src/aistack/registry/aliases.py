@@ -83,6 +83,20 @@ class Registry:
         with file_lock(self.lake.root.parent / ".locks" / f"decision-{key:08x}.lock"):
             yield
 
+    def registered(self, model: str) -> tuple[dict[str, int], dict[str, str]]:
+        """The model's aliases (alias -> version) and tags in one registry call;
+        both empty when the model is unknown. Other errors raise, as `version_of`.
+        """
+        try:
+            found = self.client.get_registered_model(model)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return {}, {}
+            msg = f"registry: cannot read model {model!r}"
+            raise RegistryError(f"{msg}: {exc.message.splitlines()[0]}") from exc
+        aliases = {alias: int(version) for alias, version in found.aliases.items()}
+        return aliases, dict(found.tags)
+
     def version_of(self, model: str, alias: str) -> int | None:
         """Version the alias points to, None when unset or the model is unknown.
 

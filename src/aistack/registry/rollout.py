@@ -10,9 +10,10 @@ the alias history keeps who, when and why.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from aistack.errors import ConfigError, RegistryError
 from aistack.registry.aliases import Registry
@@ -56,6 +57,11 @@ def read_rollout(registry: Registry, model: str) -> Rollout | None:
         tags = registry.client.get_registered_model(model).tags
     except Exception:
         return None
+    return rollout_of(tags)
+
+
+def rollout_of(tags: Mapping[str, Any]) -> Rollout | None:
+    """The rollout recorded in a registered model's tags, None if none is."""
     if f"{_PREFIX}mode" not in tags:
         return None
     return Rollout(

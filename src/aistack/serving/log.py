@@ -14,9 +14,7 @@ answers every flush (measured under a paced 1,000 requests/s, 1 worker: up to
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from aistack.contract import UseCase
 from aistack.errors import LogUnavailableError
 from aistack.lake.delta import Appender, Lake
 from aistack.serving.requests import Scored
-from aistack.wal import SEGMENT, new_segment, orphan_segments
+from aistack.wal import SEGMENT, background_loop, new_segment, orphan_segments
 
 
 def prediction_log_table(use_case: UseCase) -> str:
@@ -407,10 +405,6 @@ def unlogged(
     return [r for r in rows if r["request_id"] not in present]
 
 
-BACKGROUND_NICE = 10
-"""The flusher thread's niceness: the serving workers come first for the CPU."""
-
-
 @dataclass
 class LogFlusher:
     """Commits the segments that the workers of a multi-worker server hand off
@@ -421,7 +415,7 @@ class LogFlusher:
     wait: measured on 2 workers under a paced 1,000 requests/s, answers that
     overlapped a flush had a p99 of 24-29 ms against 9-11 ms for the others.
     Here the flush runs in a process that serves nothing, on a thread at
-    `BACKGROUND_NICE`, so the kernel gives the workers the CPU first.
+    `aistack.wal.BACKGROUND_NICE`, so the kernel gives the workers the CPU first.
 
     Every `flush_seconds` it takes each `.ready` segment (locks it, renames it
     `.committing`), commits them together in one Delta commit and deletes
@@ -493,17 +487,9 @@ class LogFlusher:
         return int(table.num_rows)
 
     def _loop(self) -> None:
-        # this thread only (and the Delta writer's threads it starts, which
-        # inherit it); raising one's own niceness is always allowed
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        while True:
-            try:
-                self.flush()
-            except Exception:  # keep the flusher alive; rows stay on disk
-                log.exception("prediction log flush failed; will retry")
-            if self._stop.wait(self.flush_seconds):
-                return
+        background_loop(
+            self.flush, self.flush_seconds, self._stop, what="prediction log flush"
+        )
 
     def close(self) -> None:
         """Stop the thread and commit what is left (the workers have stopped)."""
