@@ -434,6 +434,11 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def audit_wal_dir(path: Path) -> Path:
+    """Where the write-ahead segments of the audit log at `path` live."""
+    return path.parent / "wal"
+
+
 AUDIT_HANDOFF_ENV = "AISTACK_AUDIT_HANDOFF"
 """Set for the workers of a multi-worker server: they only write their audit
 records ahead, and the supervisor process chains them (`AuditDrainer`)."""
@@ -465,7 +470,7 @@ class AuditBuffer:
     @property
     def wal_dir(self) -> Path:
         """Where this log's write-ahead segments live."""
-        return self.path.parent / "wal"
+        return audit_wal_dir(self.path)
 
     def start(self) -> None:
         """Chain orphan segments (unless handing off), open a fresh one, start
@@ -545,7 +550,7 @@ def _chain_segment(
 def drain_orphans(path: Path, *, key: bytes | None, anchor: Path | None) -> None:
     """Chain every write-ahead segment of the log at `path` that no live
     process holds (handed off, or left by a killed one), then drop it."""
-    for segment, handle in orphan_segments(path.parent / "wal"):
+    for segment, handle in orphan_segments(audit_wal_dir(path)):
         _chain_segment(path, segment, handle, key=key, anchor=anchor)
 
 
