@@ -27,6 +27,7 @@ from aistack.contract import get_use_case
 from aistack.errors import ConfigError
 from aistack.features.online import materialize, open_store
 from aistack.governance.audit import audit_path, read, verify
+from aistack.wal import BACKGROUND_NICE
 from conftest import other_version, served_copy
 from servers import aistack_server, redis_binary, redis_server
 
@@ -433,6 +434,13 @@ def test_two_workers_serve_share_metrics_and_flush_on_sigterm(
             in text
         )
         assert len(list(tmp_path.glob("aistack-prom-*"))) == 1
+        # the parent's committing threads (log flusher, audit drainer) run niced
+        niced = [
+            t.id
+            for t in psutil.Process(proc.pid).threads()
+            if os.getpriority(os.PRIO_PROCESS, t.id) == BACKGROUND_NICE
+        ]
+        assert len(niced) >= 2
         table = prediction_log_table(get_use_case("fraud"))
         deadline = time.monotonic() + 60  # committed while serving
         while not ws.lake.exists(table) or ws.lake.rows(table) < 60:
