@@ -23,6 +23,7 @@ from aistack.features.blob import (
     EntityState,
     _appended,
     add_events,
+    add_events_many,
     decode,
     encode,
     events_of,
@@ -218,6 +219,55 @@ def test_the_columnar_edit_equals_the_event_path(kinds: str) -> None:
             unchanged += got is blob
     assert unchanged > 0  # a retry or an empty write rewrites nothing
     assert kinds != "appends" or appended > 100  # the shortcut was exercised
+
+
+@pytest.mark.parametrize("kinds", ["numbers", "text values", "text-ids", "appends"])
+def test_the_batch_edit_writes_the_bytes_of_one_edit_per_entity(kinds: str) -> None:
+    """`add_events_many` (a batch's write, checked and packed for all its
+    entities at once) gives each entity the very blob `add_events` gives it,
+    over batches mixing appends, retries, late events, prunes, NULLs, labels,
+    entities without state and, per `kinds`, text ids or values."""
+    rng = random.Random(11)
+    fast = 0
+    for _ in range(60):
+        blobs: list[bytes | None] = []
+        added: list[list[Event]] = []
+        for _ in range(rng.randrange(1, 12)):
+            state = EntityState()
+            state.add(_random_events(rng, rng.randrange(0, 12), kinds=kinds))
+            for e in state.events[: rng.randrange(3)]:
+                state.label(e.id, e.ts_us, float(rng.randrange(2)))
+            blobs.append(encode(state) if state.events or state.labels else None)
+            new = _random_events(rng, rng.randrange(0, 5), kinds=kinds)
+            if kinds == "appends" or rng.random() < 0.5:  # newer, fresh ids
+                new = sorted(
+                    (
+                        e._replace(ts_us=e.ts_us + 20, id=e.id + 100)
+                        for e in new
+                        if not isinstance(e.id, str)
+                    ),
+                    key=lambda e: (e.ts_us, e.id),
+                )
+                new = list({e.id: e for e in new}.values())
+            added.append(new)
+        cutoffs = [rng.choice([None, rng.randrange(25)]) for _ in blobs]
+        wheres = [f"t{k}" for k in range(len(blobs))]
+        parsed = {b: frame(b, where="t") for b in blobs if b is not None}
+        expected = [
+            add_events(b, new, cut, where="t")
+            for b, new, cut in zip(blobs, added, cutoffs, strict=True)
+        ]
+        got = add_events_many(blobs, added, cutoffs, wheres=wheres, parsed=parsed)
+        assert got == expected
+        # an unchanged state is the same object (no write)
+        assert [g is b for g, b in zip(got, blobs, strict=True)] == [
+            e is b for e, b in zip(expected, blobs, strict=True)
+        ]
+        fast += sum(
+            b is not None and _appended(b, parsed[b], new, cut) is not None
+            for b, new, cut in zip(blobs, added, cutoffs, strict=True)
+        )
+    assert kinds != "appends" or fast > 100  # the batch's shortcut was exercised
 
 
 def test_a_write_reuses_the_frames_its_reader_parsed_and_keeps_none(

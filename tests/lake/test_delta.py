@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from aistack.errors import ConfigError, TableNotFoundError
-from aistack.lake.delta import Lake
+from aistack.lake.delta import Appender, Lake
 
 
 def test_write_read_versions_and_inputs(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ WRITER = textwrap.dedent(
     """
     import sys, numpy as np, pyarrow as pa
     from pathlib import Path
-    from aistack.lake.delta import Lake
+    from aistack.lake.delta import Appender, Lake
     lake = Lake(Path(sys.argv[1]))
     n = 4_000_000
     big = pa.table({"a": np.arange(n), "b": np.random.default_rng(0).random(n)})
@@ -139,6 +139,30 @@ def test_appenders_kept_open_keep_every_row_of_concurrent_writers(
         "new column"
     ]
     assert lake.vacuum("ops.log", retention_hours=0) == 0  # nothing to remove
+
+
+def test_appenders_compact_the_table_in_the_background(tmp_path: Path) -> None:
+    """Every append adds a file and a Delta commit costs more the more files a
+    table holds: two appenders of one table (as two stream consumers) compact
+    it every 10 of their appends, in the background; every row stays, once."""
+    from deltalake import DeltaTable  # noqa: PLC0415
+
+    lake = Lake(tmp_path)
+    a = Appender(lake, "ops.log", compact_every=10)
+    b = Appender(lake, "ops.log", compact_every=10)
+    for i in range(80):
+        (a if i % 2 else b).append(pa.table({"x": [i]}))
+        if i % 20 == 19:  # let the compaction started meanwhile finish
+            a.wait()
+            b.wait()
+    a.wait()
+    b.wait()
+    assert a.compactions + b.compactions >= 4
+    assert sorted(lake.read("ops.log").column("x").to_pylist()) == list(range(80))
+    files = len(DeltaTable(str(lake.path("ops.log"))).file_uris())
+    assert files <= 25, f"{files} files after 80 appends"
+    history = DeltaTable(str(lake.path("ops.log"))).history()
+    assert {h["operation"] for h in history} == {"WRITE", "OPTIMIZE"}
 
 
 def test_an_appender_after_a_failed_append_reopens_the_table(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -627,3 +627,197 @@ def _tie_ordered(f: Frame) -> np.ndarray:
     i0, i1 = f.ids.data[:-1], f.ids.data[1:]
     ordered: np.ndarray = (a0 < a1) | ((a0 == a1) & (i0 < i1))
     return ordered
+
+
+@dataclass
+class _NewEvents:
+    """The new events of many entities, flat (entity after entity, each one's in
+    the order given), as the bytes an append copies: one pass for the batch."""
+
+    starts: list[int]  # entity k's events are [starts[k], starts[k + 1])
+    ts: np.ndarray
+    ids: np.ndarray
+    ts_bytes: bytes
+    ids_bytes: bytes
+    tags: list[bytes]  # per value column: q (ints and NULLs) or d
+    valid: list[bytes]
+    data: dict[tuple[int, bytes], bytes]  # (column, held tag) -> the values' bytes
+    ordered: np.ndarray  # per entity: keys increasing and ids distinct
+
+
+def _new_events(events: Sequence[Sequence[Event]]) -> _NewEvents | None:
+    """`_NewEvents` of a batch, or None where some event is not a plain append
+    (an anonymous event, an id or value other than an int64 or a float)."""
+    flat = [e for group in events for e in group]
+    if not flat or any(e.anonymous for e in flat):
+        return None
+    if not all(type(e.id) is int for e in flat):
+        return None
+    try:
+        ids = np.fromiter((e.id for e in flat), np.int64, len(flat))
+    except OverflowError:
+        return None
+    ts = np.fromiter((e.ts_us for e in flat), np.int64, len(flat))
+    width = len(flat[0].values)
+    if any(len(e.values) != width for e in flat):
+        return None
+    cols = [col_of([e.values[j] for e in flat]) for j in range(width)]
+    if any(c.tag == b"j" for c in cols):
+        return None
+    data: dict[tuple[int, bytes], bytes] = {}
+    for j, c in enumerate(cols):
+        data[j, b"d"] = c.data.astype(np.float64).tobytes()
+        if c.tag == b"q":
+            data[j, b"q"] = c.data.tobytes()
+    sizes = [len(group) for group in events]
+    starts = [0, *itertools.accumulate(sizes)]
+    seg = np.repeat(np.arange(len(events)), sizes)
+    ordered = np.ones(len(events), dtype=bool)
+    same = seg[1:] == seg[:-1]
+    up = (ts[1:] > ts[:-1]) | ((ts[1:] == ts[:-1]) & (ids[1:] > ids[:-1]))
+    ordered[seg[1:][same & ~up]] = False
+    by_id = np.lexsort((ids, seg))
+    twin = (seg[by_id][1:] == seg[by_id][:-1]) & (ids[by_id][1:] == ids[by_id][:-1])
+    ordered[seg[by_id][1:][twin]] = False
+    return _NewEvents(
+        starts,
+        ts,
+        ids,
+        ts.tobytes(),
+        ids.tobytes(),
+        [c.tag for c in cols],
+        [c.valid.tobytes() for c in cols],
+        data,
+        ordered,
+    )
+
+
+def add_events_many(
+    blobs: Sequence[bytes | str | None],
+    events: Sequence[Sequence[Event]],
+    cutoffs: Sequence[int | None],
+    *,
+    wheres: Sequence[str],
+    parsed: Mapping[bytes | str, Frame] | None = None,
+) -> list[bytes | str | None]:
+    """`add_events` of many entities at once: the same blobs, with the common
+    write (new integer-id events after an entity's held ones, none past its
+    retention) checked and packed for the whole batch in a few array passes
+    and each entity's blob joined from byte slices. An entity whose write is
+    not that one takes `add_events`."""
+    parsed = parsed or {}
+    out: list[bytes | str | None] = [None] * len(blobs)
+    new = _new_events(events)
+    fast: list[int] = []
+    frames: list[Frame] = []
+    for k, blob in enumerate(blobs):
+        if new is not None and events[k] and new.ordered[k] and isinstance(blob, bytes):
+            f = parsed.get(blob) or frame(blob, where=wheres[k])
+            if len(f.ts) and f.ids.tag == b"q" and len(f.values) == len(new.tags):
+                fast.append(k)
+                frames.append(f)
+                continue
+        out[k] = add_events(
+            blob,
+            events[k],
+            cutoffs[k],
+            where=wheres[k],
+            parsed=None if blob is None else parsed.get(blob),
+        )
+    if not fast:
+        return out
+    assert new is not None
+    held_ids = np.concatenate([f.ids.data for f in frames])
+    held_ts = np.concatenate([f.ts for f in frames])
+    held_n = [len(f.ts) for f in frames]
+    bounds = np.cumsum([0, *held_n[:-1]])
+    high = np.maximum.reduceat(held_ids, bounds).tolist()
+    lows = [int(new.ids[new.starts[k] : new.starts[k + 1]].min()) for k in fast]
+    cut = np.array(
+        [_NO_CUT if cutoffs[k] is None else cutoffs[k] for k in fast], dtype=np.int64
+    )
+    starts = np.add.reduceat(held_ts < np.repeat(cut, held_n), bounds).tolist()
+    for i, k in enumerate(fast):
+        blob = blobs[k]
+        assert isinstance(blob, bytes)
+        f = frames[i]
+        appended = _append_one(
+            blob, f, new, k, cutoffs[k], starts[i], clash=lows[i] <= high[i]
+        )
+        out[k] = (
+            appended
+            if appended is not None
+            else add_events(blob, events[k], cutoffs[k], where=wheres[k], parsed=f)
+        )
+    return out
+
+
+_NO_CUT = -(2**63)
+
+
+def _append_one(  # noqa: PLR0917  (one entity of add_events_many)
+    blob: bytes,
+    held: Frame,
+    new: _NewEvents,
+    k: int,
+    cutoff: int | None,
+    start: int,
+    *,
+    clash: bool,
+) -> bytes | None:
+    """Entity `k`'s appended blob (as `_appended`), or None where its write is
+    not the common one."""
+    a, b = new.starts[k], new.starts[k + 1]
+    n, count = len(held.ts), b - a
+    first_ts, first_id = int(new.ts[a]), int(new.ids[a])
+    last_ts = int(held.ts[-1])
+    if first_ts < last_ts or (first_ts == last_ts and first_id <= held.ids.data[-1]):
+        return None  # not after the held events
+    if cutoff is not None and first_ts < cutoff:
+        return None  # a new event already past the retention
+    at = _HEAD.size
+    ts_at, anonymous_at, column_at = at, at + 8 * n, at + 9 * n
+    if blob.find(1, anonymous_at, anonymous_at + n) >= 0:
+        return None  # an anonymous event held
+    tags = [c.tag for c in held.values]
+    if any(t == b"q" and new.tags[j] != b"q" for j, t in enumerate(tags)) or (
+        b"j" in tags
+    ):
+        return None  # a column the new values do not fit unchanged
+    if clash and bool(np.isin(new.ids[a:b], held.ids.data).any()):
+        return None  # a retry: the general path keeps the first
+    labels, kept = held.labels, len(held.label_ts)
+    if cutoff is not None and kept and int(held.label_ts.min()) < cutoff:
+        keep = held.label_ts >= cutoff
+        kept = int(keep.sum())
+        labels = b"".join(
+            (
+                _col_bytes(held.label_ids.take(keep)),
+                held.label_ts[keep].tobytes(),
+                held.label_values[keep].tobytes(),
+            )
+        )
+    width = 1 + 9 * n  # one numeric column: tag, validity bytes, 8-byte values
+    parts = [
+        _HEAD.pack(FORMAT, n - start + count, kept, len(tags)),
+        blob[ts_at + 8 * start : ts_at + 8 * n],
+        new.ts_bytes[8 * a : 8 * b],
+        blob[anonymous_at + start : anonymous_at + n],
+        bytes(count),
+        b"q",
+        blob[column_at + 1 + start : column_at + 1 + n],
+        b"\x01" * count,
+        blob[column_at + 1 + n + 8 * start : column_at + 1 + 9 * n],
+        new.ids_bytes[8 * a : 8 * b],
+    ]
+    for j, tag in enumerate(tags):
+        at = column_at + (j + 1) * width
+        parts += [
+            tag,
+            blob[at + 1 + start : at + 1 + n],
+            new.valid[j][a:b],
+            blob[at + 1 + n + 8 * start : at + 1 + 9 * n],
+            new.data[j, tag][8 * a : 8 * b],
+        ]
+    parts.append(labels)
+    return b"".join(parts)

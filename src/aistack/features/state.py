@@ -53,7 +53,7 @@ from aistack.features.aggregations import Event
 from aistack.features.blob import (
     EntityState,
     Frame,
-    add_events,
+    add_events_many,
     decode,
     encode,
     events_of,
@@ -171,26 +171,38 @@ class EventState(Protocol):
 
 
 Blob = bytes | str | None
-Edit = Callable[[str, Blob, str], Blob]
-"""(entity, its blob or None, where for errors) -> the new blob, None to delete
-it, or the same object when nothing changed (no write)."""
+Edit = Callable[[Sequence[str], Sequence[Blob], Sequence[str]], list[Blob]]
+"""(entities, their blobs or None, where each lives for errors) -> each new
+blob, None to delete it, or the same object when nothing changed (no write)."""
+
+
+def _each(edit: Callable[[str, Blob, str], Blob]) -> Edit:
+    """The batch edit of a per-entity one."""
+
+    def many(
+        entities: Sequence[str], blobs: Sequence[Blob], wheres: Sequence[str]
+    ) -> list[Blob]:
+        return [edit(*item) for item in zip(entities, blobs, wheres, strict=True)]
+
+    return many
 
 
 def _edits(change: StateWrite) -> tuple[list[str], Edit]:
-    """The entities a write touches and what it does to each one's state."""
+    """The entities a write touches and what it does to each one's state (the
+    whole batch at once: `add_events_many`)."""
     added: dict[str, list[Event]] = {}
     for entity, e in change.events:
         added.setdefault(entity, []).append(e)
 
-    frames = change.frames
-
-    def edit(entity: str, blob: Blob, where: str) -> Blob:
-        return add_events(
-            blob,
-            added.get(entity, ()),
-            change.prune.get(entity),
-            where=where,
-            parsed=None if blob is None else frames.get(blob),
+    def edit(
+        entities: Sequence[str], blobs: Sequence[Blob], wheres: Sequence[str]
+    ) -> list[Blob]:
+        return add_events_many(
+            blobs,
+            [added.get(entity, ()) for entity in entities],
+            [change.prune.get(entity) for entity in entities],
+            wheres=wheres,
+            parsed=change.frames,
         )
 
     return list(dict.fromkeys([*added, *change.prune])), edit
@@ -209,7 +221,7 @@ def _label_edit(
             state.label(ident, ts, value)
         return encode(state) if state.events or state.labels else None
 
-    return by_entity, edit
+    return by_entity, _each(edit)
 
 
 def _erase_edit(
@@ -232,7 +244,7 @@ def _erase_edit(
         removed[entity] = state.forget(wanted[entity])
         return encode(state) if state.events or state.labels else None
 
-    return list(wanted), edit, removed
+    return list(wanted), _each(edit), removed
 
 
 def _erased_ids(
@@ -467,9 +479,11 @@ class SQLiteEventState:
         found = self._current(con, view, entities)
         put, drop = [], []
         written: list[tuple[str, str, Blob]] = self._local.written
-        for entity in entities:
-            blob = found.get(entity)
-            new = edit(entity, blob, f"{self.path} {view} {entity}")
+        blobs = [found.get(entity) for entity in entities]
+        wheres = [f"{self.path} {view} {entity}" for entity in entities]
+        for entity, blob, new in zip(
+            entities, blobs, edit(entities, blobs, wheres), strict=True
+        ):
             if new is blob:
                 continue
             written.append((view, entity, new))
@@ -677,12 +691,9 @@ class RedisEventState:
     ) -> None:
         """Read, edit and write back states of (view, entities, edit) atomically."""
         self._check_format()
-        keys = [
-            (self._k("state", view, e), e, edit)
-            for view, entities, edit in edits
-            for e in entities
+        names = [
+            self._k("state", view, e) for view, entities, _ in edits for e in entities
         ]
-        names = [k for k, _, _ in keys]
         for attempt in range(_RETRIES):
             with self.client.pipeline(transaction=True) as pipe:
                 try:
@@ -690,14 +701,23 @@ class RedisEventState:
                         pipe.watch(*names)  # type: ignore[no-untyped-call]
                     found = pipe.mget(names) if names else []
                     pipe.multi()
-                    for (key, entity, edit), blob in zip(keys, found, strict=True):
-                        new = edit(entity, blob, key)
-                        if new is blob:
-                            continue
-                        if new is None:
-                            pipe.delete(key)
-                        else:
-                            pipe.set(key, new)
+                    at = 0
+                    for _, entities, edit in edits:
+                        names_of = names[at : at + len(entities)]
+                        blobs = found[at : at + len(entities)]
+                        at += len(entities)
+                        for key, blob, new in zip(
+                            names_of,
+                            blobs,
+                            edit(entities, blobs, names_of),
+                            strict=True,
+                        ):
+                            if new is blob:
+                                continue
+                            if new is None:
+                                pipe.delete(key)
+                            else:
+                                pipe.set(key, new)
                     if extra is not None:
                         extra(pipe)
                     pipe.execute()

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from deltalake import DeltaTable
 
-from aistack.lake.delta import Lake
+from aistack.lake.delta import Lake, compact
 
 TIME_COLUMNS = {"prediction_log": "logged_at", "quarantine": "_ingested_at"}
 """The column whose age decides retention, per kind of Delta table."""
@@ -52,7 +52,8 @@ def expire(lake: Lake, table: str, *, days: float, now: datetime) -> Vacuumed:
         raise KeyError(msg)
     cutoff = (now - timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S")
     deleted = dt.delete(f"`{column}` < '{cutoff}'")
-    compacted = dt.optimize.compact()
+    compacted = compact(lake, table) or {}
+    dt = DeltaTable(str(lake.path(table)))  # at the compacted version
     removed = dt.vacuum(
         retention_hours=int(days * 24),
         dry_run=False,
