@@ -61,6 +61,8 @@ _LOG_SCHEMA = pa.schema(
         ("stream_id", pa.string()),
     ]
 )
+LOG_STATS = ("logged_at", "event_time")
+"""The prediction log's columns with Delta statistics (see `Appender`)."""
 FEATURE_PREFIX = "feature_"
 """Prediction-log column of each served feature: `feature_<name>`."""
 
@@ -315,7 +317,7 @@ class PredictionLog:
         """Commit `table` to the log (new columns merged: a newer server may log
         more); its rows."""
         if self._appender is None:
-            self._appender = self.lake.appender(self.table)
+            self._appender = self.lake.appender(self.table, stats=LOG_STATS)
         self._appender.append(table)
         self.written += table.num_rows
         return int(table.num_rows)
@@ -481,7 +483,7 @@ class LogFlusher:
 
     def _write(self, table: pa.Table) -> int:
         if self._appender is None:
-            self._appender = self.lake.appender(self.table)
+            self._appender = self.lake.appender(self.table, stats=LOG_STATS)
         self._appender.append(table)
         self.written += table.num_rows
         return int(table.num_rows)

@@ -58,7 +58,13 @@ from aistack.governance.audit import AuditBuffer, audit_log, entry
 from aistack.lake.delta import Appender, Lake
 from aistack.registry.aliases import Registry
 from aistack.serving.inference import Predictor, load_version
-from aistack.serving.log import log_records, log_schema, log_table, prediction_log_table
+from aistack.serving.log import (
+    LOG_STATS,
+    log_records,
+    log_schema,
+    log_table,
+    prediction_log_table,
+)
 from aistack.serving.requests import Scored, commit_features, predict, request_features
 from aistack.settings import Settings
 from aistack.sql import quote
@@ -460,7 +466,7 @@ class Consumer:
             else None
         )
         self.table = prediction_log_table(self.use_case)
-        self.appender = self.lake.appender(self.table)
+        self.appender = self.lake.appender(self.table, stats=LOG_STATS)
         self.schema = log_schema(self.use_case.feature_names)
         key = partition_key(self.use_case) if s.stream_partitions > 1 else ""
         self.cross_shift_us = cross_shift_us(self.use_case, key) if key else None
