@@ -232,7 +232,7 @@ def test_the_batch_edit_writes_the_bytes_of_one_edit_per_entity(kinds: str) -> N
     for _ in range(60):
         blobs: list[bytes | None] = []
         added: list[list[Event]] = []
-        for _ in range(rng.randrange(1, 12)):
+        for _ in range(rng.randrange(1, 20)):  # from 6 on: packed at once
             state = EntityState()
             state.add(_random_events(rng, rng.randrange(0, 12), kinds=kinds))
             for e in state.events[: rng.randrange(3)]:

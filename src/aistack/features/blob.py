@@ -706,6 +706,19 @@ def add_events_many(
     and each entity's blob joined from byte slices. An entity whose write is
     not that one takes `add_events`."""
     parsed = parsed or {}
+    if len(blobs) < _MANY:  # the batch's array passes cost more than they save
+        return [
+            add_events(
+                blob,
+                added,
+                cutoff,
+                where=where,
+                parsed=None if blob is None else parsed.get(blob),
+            )
+            for blob, added, cutoff, where in zip(
+                blobs, events, cutoffs, wheres, strict=True
+            )
+        ]
     out: list[bytes | str | None] = [None] * len(blobs)
     new = _new_events(events)
     fast: list[int] = []
@@ -753,6 +766,8 @@ def add_events_many(
 
 
 _NO_CUT = -(2**63)
+_MANY = 6  # entities from which add_events_many packs the batch at once
+# (per entity: 22 us at 2, 14 at 4, 10 at 8, 8.5 at 16, against 13 us each)
 
 
 def _append_one(  # noqa: PLR0917  (one entity of add_events_many)
