@@ -481,6 +481,7 @@ _HOT_HOOKS = PostCommitHookProperties(
     create_checkpoint=True, cleanup_expired_logs=False
 )
 COMPACT_EVERY = 100  # appends between two compactions of an appended table
+COMPACT_TARGET = 16 * 2**20  # files an appender's compaction leaves alone
 _STATS_COLUMNS = "delta.dataSkippingStatsColumns"
 
 
@@ -488,17 +489,21 @@ class _Busy(Exception):
     pass
 
 
-def compact(lake: Lake, name: str, *, wait: bool = True) -> dict[str, Any] | None:
+def compact(
+    lake: Lake, name: str, *, wait: bool = True, target_bytes: int | None = None
+) -> dict[str, Any] | None:
     """Compact `name`'s small files (`optimize.compact`, one core): its metrics,
     None when it did not run. Compactions of one table are serialised by a
     lock file of the lake (`wait=False`: skip when another one runs, the
     appenders' way): deltalake 1.6 commits two
     concurrent compactions of the same files both, which duplicates their
-    rows (measured: 80 appended rows read back as 585)."""
+    rows (measured: 80 appended rows read back as 585). `target_bytes`: files
+    from that size on are left as they are (deltalake's default: 100 MiB)."""
     path = lake.root.parent / ".locks" / f"compact-{name}.lock"
     try:
         with file_lock(path, refuse=None if wait else _Busy):
             return lake._table(name).optimize.compact(
+                target_size=target_bytes,
                 max_concurrent_tasks=1,  # one core: the appenders keep the other
                 commit_properties=_commit_properties(None),
                 post_commithook_properties=_HOT_HOOKS,
@@ -526,6 +531,10 @@ class Appender:
     table's small files (`optimize.compact`: the same rows, in fewer files, one
     commit; appends going on meanwhile never conflict with it). A compaction
     that loses to another one (two appenders of one table) is simply skipped.
+    It leaves files of 16 MiB and more alone: with deltalake's default target
+    (100 MiB) every compaction rewrote the whole log again (2,000 commits of
+    400 prediction rows: 37 s of compaction CPU, 19 ms a commit), with 8 MiB
+    13 s, but a commit also costs about 0.1 ms more per file the table holds.
 
     `stats`: the only columns whose statistics (min, max, nulls) each commit
     records for data skipping (`delta.dataSkippingStatsColumns`, set on the
@@ -610,7 +619,9 @@ class Appender:
 
     def _compact_now(self) -> None:
         try:
-            compacted = compact(self._lake, self._name, wait=False)
+            compacted = compact(
+                self._lake, self._name, wait=False, target_bytes=COMPACT_TARGET
+            )
         except (CommitFailedError, DeltaError) as exc:
             log.warning("compaction of %s failed: %s", self._name, exc)
         else:
