@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from aistack.errors import ConfigError, TableNotFoundError
-from aistack.lake.delta import Appender, Lake
+from aistack.lake.delta import Appender, Lake, compact, rewrite_lock
+from aistack.locks import file_lock
 
 
 def test_write_read_versions_and_inputs(tmp_path: Path) -> None:
@@ -50,7 +52,7 @@ WRITER = textwrap.dedent(
     """
     import sys, numpy as np, pyarrow as pa
     from pathlib import Path
-    from aistack.lake.delta import Appender, Lake
+    from aistack.lake.delta import Lake
     lake = Lake(Path(sys.argv[1]))
     n = 4_000_000
     big = pa.table({"a": np.arange(n), "b": np.random.default_rng(0).random(n)})
@@ -163,6 +165,27 @@ def test_appenders_compact_the_table_in_the_background(tmp_path: Path) -> None:
     assert files <= 25, f"{files} files after 80 appends"
     history = DeltaTable(str(lake.path("ops.log"))).history()
     assert {h["operation"] for h in history} == {"WRITE", "OPTIMIZE"}
+
+
+def test_deletes_and_compactions_of_a_table_take_turns(tmp_path: Path) -> None:
+    """deltalake commits a compaction and a delete of the same files both (the
+    compaction could bring erased rows back): while one rewrite of a table
+    holds its lock, a delete waits and an appender's compaction is skipped."""
+    lake = Lake(tmp_path)
+    lake.write("ops.log", pa.table({"x": [1, 2, 3]}), mode="append")
+    lake.write("ops.log", pa.table({"x": [4]}), mode="append")
+    done = threading.Event()
+    with file_lock(rewrite_lock(lake, "ops.log")):  # as a compaction holds it
+        assert compact(lake, "ops.log", wait=False) is None
+        deleting = threading.Thread(
+            target=lambda: (lake.delete("ops.log", "x = 2"), done.set())
+        )
+        deleting.start()
+        assert not done.wait(0.5)
+    assert done.wait(30)
+    deleting.join()
+    assert compact(lake, "ops.log", wait=False) is not None
+    assert sorted(lake.read("ops.log").column("x").to_pylist()) == [1, 3, 4]
 
 
 def test_an_appender_records_statistics_of_the_columns_it_names_only(

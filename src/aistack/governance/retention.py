@@ -51,7 +51,7 @@ def expire(lake: Lake, table: str, *, days: float, now: datetime) -> Vacuumed:
         msg = f"table {table}: no column {column!r} to date its rows for retention"
         raise KeyError(msg)
     cutoff = (now - timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S")
-    deleted = dt.delete(f"`{column}` < '{cutoff}'")
+    deleted, _ = lake.delete(table, f"`{column}` < '{cutoff}'")
     compacted = compact(lake, table) or {}
     dt = DeltaTable(str(lake.path(table)))  # at the compacted version
     removed = dt.vacuum(
@@ -63,7 +63,7 @@ def expire(lake: Lake, table: str, *, days: float, now: datetime) -> Vacuumed:
     return Vacuumed(
         table,
         kind,
-        int(deleted.get("num_deleted_rows", 0)),
+        deleted,
         int(compacted.get("numFilesRemoved", 0)),
         len(removed),
     )

@@ -381,10 +381,12 @@ class Lake:
         """Delete the rows matching `predicate` (SQL) in one commit.
 
         Returns (rows deleted, version after). Deleted rows stay in the files of
-        earlier versions until `vacuum` removes them.
+        earlier versions until `vacuum` removes them. Holds the table's rewrite
+        lock: a compaction committed beside a delete could bring the deleted
+        rows back (deltalake commits both; see `compact`).
         """
-        table = self._table(name)
-        metrics = table.delete(predicate)
+        with file_lock(rewrite_lock(self, name)):  # not beside a compaction
+            metrics = self._table(name).delete(predicate)
         return int(metrics.get("num_deleted_rows", 0)), self._table(name).version()
 
     def vacuum(self, name: str, *, retention_hours: float) -> int:
@@ -489,6 +491,12 @@ class _Busy(Exception):
     pass
 
 
+def rewrite_lock(lake: Lake, name: str) -> Path:
+    """The lock file of operations that rewrite `name`'s files (compactions,
+    deletes), one at a time."""
+    return lake.root.parent / ".locks" / f"rewrite-{name}.lock"
+
+
 def compact(
     lake: Lake, name: str, *, wait: bool = True, target_bytes: int | None = None
 ) -> dict[str, Any] | None:
@@ -499,9 +507,8 @@ def compact(
     concurrent compactions of the same files both, which duplicates their
     rows (measured: 80 appended rows read back as 585). `target_bytes`: files
     from that size on are left as they are (deltalake's default: 100 MiB)."""
-    path = lake.root.parent / ".locks" / f"compact-{name}.lock"
     try:
-        with file_lock(path, refuse=None if wait else _Busy):
+        with file_lock(rewrite_lock(lake, name), refuse=None if wait else _Busy):
             return lake._table(name).optimize.compact(
                 target_size=target_bytes,
                 max_concurrent_tasks=1,  # one core: the appenders keep the other
