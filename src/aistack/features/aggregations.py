@@ -17,7 +17,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -320,22 +320,27 @@ def evaluate_flat(
     out = np.full((n, len(compiled)), np.nan)
     if n == 0:
         return out
+    t = requests.ts
+    base = int(t.min()) - max(s.shift_us + s.window_us for s in compiled) - 1
+    span = int(t.max()) - base + 1
+    top = max(int(stored.seg.max()) if held else 0, int(requests.seg.max()))
+    if (top + 1) * (span + 1) >= KEY_LIMIT:
+        msg = "a batch spanning ages: evaluate it per entity"
+        raise OverflowError(msg)
     seg = np.concatenate([stored.seg, requests.seg])
     ts = np.concatenate([stored.ts, requests.ts])
     hidden = np.concatenate([stored.hidden, requests.hidden])
     # a hidden twin sorts before its visible one: the window of a retry ends
     # before both
-    order = np.lexsort((~hidden, np.concatenate([stored.ids, requests.ids]), ts, seg))
+    order = _merged(stored, requests, base, span)
+    if order is None:
+        order = np.lexsort(
+            (~hidden, np.concatenate([stored.ids, requests.ids]), ts, seg)
+        )
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     pos = rank[held:]
     seg, ts, hidden = seg[order], ts[order], hidden[order]
-    t = requests.ts
-    base = int(t.min()) - max(s.shift_us + s.window_us for s in compiled) - 1
-    span = int(t.max()) - base + 1
-    if (int(seg.max()) + 1) * (span + 1) >= KEY_LIMIT:
-        msg = "a batch spanning ages: evaluate it per entity"
-        raise OverflowError(msg)
     keyed = seg * (span + 1) + np.clip(ts - base, 0, span)
     origin = requests.seg * (span + 1) - base
 
@@ -344,6 +349,49 @@ def evaluate_flat(
 
     _windows(compiled, (keyed, origin, t, pos), series, out)
     return out
+
+
+def _merged(stored: Flat, requests: Flat, base: int, span: int) -> np.ndarray | None:
+    """The order `evaluate_flat` sorts stored events and requests in, by
+    (segment, time, id, hidden first), found by merging the requests into the
+    stored events, which every entity's state holds sorted already: a binary
+    search per request instead of a sort of everything (a 1,000-row batch
+    over ~45,000 stored events: the sort was most of the windows' time).
+    None when the stored events are not so sorted (or hidden): sort them."""
+    held, n = len(stored.ts), len(requests.ts)
+    if stored.hidden.any():
+        return None
+    # (segment, time) as one key; times before `base` (older than every
+    # window) clip to the segment's first key, ahead of every request
+    key_s = stored.seg * (span + 1) + np.clip(stored.ts - base, 0, span)
+    same = stored.seg[1:] == stored.seg[:-1]
+    tie = same & (stored.ts[1:] == stored.ts[:-1])
+    if bool((key_s[1:] < key_s[:-1]).any()) or bool(
+        (
+            (same & (stored.ts[1:] < stored.ts[:-1]))
+            | (tie & (stored.ids[1:] <= stored.ids[:-1]))
+        ).any()
+    ):
+        return None  # not sorted by (segment, time, id)
+    key_r = requests.seg * (span + 1) + (requests.ts - base)
+    mine = np.lexsort((~requests.hidden, requests.ids, requests.ts, requests.seg))
+    key_r, ids_r, hidden_r = key_r[mine], requests.ids[mine], requests.hidden[mine]
+    lo = np.searchsorted(key_s, key_r, "left")
+    hi = np.searchsorted(key_s, key_r, "right")
+    at = lo.copy()
+    for k in np.flatnonzero(hi > lo).tolist():  # same entity and microsecond
+        ids = stored.ids[lo[k] : hi[k]]
+        side: Literal["left", "right"] = "left" if hidden_r[k] else "right"
+        at[k] = lo[k] + int(np.searchsorted(ids, ids_r[k], side))  # twin first
+    # request k (in merged order) lands at at[k] + k; the stored events fill
+    # the other places in their order
+    order = np.empty(held + n, dtype=np.int64)
+    places = at + np.arange(n)
+    order[places] = held + mine
+    free = np.ones(held + n, dtype=bool)
+    free[places] = False
+    order[free] = np.arange(held)
+    return order
 
 
 def _flat_series(
