@@ -14,6 +14,7 @@ from aistack.contract import (
     FUNCTIONS,
     Aggregation,
     AggregationView,
+    Value,
     Where,
     specs,
     window_label,
@@ -439,3 +440,43 @@ def test_merging_requests_into_the_sorted_state_orders_as_the_full_sort() -> Non
     )
     assert _merged(unsorted, requests, 0, 1000) is None  # sorted by the caller
     assert merged == 300
+
+
+@pytest.mark.parametrize("ids", ["small", "spread", "text labels"])
+def test_labels_merged_for_a_whole_batch_equal_each_entitys(ids: str) -> None:
+    """`_stored` puts every entity's arrived labels into the flat label column
+    at once (one search of (entity, id) keys): the same column as merging each
+    entity's labels on its own (`Frame.labelled`), labels arriving out of id
+    order, ids spread past 2**40 and text label ids (both merged per entity)."""
+    from aistack.features.blob import EntityState, encode  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        blobs = []
+        for e in range(int(rng.integers(1, 8))):
+            state = EntityState()
+            start = 2**50 * e if ids == "spread" else 1000 * e
+            events = [
+                Event(int(t), start + k, (float(rng.random()), None))
+                for k, t in enumerate(np.sort(rng.integers(0, 50, rng.integers(0, 9))))
+            ]
+            state.add(events)
+            for ev in rng.permutation(len(events)).tolist():  # any arrival order
+                if rng.random() < 0.6:
+                    label: Value = events[ev].id
+                    if ids == "text labels" and rng.random() < 0.5:
+                        label = str(label)  # a label id given as text
+                    state.label(label, events[ev].ts_us, float(rng.integers(0, 2)))
+            blobs.append(("t", encode(state) if state.events else None))
+        frames: dict = {}
+        held = realtime._held(blobs, frames)
+        assert held is not None
+        flat = realtime._stored(held, 2, 1)
+        expected = [frames[b].labelled(1)[1] for _, b in blobs if b is not None]
+        if expected:
+            np.testing.assert_array_equal(
+                flat.values[1][1], np.concatenate([c.valid for c in expected])
+            )
+            data = np.concatenate([c.data.astype(np.float64) for c in expected])
+            valid = flat.values[1][1]
+            np.testing.assert_array_equal(flat.values[1][0][valid], data[valid])

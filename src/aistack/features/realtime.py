@@ -225,52 +225,127 @@ def _one(
     return out
 
 
-_Held = tuple[np.ndarray, np.ndarray, list[Col]]  # ts, ids, value columns
+@dataclass
+class _Held:
+    """One entity's state, columnar: events (value columns as stored) and the
+    labels that arrived (ids, values), merged into the events by `_stored`."""
+
+    ts: np.ndarray
+    ids: np.ndarray
+    values: list[Col]
+    label_ids: Col
+    label_values: np.ndarray
+    frame: Frame | None
+
+
+_NO_STATE = _Held(
+    np.empty(0, np.int64),
+    np.empty(0, np.int64),
+    [],
+    Col(b"q", np.empty(0, np.int64), np.empty(0, dtype=bool)),
+    np.empty(0),
+    None,
+)
 
 
 def _held(
     blobs: Sequence[tuple[str, bytes | str | None]],
-    label_at: int | None,
     frames: dict[bytes | str, Frame],
 ) -> list[_Held] | None:
-    """Each entity's events, columnar (labels merged; each parsed blob kept in
-    `frames`); None where one holds what only the event path evaluates (text
-    ids or values, anonymous events)."""
+    """Each entity's events, columnar (each parsed blob kept in `frames`); None
+    where one holds what only the event path evaluates (text ids or values,
+    anonymous events)."""
     out: list[_Held] = []
     for at, blob in blobs:
         f = None if blob is None else frame(blob, where=at)
         if f is not None and blob is not None:
             frames[blob] = f
         if f is None or not len(f.ts):
-            out.append((np.empty(0, np.int64), np.empty(0, np.int64), []))
+            out.append(_NO_STATE)
             continue
-        values = f.labelled(label_at)
+        values = f.values
         if f.ids.tag != b"q" or f.anonymous.any() or any(c.tag == b"j" for c in values):
             return None
-        out.append((f.ts, f.ids.data, values))
+        out.append(_Held(f.ts, f.ids.data, values, f.label_ids, f.label_values, f))
     return out
 
 
-def _stored(held: Sequence[_Held], width: int) -> Flat:
-    sizes = [len(h[0]) for h in held]
-    full = [h for h in held if len(h[0])]
+_KEY_BITS = 40  # (segment, id) as one int64 key when ids span less than 2**40
+
+
+def _stored(held: Sequence[_Held], width: int, label_at: int | None) -> Flat:
+    """Every entity's events as one flat array per column, the arrived labels
+    put in at `label_at` (`_labels`)."""
+    sizes = [len(h.ts) for h in held]
+    full = [h for h in held if len(h.ts)]
     if not full:
         empty = np.empty(0, np.int64)
         none = (np.empty(0), np.empty(0, dtype=bool))
         return Flat(empty, empty, empty, [none] * width, np.empty(0, dtype=bool))
+    seg = np.repeat(np.arange(len(held), dtype=np.int64), sizes)
+    ids = np.concatenate([h.ids for h in full])
+    values = [
+        (
+            np.concatenate([h.values[j].data for h in full]),
+            np.concatenate([h.values[j].valid for h in full]),
+        )
+        for j in range(width)
+    ]
+    if label_at is not None and any(len(h.label_values) for h in full):
+        values[label_at] = _labels(held, seg, ids, values[label_at], label_at)
     return Flat(
-        np.repeat(np.arange(len(held), dtype=np.int64), sizes),
-        np.concatenate([h[0] for h in full]),
-        np.concatenate([h[1] for h in full]),
-        [
-            (
-                np.concatenate([h[2][j].data for h in full]),
-                np.concatenate([h[2][j].valid for h in full]),
-            )
-            for j in range(width)
-        ],
-        np.zeros(sum(sizes), dtype=bool),
+        seg,
+        np.concatenate([h.ts for h in full]),
+        ids,
+        values,
+        np.zeros(len(seg), dtype=bool),
     )
+
+
+def _labels(
+    held: Sequence[_Held],
+    seg: np.ndarray,
+    ids: np.ndarray,
+    column: tuple[np.ndarray, np.ndarray],
+    label_at: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flat column `label_at` with each event's arrived label put in (as
+    `Frame.labelled`, for the whole batch at once: one binary search of the
+    events' (segment, id) keys in the labels' instead of a sort and a search
+    per entity, which took ~9 us an entity)."""
+    with_labels = [h for h in held if len(h.label_values)]
+    label_seg = np.repeat(
+        np.arange(len(held), dtype=np.int64), [len(h.label_values) for h in held]
+    )
+    numeric = all(h.label_ids.tag == b"q" for h in with_labels)
+    label_ids = np.concatenate(
+        [h.label_ids.data if numeric else np.empty(0, np.int64) for h in with_labels]
+    )
+    label_values = np.concatenate([h.label_values for h in with_labels])
+    low = min(int(ids.min()), int(label_ids.min())) if numeric else 0
+    high = max(int(ids.max()), int(label_ids.max())) if numeric else 0
+    if (
+        not numeric  # text label ids: matched by their text
+        or high - low >= 2**_KEY_BITS
+        or len(held) >= 2 ** (62 - _KEY_BITS)
+    ):
+        merged = [
+            h.frame.labelled(label_at)[label_at] for h in held if h.frame is not None
+        ]
+        return (
+            np.concatenate([c.data.astype(np.float64) for c in merged]),
+            np.concatenate([c.valid for c in merged]),
+        )
+    keys = (label_seg << _KEY_BITS) | (label_ids - low)
+    if len(keys) > 1 and bool((keys[1:] <= keys[:-1]).any()):
+        order = np.argsort(keys, kind="stable")
+        keys, label_values = keys[order], label_values[order]
+    wanted = (seg << _KEY_BITS) | (ids - low)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    hit = keys[at] == wanted
+    data = column[0].astype(np.float64)
+    data[hit] = label_values[at[hit]]
+    return data, column[1] | hit
 
 
 def _columnar(  # noqa: PLR0917  (online_features' own arguments)
@@ -290,7 +365,7 @@ def _columnar(  # noqa: PLR0917  (online_features' own arguments)
     n = len(ts_us)
     asked = [col_of([None] * n if c is None else list(c)) for c in given]
     frames: dict[bytes | str, Frame] = {}
-    held = _held(blobs, label_at, frames)
+    held = _held(blobs, frames)
     if (
         held is None
         or any(anonymous)
@@ -305,12 +380,12 @@ def _columnar(  # noqa: PLR0917  (online_features' own arguments)
     seg = np.fromiter((segment[k] for k in keys), np.int64, n)
     hidden = np.zeros(n, dtype=bool)
     # retries (ids held already, or repeated in this batch) are hidden twins
-    stored = _stored(held, len(asked))
+    stored = _stored(held, len(asked), label_at)
     asked_ids = np.asarray(ids, dtype=np.int64)
     # candidates by id alone (one vectorised pass), then exactly by (entity, id)
     maybe = np.isin(stored.ids, asked_ids)
     seen = set(zip(stored.seg[maybe].tolist(), stored.ids[maybe].tolist(), strict=True))
-    last = [int(h[0][-1]) if len(h[0]) else None for h in held]
+    last = [int(h.ts[-1]) if len(h.ts) else None for h in held]
     newest: dict[int, int] = {j: t for j, t in enumerate(last) if t is not None}
     values = list(zip(*(c.python() for c in asked), strict=True)) or [()] * n
     lateness, events, late = plan.lateness_us, out.events, out.late
