@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -557,12 +558,15 @@ class Appender:
         name: str,
         *,
         compact_every: int = COMPACT_EVERY,
+        compact_target: int | None = COMPACT_TARGET,
         stats: Sequence[str] | None = None,
     ) -> None:
         self._lake = lake
         self._name = name
         self._table: DeltaTable | None = None
         self._compact_every = compact_every
+        self._compact_target = compact_target
+        self.compaction_seconds = 0.0  # wall time of the compactions run
         self._since = 0
         self._compactor: threading.Thread | None = None
         self.compactions = 0
@@ -625,14 +629,16 @@ class Appender:
         self._compactor.start()
 
     def _compact_now(self) -> None:
+        start = time.perf_counter()
         try:
             compacted = compact(
-                self._lake, self._name, wait=False, target_bytes=COMPACT_TARGET
+                self._lake, self._name, wait=False, target_bytes=self._compact_target
             )
         except (CommitFailedError, DeltaError) as exc:
             log.warning("compaction of %s failed: %s", self._name, exc)
         else:
             self.compactions += compacted is not None
+        self.compaction_seconds += time.perf_counter() - start
 
     def wait(self) -> None:
         """Until a running compaction has finished (tests, shutdown)."""
