@@ -1985,7 +1985,7 @@ def print_notes(
                 f"({stream.logged_distinct:,} distinct stream ids) -> one row per "
                 f"acknowledged event: {'yes' if exact else '[red]no[/red]'}. Latency: "
                 "from the input message id (Redis clock at XADD) to the output "
-                "message id (XADD in the consumer's MULTI with the XACK, after the "
+                "message id (XADD in the consumer's script with the XACK, after the "
                 "Delta commit); the pushing runs in this process on the same 2 "
                 "cores. 'late': events flagged because a later event of the same "
                 "entity was committed first. Consumers are partitioned by the "
