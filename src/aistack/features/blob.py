@@ -512,15 +512,46 @@ def _appended(
     ]
     if any(part is None for part in new):
         return None
-    n, k = len(held.ts), len(events)
+    k = len(events)
     start = 0 if cutoff is None else int(np.searchsorted(held.ts, cutoff, "left"))
-    labels = held.labels
-    if (
+    prune = (
         cutoff is not None
-        and len(held.label_ts)
+        and len(held.label_ts) > 0
         and bool((held.label_ts < cutoff).any())
-    ):
+    )
+    columns = [
+        (b"q", b"\x01" * k, struct.pack(f"<{k}q", *(e.id for e in events))),
+        *(
+            (col.tag, *fresh)
+            for col, fresh in zip(held.values, new, strict=True)
+            if fresh is not None
+        ),
+    ]
+    times = struct.pack(f"<{k}q", *(e.ts_us for e in events))
+    return _spliced(blob, held, start, cutoff, times, columns, prune_labels=prune)
+
+
+def _spliced(  # noqa: PLR0917  (the parts of one blob)
+    blob: bytes,
+    held: Frame,
+    start: int,
+    cutoff: int | None,
+    times: bytes,
+    columns: Sequence[tuple[bytes, bytes, bytes]],
+    *,
+    prune_labels: bool,
+) -> bytes:
+    """`blob` with its first `start` events dropped and new events appended:
+    their `times` (int64 bytes) and per column (the ids first) its tag, the
+    new validity bytes and value bytes, each held column's kept part copied
+    as is; the labels before `cutoff` dropped when `prune_labels`. The bytes
+    `frame_bytes` would write for the same state."""
+    n, count = len(held.ts), len(times) // 8
+    labels, kept = held.labels, len(held.label_ts)
+    if prune_labels:
+        assert cutoff is not None
         keep = held.label_ts >= cutoff
+        kept = int(keep.sum())
         labels = b"".join(
             (
                 _col_bytes(held.label_ids.take(keep)),
@@ -528,41 +559,27 @@ def _appended(
                 held.label_values[keep].tobytes(),
             )
         )
-    total = n - start + k
     at = _HEAD.size  # the event columns' offsets in `blob`
     ts_at, anonymous_at, column_at = at, at + 8 * n, at + 9 * n
     width = 1 + 9 * n  # one numeric column: tag, validity bytes, 8-byte values
-    ids = struct.pack(f"<{k}q", *(e.id for e in events))
     parts = [
-        _HEAD.pack(FORMAT, total, _label_count(held, cutoff), len(new)),
+        _HEAD.pack(FORMAT, n - start + count, kept, len(columns) - 1),
         blob[ts_at + 8 * start : ts_at + 8 * n],
-        struct.pack(f"<{k}q", *(e.ts_us for e in events)),
+        times,
         blob[anonymous_at + start : anonymous_at + n],
-        bytes(k),  # no anonymous event
+        bytes(count),  # no anonymous event
     ]
-    for c, (tag, fresh) in enumerate(
-        [
-            (b"q", (b"\x01" * k, ids)),
-            *zip((col.tag for col in held.values), new, strict=True),
-        ]
-    ):
+    for c, (tag, valid, data) in enumerate(columns):
         at = column_at + c * width
-        assert fresh is not None
         parts += [
             tag,
             blob[at + 1 + start : at + 1 + n],
-            fresh[0],
-            blob[at + 1 + n + 8 * start : at + 1 + n + 8 * n],
-            fresh[1],
+            valid,
+            blob[at + 1 + n + 8 * start : at + 1 + 9 * n],
+            data,
         ]
     parts.append(labels)
     return b"".join(parts)
-
-
-def _label_count(held: Frame, cutoff: int | None) -> int:
-    if cutoff is None or not len(held.label_ts):
-        return len(held.label_ts)
-    return int((held.label_ts >= cutoff).sum())
 
 
 def _fresh(held: Col, events: Sequence[Event]) -> list[Event]:
@@ -706,19 +723,15 @@ def add_events_many(
     and each entity's blob joined from byte slices. An entity whose write is
     not that one takes `add_events`."""
     parsed = parsed or {}
+
+    def one(k: int, held: Frame | None = None) -> bytes | str | None:
+        blob = blobs[k]
+        if held is None and blob is not None:
+            held = parsed.get(blob)
+        return add_events(blob, events[k], cutoffs[k], where=wheres[k], parsed=held)
+
     if len(blobs) < _MANY:  # the batch's array passes cost more than they save
-        return [
-            add_events(
-                blob,
-                added,
-                cutoff,
-                where=where,
-                parsed=None if blob is None else parsed.get(blob),
-            )
-            for blob, added, cutoff, where in zip(
-                blobs, events, cutoffs, wheres, strict=True
-            )
-        ]
+        return [one(k) for k in range(len(blobs))]
     out: list[bytes | str | None] = [None] * len(blobs)
     new = _new_events(events)
     fast: list[int] = []
@@ -730,13 +743,7 @@ def add_events_many(
                 fast.append(k)
                 frames.append(f)
                 continue
-        out[k] = add_events(
-            blob,
-            events[k],
-            cutoffs[k],
-            where=wheres[k],
-            parsed=None if blob is None else parsed.get(blob),
-        )
+        out[k] = one(k)
     if not fast:
         return out
     assert new is not None
@@ -764,11 +771,7 @@ def add_events_many(
         assert isinstance(blob, bytes)
         f = frames[i]
         appended = _append_one(blob, f, new, k, cutoffs[k], stats, i)
-        out[k] = (
-            appended
-            if appended is not None
-            else add_events(blob, events[k], cutoffs[k], where=wheres[k], parsed=f)
-        )
+        out[k] = appended if appended is not None else one(k, f)
     return out
 
 
@@ -832,9 +835,7 @@ def _append_one(  # noqa: PLR0917  (one entity of add_events_many)
         return None  # not after the held events
     if cutoff is not None and first_ts < cutoff:
         return None  # a new event already past the retention
-    start = stats.start[i]
-    at = _HEAD.size
-    ts_at, anonymous_at, column_at = at, at + 8 * n, at + 9 * n
+    anonymous_at = _HEAD.size + 8 * n
     if blob.find(1, anonymous_at, anonymous_at + n) >= 0:
         return None  # an anonymous event held
     tags = [c.tag for c in held.values]
@@ -846,38 +847,20 @@ def _append_one(  # noqa: PLR0917  (one entity of add_events_many)
         np.isin(new.ids[a:b], held.ids.data).any()
     ):
         return None  # a retry: the general path keeps the first
-    labels, kept, earliest = held.labels, len(held.label_ts), stats.label_min[i]
-    if cutoff is not None and earliest is not None and earliest < cutoff:
-        keep = held.label_ts >= cutoff
-        kept = int(keep.sum())
-        labels = b"".join(
-            (
-                _col_bytes(held.label_ids.take(keep)),
-                held.label_ts[keep].tobytes(),
-                held.label_values[keep].tobytes(),
-            )
-        )
-    width = 1 + 9 * n  # one numeric column: tag, validity bytes, 8-byte values
-    parts = [
-        _HEAD.pack(FORMAT, n - start + count, kept, len(tags)),
-        blob[ts_at + 8 * start : ts_at + 8 * n],
-        new.ts_bytes[8 * a : 8 * b],
-        blob[anonymous_at + start : anonymous_at + n],
-        bytes(count),
-        b"q",
-        blob[column_at + 1 + start : column_at + 1 + n],
-        b"\x01" * count,
-        blob[column_at + 1 + n + 8 * start : column_at + 1 + 9 * n],
-        new.ids_bytes[8 * a : 8 * b],
+    earliest = stats.label_min[i]
+    columns = [
+        (b"q", b"\x01" * count, new.ids_bytes[8 * a : 8 * b]),
+        *(
+            (tag, new.valid[j][a:b], new.data[j, tag][8 * a : 8 * b])
+            for j, tag in enumerate(tags)
+        ),
     ]
-    for j, tag in enumerate(tags):
-        at = column_at + (j + 1) * width
-        parts += [
-            tag,
-            blob[at + 1 + start : at + 1 + n],
-            new.valid[j][a:b],
-            blob[at + 1 + n + 8 * start : at + 1 + 9 * n],
-            new.data[j, tag][8 * a : 8 * b],
-        ]
-    parts.append(labels)
-    return b"".join(parts)
+    return _spliced(
+        blob,
+        held,
+        stats.start[i],
+        cutoff,
+        new.ts_bytes[8 * a : 8 * b],
+        columns,
+        prune_labels=cutoff is not None and earliest is not None and earliest < cutoff,
+    )

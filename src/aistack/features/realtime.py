@@ -40,7 +40,7 @@ from aistack.features.aggregations import (
     event_key,
     vectorised,
 )
-from aistack.features.blob import Col, Frame, col_of, events_of, frame
+from aistack.features.blob import Frame, col_of, events_of, frame
 from aistack.features.state import EventState, StateWrite, Watermark
 from aistack.lake.delta import Lake
 from aistack.sql import quote
@@ -228,77 +228,57 @@ def _one(
     return out
 
 
-@dataclass
-class _Held:
-    """One entity's state, columnar: events (value columns as stored) and the
-    labels that arrived (ids, values), merged into the events by `_stored`."""
-
-    ts: np.ndarray
-    ids: np.ndarray
-    values: list[Col]
-    label_ids: Col
-    label_values: np.ndarray
-    frame: Frame | None
-
-
-_NO_STATE = _Held(
-    np.empty(0, np.int64),
-    np.empty(0, np.int64),
-    [],
-    Col(b"q", np.empty(0, np.int64), np.empty(0, dtype=bool)),
-    np.empty(0),
-    None,
-)
-
-
 def _held(
     blobs: Sequence[tuple[str, bytes | str | None]],
     frames: dict[bytes | str, Frame],
-) -> list[_Held] | None:
-    """Each entity's events, columnar (each parsed blob kept in `frames`); None
-    where one holds what only the event path evaluates (text ids or values,
-    anonymous events)."""
-    out: list[_Held] = []
+) -> list[Frame | None] | None:
+    """Each entity's state, columnar (None: no event held; each parsed blob kept
+    in `frames`); None where one holds what only the event path evaluates
+    (text ids or values, anonymous events)."""
+    out: list[Frame | None] = []
     for at, blob in blobs:
         f = None if blob is None else frame(blob, where=at)
         if f is not None and blob is not None:
             frames[blob] = f
         if f is None or not len(f.ts):
-            out.append(_NO_STATE)
+            out.append(None)
             continue
-        values = f.values
-        if f.ids.tag != b"q" or f.anonymous.any() or any(c.tag == b"j" for c in values):
+        if (
+            f.ids.tag != b"q"
+            or f.anonymous.any()
+            or any(c.tag == b"j" for c in f.values)
+        ):
             return None
-        out.append(_Held(f.ts, f.ids.data, values, f.label_ids, f.label_values, f))
+        out.append(f)
     return out
 
 
 _KEY_BITS = 40  # (segment, id) as one int64 key when ids span less than 2**40
 
 
-def _stored(held: Sequence[_Held], width: int, label_at: int | None) -> Flat:
+def _stored(held: Sequence[Frame | None], width: int, label_at: int | None) -> Flat:
     """Every entity's events as one flat array per column, the arrived labels
     put in at `label_at` (`_labels`)."""
-    sizes = [len(h.ts) for h in held]
-    full = [h for h in held if len(h.ts)]
+    sizes = [0 if f is None else len(f.ts) for f in held]
+    full = [f for f in held if f is not None]
     if not full:
         empty = np.empty(0, np.int64)
         none = (np.empty(0), np.empty(0, dtype=bool))
         return Flat(empty, empty, empty, [none] * width, np.empty(0, dtype=bool))
     seg = np.repeat(np.arange(len(held), dtype=np.int64), sizes)
-    ids = np.concatenate([h.ids for h in full])
+    ids = np.concatenate([f.ids.data for f in full])
     values = [
         (
-            np.concatenate([h.values[j].data for h in full]),
-            np.concatenate([h.values[j].valid for h in full]),
+            np.concatenate([f.values[j].data for f in full]),
+            np.concatenate([f.values[j].valid for f in full]),
         )
         for j in range(width)
     ]
-    if label_at is not None and any(len(h.label_values) for h in full):
+    if label_at is not None and any(len(f.label_values) for f in full):
         values[label_at] = _labels(held, seg, ids, values[label_at], label_at)
     return Flat(
         seg,
-        np.concatenate([h.ts for h in full]),
+        np.concatenate([f.ts for f in full]),
         ids,
         values,
         np.zeros(len(seg), dtype=bool),
@@ -306,7 +286,7 @@ def _stored(held: Sequence[_Held], width: int, label_at: int | None) -> Flat:
 
 
 def _labels(
-    held: Sequence[_Held],
+    held: Sequence[Frame | None],
     seg: np.ndarray,
     ids: np.ndarray,
     column: tuple[np.ndarray, np.ndarray],
@@ -316,15 +296,16 @@ def _labels(
     `Frame.labelled`, for the whole batch at once: one binary search of the
     events' (segment, id) keys in the labels' instead of a sort and a search
     per entity, which took ~9 us an entity)."""
-    with_labels = [h for h in held if len(h.label_values)]
+    with_labels = [f for f in held if f is not None and len(f.label_values)]
     label_seg = np.repeat(
-        np.arange(len(held), dtype=np.int64), [len(h.label_values) for h in held]
+        np.arange(len(held), dtype=np.int64),
+        [0 if f is None else len(f.label_values) for f in held],
     )
-    numeric = all(h.label_ids.tag == b"q" for h in with_labels)
+    numeric = all(f.label_ids.tag == b"q" for f in with_labels)
     label_ids = np.concatenate(
-        [h.label_ids.data if numeric else np.empty(0, np.int64) for h in with_labels]
+        [f.label_ids.data if numeric else np.empty(0, np.int64) for f in with_labels]
     )
-    label_values = np.concatenate([h.label_values for h in with_labels])
+    label_values = np.concatenate([f.label_values for f in with_labels])
     low = min(int(ids.min()), int(label_ids.min())) if numeric else 0
     high = max(int(ids.max()), int(label_ids.max())) if numeric else 0
     if (
@@ -332,9 +313,7 @@ def _labels(
         or high - low >= 2**_KEY_BITS
         or len(held) >= 2 ** (62 - _KEY_BITS)
     ):
-        merged = [
-            h.frame.labelled(label_at)[label_at] for h in held if h.frame is not None
-        ]
+        merged = [f.labelled(label_at)[label_at] for f in held if f is not None]
         return (
             np.concatenate([c.data.astype(np.float64) for c in merged]),
             np.concatenate([c.valid for c in merged]),
@@ -388,7 +367,7 @@ def _columnar(  # noqa: PLR0917  (online_features' own arguments)
     # candidates by id alone (one vectorised pass), then exactly by (entity, id)
     maybe = np.isin(stored.ids, asked_ids)
     seen = set(zip(stored.seg[maybe].tolist(), stored.ids[maybe].tolist(), strict=True))
-    last = [int(h.ts[-1]) if len(h.ts) else None for h in held]
+    last = [None if f is None else int(f.ts[-1]) for f in held]
     newest: dict[int, int] = {j: t for j, t in enumerate(last) if t is not None}
     values = list(zip(*(c.python() for c in asked), strict=True)) or [()] * n
     lateness, events, late = plan.lateness_us, out.events, out.late

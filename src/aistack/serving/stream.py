@@ -336,18 +336,7 @@ class RedisStreamSource:
         """Record that the partition's events before `progress_us` are committed
         (a stream is in time order: those before the batch being scored)."""
         if self.partitions > 1:
-            self._advance(self.client, progress_us)
-
-    def _advance(self, client: redis.Redis, us: int) -> None:
-        client.eval(
-            "local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') "
-            "if tonumber(ARGV[2]) > old then "
-            "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0",
-            1,
-            self.names["progress"],
-            self.partition,
-            us,
-        )
+            self.finish([], [], progress_us=progress_us)
 
     def behind(self, before_us: int) -> list[int]:
         """Other partitions whose committed progress is not past `before_us` and
