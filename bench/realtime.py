@@ -137,6 +137,7 @@ WRK_TIMEOUT_S = 10
 REL_TOL = 1e-9  # as check_consistency
 STREAM_BATCH = 500  # consumer micro-batch (the CLI default)
 STREAM_CONSUMERS = 2
+STREAM_LINGER_MS = 0
 STREAM_SHARE = 0.6  # sustained rate: this share of the capacity (small batches
 # cost more per event than the backlog's full ones)
 FIRST_SYNTHETIC_ID = 10**10  # above every simulated transaction id
@@ -1241,6 +1242,8 @@ class StreamRun:
     end_lag: int = 0
     late: int = 0
     consumer_cores: float = float("nan")  # consumers' CPU s per wall s
+    driver_cores: float = float("nan")  # this process (pushing, reading outputs)
+    redis_cores: float = float("nan")  # the redis-server
 
     @property
     def rate(self) -> float:
@@ -1264,8 +1267,8 @@ class StreamResult:
 
 
 @contextlib.contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    """A private redis-server on 127.0.0.1 without persistence."""
+def redis_server(folder: Path) -> Iterator[tuple[str, int]]:
+    """A private redis-server on 127.0.0.1 without persistence: URL, pid."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -1301,7 +1304,7 @@ def redis_server(folder: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
-        yield url
+        yield url, proc.pid
     finally:
         client.close()
         proc.terminate()
@@ -1342,15 +1345,31 @@ class StreamDriver:
         self.out_cursor = "-"
         self.outputs: dict[str, tuple[int, bool]] = {}  # event id -> (ms, late)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis_pid = 0
 
-    def cpu(self) -> float:
-        """CPU seconds the consumer processes have used."""
-        total = 0.0
-        for p in self.procs:
+    def cpu(self) -> tuple[float, float, float]:
+        """CPU seconds used by the consumer processes, this one, redis-server."""
+
+        def used(pid: int) -> float:
             with contextlib.suppress(psutil.Error):
-                times = psutil.Process(p.pid).cpu_times()
-                total += times.user + times.system
-        return total
+                times = psutil.Process(pid).cpu_times()
+                return times.user + times.system
+            return 0.0
+
+        return (
+            sum(used(p.pid) for p in self.procs),
+            time.process_time(),
+            used(self.redis_pid),
+        )
+
+    def share(
+        self, run: StreamRun, before: tuple[float, float, float], wall: float
+    ) -> None:
+        """Cores used since `before` (`cpu()`), over `wall` seconds."""
+        after = self.cpu()
+        run.consumer_cores, run.driver_cores, run.redis_cores = (
+            (b - a) / wall for a, b in zip(before, after, strict=True)
+        )
 
     def push(self, n: int) -> None:
         """XADD `n` new events, pipelined."""
@@ -1444,6 +1463,8 @@ def start_consumers(
                         str(STREAM_BATCH),
                         "--partition",
                         str(k),
+                        "--linger-ms",
+                        str(ctx.args.stream_linger_ms),
                         "-w",
                         str(ctx.settings.workspace),
                     ],
@@ -1478,7 +1499,7 @@ def stream_capacity(
         run.max_lag = max(run.max_lag, driver.lag())
         if time.monotonic() > deadline:
             break
-    run.consumer_cores = (driver.cpu() - cpu) / (time.perf_counter() - wall)
+    driver.share(run, cpu, time.perf_counter() - wall)
     driver.measure(run, [str(first + i) for i in range(n)])
     run.end_lag = driver.lag()
     return run
@@ -1504,7 +1525,7 @@ def stream_sustained(
             alive()
         time.sleep(0.005)
     run.end_lag = driver.lag()
-    run.consumer_cores = (driver.cpu() - cpu) / (time.perf_counter() - began)
+    driver.share(run, cpu, time.perf_counter() - began)
     driver.wait_for(len(driver.enqueued_ms), 60)
     driver.measure(run, [str(first + i) for i in range(run.pushed)])
     return run
@@ -1537,7 +1558,7 @@ def stream_section(ctx: Context) -> StreamResult:
     folder.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with redis_server(folder) as url:
+        with redis_server(folder) as (url, redis_pid):
             name = ctx.use_case.name
             key = partition_key(ctx.use_case)
             driver = StreamDriver(
@@ -1548,6 +1569,7 @@ def stream_section(ctx: Context) -> StreamResult:
             )
             procs = start_consumers(ctx, url, consumers)
             driver.procs = procs
+            driver.redis_pid = redis_pid
 
             def alive() -> None:
                 _check_alive(procs, ctx.logs)
@@ -1566,7 +1588,7 @@ def stream_section(ctx: Context) -> StreamResult:
                 f"  capacity: {probe.rate:,.0f} events/s "
                 f"({probe.published:,} of {probe.pushed:,})"
             )
-            rate = probe.rate * STREAM_SHARE
+            rate = ctx.args.stream_rate or probe.rate * STREAM_SHARE
             rate = max(50.0, round(rate / 50) * 50) if math.isfinite(rate) else 500.0
             sustained = stream_sustained(driver, rate, ctx.sizes.stream_seconds, alive)
             result.runs.append(sustained)
@@ -1836,6 +1858,8 @@ def stream_table(res: StreamResult) -> Table:
         "lag at end",
         "late",
         "consumers CPU",
+        "driver CPU",
+        "redis CPU",
     ):
         table.add_column(name, justify="left" if name == "phase" else "right")
     for r in res.runs:
@@ -1852,6 +1876,8 @@ def stream_table(res: StreamResult) -> Table:
             f"{r.end_lag:,}",
             f"{r.late:,}",
             _num(r.consumer_cores, ".2f"),
+            _num(r.driver_cores, ".2f"),
+            _num(r.redis_cores, ".2f"),
         )
     return table
 
@@ -2015,8 +2041,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-feast", action="store_true")
     parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument(
+        "--stream-only", action="store_true", help="section 4 only (no HTTP, replay)"
+    )
     parser.add_argument("--feast-timeout", type=float, default=400.0)
     parser.add_argument("--stream-consumers", type=int, default=STREAM_CONSUMERS)
+    parser.add_argument(
+        "--stream-linger-ms",
+        type=int,
+        default=STREAM_LINGER_MS,
+        help="the consumers' --linger-ms",
+    )
+    parser.add_argument(
+        "--stream-rate",
+        type=float,
+        default=0.0,
+        help="sustained stream rate, events/s (default: a share of the capacity)",
+    )
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -2025,6 +2066,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "go quiet (0: don't)",
     )
     return parser.parse_args(argv)
+
+
+def replay_and_http(
+    ctx: Context,
+) -> tuple[ConsistencyResult | None, list[LoadRun], bool]:
+    """Sections 3 and 1-2; whether one failed."""
+    console.rule("3. consistency replay (ours, in process, Feast)")
+    res: ConsistencyResult | None = None
+    failed = False
+    try:
+        res = consistency_section(ctx)
+    except (RuntimeError, httpx.HTTPError) as exc:
+        failed = True
+        console.print(f"[red]consistency section failed: {exc}[/red]")
+    console.rule("1-2. HTTP load, new events")
+    runs = http_section(ctx)
+    return res, runs, failed or any(r.failure for r in runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2052,17 +2110,10 @@ def main(argv: list[str] | None = None) -> int:
         synth = make_synthetic(lake, use_case, tmp)
         ctx = Context(settings, use_case, synth, sizes, tmp, logs, args)
 
-        console.rule("3. consistency replay (ours, in process, Feast)")
         res: ConsistencyResult | None = None
-        try:
-            res = consistency_section(ctx)
-        except (RuntimeError, httpx.HTTPError) as exc:
-            failed = True
-            console.print(f"[red]consistency section failed: {exc}[/red]")
-
-        console.rule("1-2. HTTP load, new events")
-        runs = http_section(ctx)
-        failed |= any(r.failure for r in runs)
+        runs: list[LoadRun] = []
+        if not args.stream_only:
+            res, runs, failed = replay_and_http(ctx)
 
         stream: StreamResult | None = None
         if not args.skip_stream:
@@ -2071,14 +2122,16 @@ def main(argv: list[str] | None = None) -> int:
             failed |= stream.failure is not None
 
         console.rule("results")
-        console.print(http_table(runs, sizes.duration))
+        if runs:
+            console.print(http_table(runs, sizes.duration))
         if res is not None:
             console.print(breakdown_table(res.inproc, runs))
             console.print(consistency_table(res, use_case))
             console.print(latency_table(res))
         if stream is not None and stream.available and stream.runs:
             console.print(stream_table(stream))
-        console.print(targets_table(runs, res))
+        if not args.stream_only:
+            console.print(targets_table(runs, res))
         print_notes(res, stream, synth, how)
     one, five, _ = os.getloadavg()
     console.print(

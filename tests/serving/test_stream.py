@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -33,11 +34,15 @@ from aistack.governance.audit import read as read_audit
 from aistack.monitoring.consistency import check_consistency
 from aistack.monitoring.trace import trace
 from aistack.serving.stream import (
+    Consumer,
     RedisStreamSource,
+    _spans,
+    cross_bound_us,
     partition_key,
     replay,
     stream_names,
 )
+from aistack.settings import load_settings
 from servers import free_port, redis_server
 
 REPLAY_DAYS = 9
@@ -84,20 +89,30 @@ def consume(
     )
 
 
+def last_days(ws, days: int) -> tuple[datetime, datetime]:
+    """Start and end of the last `days` whole days of the data."""
+    last = pc.max(ws.lake.read("silver.transactions").column("tx_datetime")).as_py()
+    end = datetime.combine(last.date(), datetime.min.time()) + timedelta(days=1)
+    return end - timedelta(days=days), end
+
+
+def bootstrapped(ws, url: str, days: int) -> tuple[datetime, datetime]:
+    """The last `days` whole days of the data; the state in `url` as of before them."""
+    uc = get_use_case("fraud")
+    start, end = last_days(ws, days)
+    events = open_event_state(url, ws.settings.workspace, uc.name)
+    for view in uc.aggregation_views:
+        bootstrap(ws.lake, events, uc, view, as_of=start - timedelta(microseconds=1))
+    return start, end
+
+
 @contextlib.contextmanager
 def pushed_stream(ws, tmp_path, *, partitions: int = 1):
     """Redis with the state bootstrapped before the last days, and those days'
     events and labels pushed into the stream's partitions."""
     uc = get_use_case("fraud")
     with redis_server(tmp_path) as (url, _):
-        last = pc.max(ws.lake.read("silver.transactions").column("tx_datetime")).as_py()
-        end = datetime.combine(last.date(), datetime.min.time()) + timedelta(days=1)
-        start = end - timedelta(days=REPLAY_DAYS)
-        events = open_event_state(url, ws.settings.workspace, uc.name)
-        for view in uc.aggregation_views:
-            bootstrap(
-                ws.lake, events, uc, view, as_of=start - timedelta(microseconds=1)
-            )
+        start, end = bootstrapped(ws, url, REPLAY_DAYS)
         pushed = replay(ws.lake, uc, url, start=start, end=end, partitions=partitions)
         assert pushed.events > 1000 and pushed.labels > 0
         yield ws, uc, url, pushed
@@ -166,20 +181,37 @@ def test_killed_consumers_leave_every_event_scored_exactly_once(
 def test_partitioned_consumers_share_the_load_with_exact_features(
     served_workspace, tmp_path
 ) -> None:
-    """Two consumers, one per partition, run at once: each customer's events are
-    all scored by one of them, and every served feature equals its offline value
-    (customer windows need the entity's earlier events committed first; terminal
-    windows, shifted 7 days, need the other partition's)."""
+    """Two consumers, one per partition: each customer's events are all scored
+    by one of them, and every served feature equals its offline value (customer
+    windows need the entity's earlier events committed first; terminal windows,
+    shifted 7 days, need the other partition's). Partition 0 first stands at
+    the replay's start while the consumer of partition 1 runs alone: it goes
+    ahead by the terminals' allowed lateness (1 day) only, not by their shift,
+    or the terminal windows it writes would be pruned of events that partition
+    0's earlier ones still count."""
     with pushed_stream(served_workspace, tmp_path, partitions=2) as pushed:
         ws, uc, url, events = pushed
-        procs = [
-            consume(ws, url, name=n, batch=100, partition=(p, 2))
-            for p, n in enumerate(("a", "b"))
-        ]
         client = redis.Redis.from_url(url)
-        lease = stream_names("fraud", 0, 2)["lease"]
+        names = stream_names("fraud", 0, 2)
+        start, _ = last_days(ws, REPLAY_DAYS)
+        epoch = datetime(1970, 1, 1)
+        client.hset(
+            names["progress"], "0", (start - epoch) // timedelta(microseconds=1)
+        )
+        ahead = consume(ws, url, name="b", batch=100, partition=(1, 2))
         deadline = time.monotonic() + 400  # starting takes minutes on busy cores
-        while client.get(lease) != b"a":  # then a third consumer of partition 0
+        progress, still = None, 0
+        while still < 3:  # until partition 1 waits for partition 0
+            assert time.monotonic() < deadline and ahead.poll() is None
+            time.sleep(1)
+            now = client.hget(names["progress"], "1")
+            still = still + 1 if now is not None and now == progress else 0
+            progress = now
+        assert progress is not None
+        reached = epoch + timedelta(microseconds=int(progress))
+        assert timedelta(0) < reached - start < timedelta(days=2)  # 1 day + a batch
+        procs = [consume(ws, url, name="a", batch=100, partition=(0, 2)), ahead]
+        while client.get(names["lease"]) != b"a":  # then a third consumer of 0
             assert time.monotonic() < deadline and procs[0].poll() is None
             time.sleep(0.1)
         standby = consume(ws, url, name="c", batch=100, partition=(0, 2))
@@ -250,6 +282,15 @@ def test_metrics_and_dead_letters(streamed) -> None:
     assert "customer_id" in reason and "tx_datetime" in reason
 
 
+def test_a_partition_runs_ahead_by_the_lateness_scoring_in_spans_below_it() -> None:
+    day_us = 86_400 * 10**6
+    fraud = get_use_case("fraud")  # terminals: shifted 7 days, 1 day late allowed
+    assert cross_bound_us(fraud, "customer_id") == day_us
+    assert cross_bound_us(fraud, "terminal_id") == 10**6  # customers: no shift
+    assert _spans([0, 5, 9, 10, 3, 25], 10) == [slice(0, 3), slice(3, 5), slice(5, 6)]
+    assert _spans([7, 7, 7], 1) == [slice(0, 3)]
+
+
 def test_partitions_are_recorded_and_held_by_one_consumer(tmp_path) -> None:
     assert partition_key(get_use_case("fraud")) == "customer_id"  # terminals: shifted
     with redis_server(tmp_path) as (url, _):
@@ -261,3 +302,34 @@ def test_partitions_are_recorded_and_held_by_one_consumer(tmp_path) -> None:
         with pytest.raises(ConfigError, match="partition 0: the lease was taken by a"):
             b.read(1, 1)
         assert a.read(1, 1) == []  # the holder renews and reads
+
+
+def test_a_lingering_consumer_scores_what_arrives_meanwhile_in_one_batch(
+    served_workspace, tmp_path
+) -> None:
+    ws, uc = served_workspace, get_use_case("fraud")
+    with redis_server(tmp_path) as (url, _):
+        start, end = bootstrapped(ws, url, 2)
+        first = replay(ws.lake, uc, url, start=start, end=end - timedelta(days=1))
+        consumer = Consumer(
+            uc,
+            load_settings(workspace=ws.settings.workspace, online_url=url),
+            RedisStreamSource(url, uc.name, consumer="c"),
+            "c",
+            batch_size=100_000,
+            linger_ms=3_000,
+        )
+        scored: list[int] = []
+        thread = threading.Thread(
+            target=lambda: scored.append(
+                consumer.run(threading.Event(), until_idle=True)
+            )
+        )
+        thread.start()
+        time.sleep(0.5)  # the consumer has read the first day and lingers
+        second = replay(ws.lake, uc, url, start=end - timedelta(days=1), end=end)
+        thread.join(timeout=300)
+    assert first.events > 0 and second.events > 0
+    assert scored == [first.events + second.events]
+    registry = consumer.metrics.registry
+    assert registry.get_sample_value("aistack_stream_batch_seconds_count") == 1

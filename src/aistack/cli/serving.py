@@ -103,6 +103,15 @@ def stream_command(
     batch: Annotated[
         int, typer.Option(min=1, max=100_000, help="Micro-batch size.")
     ] = 500,
+    linger_ms: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10_000,
+            help="After a read finding less than a full batch, wait this long "
+            "for more: fewer, larger batches, less CPU per event (0: don't wait).",
+        ),
+    ] = 0,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Serve Prometheus /metrics on PORT (at AISTACK_HOST)."),
@@ -147,7 +156,13 @@ def stream_command(
         partitions=settings.stream_partitions,
     )
     worker = Consumer(
-        uc, settings, source, name, principal=principal.name, batch_size=batch
+        uc,
+        settings,
+        source,
+        name,
+        principal=principal.name,
+        batch_size=batch,
+        linger_ms=linger_ms,
     )
     if metrics_port is not None:
         start_http_server(  # AISTACK_HOST=0.0.0.0 in a pod: scraped from outside

@@ -4,7 +4,7 @@ A consumer reads a micro-batch of messages (events and late labels), scores the
 events through the same feature and model path as the HTTP server, updates the
 aggregation state, appends the predictions to the Delta prediction log in one
 commit, then publishes them to the output stream and acknowledges the batch in
-one broker transaction. Exactly-once effect after a crash anywhere:
+one broker script. Exactly-once effect after a crash anywhere:
 
 - killed before the commit: the messages are still pending; the restarted
   consumer scores them again (the state update is idempotent per event id and
@@ -20,7 +20,10 @@ of the same partition waits as a standby). Labels go to every partition, before
 the events that may count them. Views keyed on another entity only read events
 older than their shift (fraud: terminals, 7 days); a consumer waits before
 scoring an event at t until every other partition has committed its events up to
-t - shift (or has nothing left), so those values are exact too.
+t - bound (or has nothing left), the bound being the smallest shift or allowed
+lateness of those views (fraud: 1 day), so their values are exact too and no
+partition runs so far ahead that its writes prune events another partition's
+earlier events still count.
 
 The broker sits behind `EventSource`; Redis Streams (consumer groups, XACK) is
 the implementation here. A Kafka source would map `read` to poll, `pending` to
@@ -39,7 +42,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import mlflow
@@ -86,8 +89,9 @@ class Message:
 class EventSource(Protocol):
     """A consumer's view of the broker."""
 
-    def read(self, count: int, block_ms: int) -> list[Message]:
-        """New messages for this consumer (waits up to `block_ms`)."""
+    def read(self, count: int, block_ms: int | None) -> list[Message]:
+        """New messages for this consumer (waits up to `block_ms`; None: only
+        those already there)."""
         ...
 
     def pending(self, count: int) -> list[Message]:
@@ -158,15 +162,37 @@ def partition_key(use_case: UseCase) -> str:
     return recent[0] if recent else use_case.labels.id
 
 
-def cross_shift_us(use_case: UseCase, key: str) -> int | None:
-    """The smallest shift of the views keyed on another entity than `key` (their
-    events come from every partition), None if there are none."""
-    shifts = [
-        min(s.shift_us for s in v.specs)
+_US = timedelta(microseconds=1)
+MIN_CROSS_BOUND_US = 1_000_000
+"""Partitions may run this far apart at least (a view's lateness below it)."""
+
+
+def cross_bound_us(use_case: UseCase, key: str) -> int | None:
+    """How far (event time) a partition may run ahead of the others: the
+    smallest shift or allowed lateness of the views keyed on another entity than
+    `key` (their events come from every partition), at least
+    `MIN_CROSS_BOUND_US`; None if there are no such views."""
+    bounds = [
+        min(*(s.shift_us for s in v.specs), v.allowed_lateness // _US)
         for v in use_case.aggregation_views
         if v.entity != key
     ]
-    return min(shifts) if shifts else None
+    return max(min(bounds), MIN_CROSS_BOUND_US) if bounds else None
+
+
+def _spans(times: Sequence[int], bound: int) -> list[slice]:
+    """Consecutive runs of `times`, each spanning less than `bound`."""
+    out, start, low, high = [], 0, 0, 0
+    for i, t in enumerate(times):
+        if i == start:
+            low = high = t
+        elif max(high, t) - min(low, t) >= bound:
+            out.append(slice(start, i))
+            start, low, high = i, t, t
+        else:
+            low, high = min(low, t), max(high, t)
+    out.append(slice(start, len(times)))
+    return out
 
 
 def partition_of(value: object, partitions: int) -> int:
@@ -275,8 +301,9 @@ class RedisStreamSource:
             out.append(Message(key, kind, data, int(key.split("-")[0])))
         return out
 
-    def read(self, count: int, block_ms: int) -> list[Message]:
-        """New messages for this consumer (waits up to `block_ms`)."""
+    def read(self, count: int, block_ms: int | None) -> list[Message]:
+        """New messages for this consumer (waits up to `block_ms`; None: only
+        those already there)."""
         self._renew()
         found: Any = self.client.xreadgroup(
             self.names["group"],
@@ -448,6 +475,11 @@ class Consumer:
     """Who scores (the principal granted `predict`), as the audit log names it."""
     batch_size: int = 500
     block_ms: int = 200
+    linger_ms: int = 0
+    """After a read that found fewer than `batch_size` messages, wait this long
+    (from that read) and take what arrived meanwhile into the same micro-batch:
+    fewer, larger batches, so less CPU per event under load (Kafka's
+    fetch.max.wait.ms). 0: score whatever a read found at once."""
     metrics: StreamMetrics = field(default_factory=StreamMetrics)
     processed: int = 0
     _batches: int = 0
@@ -486,7 +518,7 @@ class Consumer:
         self.appender = self.lake.appender(self.table, stats=LOG_STATS)
         self.schema = log_schema(self.use_case.feature_names)
         key = partition_key(self.use_case) if s.stream_partitions > 1 else ""
-        self.cross_shift_us = cross_shift_us(self.use_case, key) if key else None
+        self.cross_bound_us = cross_bound_us(self.use_case, key) if key else None
 
     def _follow_champion(self) -> Predictor:
         now = time.monotonic()
@@ -521,6 +553,9 @@ class Consumer:
             self.process(pending, recovered=True)
         while not stop.is_set():
             batch = self.source.read(self.batch_size, self.block_ms)
+            if batch and self.linger_ms and len(batch) < self.batch_size:
+                stop.wait(self.linger_ms / 1000)
+                batch += self.source.read(self.batch_size - len(batch), None)
             if batch:
                 self.process(batch, recovered=False)
             else:
@@ -616,12 +651,24 @@ class Consumer:
                 self._dead(m, fields)
         if not valid:
             return
-        payloads = [p for _, p in valid]
         clock = self.use_case.labels.timestamp
-        if clock is not None:  # rows without a clock wait for no other partition
-            times = [to_us(p[clock]) for p in payloads]
-            self._await_partitions(min(times), max(times))
-            self._progress_us = max(self._progress_us, *times)
+        if clock is None or self.cross_bound_us is None:
+            self._score_part(valid, predictor, records, outputs)
+            return
+        times = [to_us(p[clock]) for _, p in valid]
+        for part in _spans(times, self.cross_bound_us):
+            self._await_partitions(min(times[part]), max(times[part]))
+            self._progress_us = max(self._progress_us, *times[part])
+            self._score_part(valid[part], predictor, records, outputs)
+
+    def _score_part(
+        self,
+        valid: Sequence[tuple[Message, dict[str, Any]]],
+        predictor: Predictor,
+        records: list[dict[str, Any]],
+        outputs: list[bytes],
+    ) -> None:
+        payloads = [p for _, p in valid]
         found = request_features(self.use_case, self.store, self.events, payloads)
         scored = predict(self.use_case, predictor, found)
         commit_features(self.use_case, self.events, found)
@@ -637,18 +684,21 @@ class Consumer:
         outputs.extend(_output(s) for s in scored)
 
     def _await_partitions(self, first_us: int, last_us: int) -> None:
-        """Wait until every other partition has committed its events that views
-        keyed on another entity count for the events of [`first_us`, `last_us`].
+        """Wait until every other partition has committed its events up to
+        `last_us` - `cross_bound_us`: those that views keyed on another entity
+        count for the events of [`first_us`, `last_us`] (older than the shift),
+        and no partition is ahead of another by more than the allowed lateness,
+        so an event is never late (nor its windows pruned) only because another
+        partition ran ahead.
 
         This partition first records that its events before `first_us` are
-        committed, so two consumers never wait for each other while a
-        micro-batch spans less than the shift."""
-        if self.cross_shift_us is None:
-            return
+        committed; the events scored after one wait span less than the bound
+        (`_spans`), so two consumers never wait for each other."""
+        assert self.cross_bound_us is not None
         self.source.advance(first_us)
         start = time.perf_counter()
-        while self.source.behind(last_us - self.cross_shift_us):
-            time.sleep(0.05)
+        while self.source.behind(last_us - self.cross_bound_us):
+            time.sleep(0.005)
         self.metrics.partition_wait.inc(time.perf_counter() - start)
 
     def _dead(self, message: Message, reason: str) -> None:
