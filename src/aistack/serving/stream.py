@@ -657,9 +657,13 @@ class Consumer:
             return
         times = [to_us(p[clock]) for _, p in valid]
         for part in _spans(times, self.cross_bound_us):
-            self._await_partitions(min(times[part]), max(times[part]))
-            self._progress_us = max(self._progress_us, *times[part])
+            last = max(times[part])
+            self._await_partitions(min(times[part]), last)
+            self._progress_us = max(self._progress_us, last)
             self._score_part(valid[part], predictor, records, outputs)
+            # the state holds this partition's events before `last` now: the
+            # other partitions need not wait for the log's commit to go on
+            self.source.advance(last)
 
     def _score_part(
         self,
