@@ -2016,10 +2016,10 @@ def print_notes(
                 "cores. 'late': events flagged because a later event of the same "
                 "entity was committed first. Consumers are partitioned by the "
                 "customer (the view over recent events), so a terminal's events "
-                "arrive through both partitions and can overtake each other; the "
-                "terminal windows are shifted by the label delay and a consumer "
-                "waits for them, so their values stay exact (the stream test's "
-                "replay finds no mismatch), but the flag is still raised."
+                "arrive through both partitions; a consumer waits until the "
+                "other partition is within the terminal view's allowed lateness "
+                "(1 day of event time, about 800 events at this clock), so they "
+                "do not overtake each other by more."
             )
 
 
