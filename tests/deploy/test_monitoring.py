@@ -37,52 +37,17 @@ def test_alert_rules_pass_promtool() -> None:
         check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
+    assert "SUCCESS: 10 rules found" in checked.stdout
 
 
-def test_the_mismatch_alert_fires_on_a_mismatch_rate_above_one_percent(
-    tmp_path,
-) -> None:
-    """promtool's rule tester: 5% of served values of feature `a` differ from
-    their offline definition for 20 minutes; `v` stays at 0 (consistent)."""
-    series = "aistack_online_offline_mismatch_rate"
+def promtool_test(tmp_path: Path, series: list[dict], alerts: list[dict]) -> None:
+    """promtool's rule tester on the rules: `series` sampled every minute,
+    `alerts` its expected alerts at given times."""
     tests = {
         "rule_files": [str(RULES)],
         "evaluation_interval": "1m",
         "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {
-                        "series": f'{series}{{job="aistack-api",feature="a"}}',
-                        "values": "0.05x30",
-                    },
-                    {
-                        "series": f'{series}{{job="aistack-api",feature="v"}}',
-                        "values": "0x30",
-                    },
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "10m", "alertname": "AIStackOnlineOfflineMismatch"},
-                    {
-                        "eval_time": "20m",
-                        "alertname": "AIStackOnlineOfflineMismatch",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "severity": "page",
-                                    "job": "aistack-api",
-                                    "feature": "a",
-                                },
-                                "exp_annotations": {
-                                    "summary": "aistack-api: 5% of served a values "
-                                    "differ from their offline definition"
-                                },
-                            }
-                        ],
-                    },
-                ],
-            }
+            {"interval": "1m", "input_series": series, "alert_rule_test": alerts}
         ],
     }
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
@@ -93,6 +58,88 @@ def test_the_mismatch_alert_fires_on_a_mismatch_rate_above_one_percent(
         check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_mismatch_alert_fires_on_a_mismatch_rate_above_one_percent(
+    tmp_path,
+) -> None:
+    """promtool's rule tester: 5% of served values of feature `a` differ from
+    their offline definition for 20 minutes; `v` stays at 0 (consistent)."""
+    series = "aistack_online_offline_mismatch_rate"
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "series": f'{series}{{job="aistack-api",feature="a"}}',
+                "values": "0.05x30",
+            },
+            {
+                "series": f'{series}{{job="aistack-api",feature="v"}}',
+                "values": "0x30",
+            },
+        ],
+        [
+            {"eval_time": "10m", "alertname": "AIStackOnlineOfflineMismatch"},
+            {
+                "eval_time": "20m",
+                "alertname": "AIStackOnlineOfflineMismatch",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            "severity": "page",
+                            "job": "aistack-api",
+                            "feature": "a",
+                        },
+                        "exp_annotations": {
+                            "summary": "aistack-api: 5% of served a values "
+                            "differ from their offline definition"
+                        },
+                    }
+                ],
+            },
+        ],
+    )
+
+
+def test_the_partition_alert_fires_on_a_consumer_waiting_most_of_the_time(
+    tmp_path,
+) -> None:
+    """promtool's rule tester: consumer `a` waits 45 s a minute for another
+    partition for 20 minutes; consumer `b` waits 6 s a minute."""
+    series = "aistack_stream_partition_wait_seconds_total"
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "series": f'{series}{{job="aistack-stream",instance="a"}}',
+                "values": "0+45x30",
+            },
+            {
+                "series": f'{series}{{job="aistack-stream",instance="b"}}',
+                "values": "0+6x30",
+            },
+        ],
+        [
+            {"eval_time": "5m", "alertname": "AIStackPartitionStalled"},
+            {
+                "eval_time": "20m",
+                "alertname": "AIStackPartitionStalled",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            "severity": "warn",
+                            "job": "aistack-stream",
+                            "instance": "a",
+                        },
+                        "exp_annotations": {
+                            "summary": "a: waiting for another stream "
+                            "partition 75% of the time"
+                        },
+                    }
+                ],
+            },
+        ],
+    )
 
 
 @contextmanager
