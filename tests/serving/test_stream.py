@@ -81,6 +81,8 @@ def consume(
             "--partition",
             str(partition[0]),
             "--until-idle",
+            "--linger-ms",  # the last, partial batch of the backlog lingers
+            "5",
         ],
         env=env,
         stdout=subprocess.PIPE,
