@@ -36,7 +36,9 @@ from aistack.monitoring.trace import trace
 from aistack.serving.stream import (
     Consumer,
     RedisStreamSource,
+    _Committer,
     _spans,
+    _Uncommitted,
     cross_bound_us,
     partition_key,
     replay,
@@ -56,6 +58,7 @@ def consume(
     failpoint: str | None = None,
     batch: int = 300,
     partition: tuple[int, int] = (0, 1),
+    commit_interval_ms: int = 0,
 ):
     env = {
         **os.environ,
@@ -83,6 +86,8 @@ def consume(
             "--until-idle",
             "--linger-ms",  # the last, partial batch of the backlog lingers
             "5",
+            "--commit-interval-ms",
+            str(commit_interval_ms),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -176,6 +181,76 @@ def test_killed_consumers_leave_every_event_scored_exactly_once(
     assert (traced.use_case, traced.model_version) == ("fraud", row["model_version"])
     assert traced.requested_by == getpass.getuser()
     assert traced.run_id is not None and "silver.transactions" in str(traced.inputs)
+
+
+def test_a_consumer_committing_at_intervals_publishes_first_and_logs_once(
+    streamed,
+) -> None:
+    """--commit-interval-ms: predictions are published as their micro-batch is
+    scored, the log commit and the acks follow; after kills the log still holds
+    every event once with its offline features, and the output stream every
+    event at least once, a repeat equal to the first."""
+    ws, uc, url, pushed = streamed
+    client = redis.Redis.from_url(url)
+    names = stream_names("fraud")
+    every = 10_000  # no commit falls due before the kills
+    proc = consume(
+        ws, url, name="c1", failpoint="after_state:3", commit_interval_ms=every
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -9, out
+    # the events of two micro-batches published, none committed nor acknowledged
+    early = client.xlen(names["predictions"])
+    assert 0 < early < 600
+    assert not ws.lake.exists("ops.fraud_prediction_log")
+    assert client.xpending(names["events"], names["group"])["pending"] == 900
+    # recovered messages are committed batch by batch: killed after the first
+    proc = consume(
+        ws, url, name="c1", failpoint="after_commit:1", commit_interval_ms=every
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -9, out
+    assert 0 < ws.lake.read("ops.fraud_prediction_log").num_rows < 300
+    proc = consume(ws, url, name="c1", commit_interval_ms=every)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    log = ws.lake.read("ops.fraud_prediction_log").to_pandas()
+    assert len(log) == pushed.events
+    assert log["event_id"].is_unique and log["stream_id"].is_unique
+    assert client.xpending(names["events"], names["group"])["pending"] == 0
+    published: dict[int, list[dict]] = {}
+    for _, fields in client.xrange(names["predictions"]):
+        answer = orjson.loads(fields[b"data"])
+        published.setdefault(answer["event_id"], []).append(answer)
+    assert set(published) == set(log["event_id"])
+    repeated = [answers for answers in published.values() if len(answers) > 1]
+    assert len(repeated) >= early  # published before the kill, and again
+    assert all(a == answers[0] for answers in repeated for a in answers)
+    report = check_consistency(ws.lake, uc)
+    table = report.frame()
+    assert report.compared == pushed.events
+    assert table["mismatch_rate"].max() == 0.0, table.to_string()
+
+
+def test_a_failed_log_commit_stops_the_committer_and_surfaces() -> None:
+    written: list[int] = []
+
+    def write(batch: _Uncommitted) -> None:
+        if batch.number == 2:
+            raise OSError("No space left on device")
+        written.append(batch.number)
+
+    committer = _Committer(write)
+    try:
+        for number in (1, 2, 3):
+            with contextlib.suppress(RuntimeError):
+                committer.submit(_Uncommitted(number=number))
+        with pytest.raises(RuntimeError, match="prediction log commit failed"):
+            committer.wait()
+    finally:
+        committer.close()
+    assert written == [1]  # nothing after the failed one: left pending
+    assert isinstance(committer.error, OSError)
 
 
 @pytest.mark.timeout(900)
@@ -335,3 +410,6 @@ def test_a_lingering_consumer_scores_what_arrives_meanwhile_in_one_batch(
     assert scored == [first.events + second.events]
     registry = consumer.metrics.registry
     assert registry.get_sample_value("aistack_stream_batch_seconds_count") == 1
+    for name in ("event_to_prediction", "event_to_commit"):  # one per event
+        count = registry.get_sample_value(f"aistack_stream_{name}_seconds_count")
+        assert count == first.events + second.events

@@ -41,7 +41,7 @@ from aistack.registry.rollout import (
     rollout_of,
     routes_to_challenger,
 )
-from aistack.serving.inference import Predictor, load_version
+from aistack.serving.inference import Predictor, load_version, settle_heap
 from aistack.serving.log import (
     LOG_HANDOFF_ENV,
     PredictionLog,
@@ -148,7 +148,9 @@ class ServerState:
     # --- models -------------------------------------------------------------
 
     def _load(self, version: int) -> tuple[Predictor, dict[str, Any] | None]:
-        return load_version(self.registry, self.use_case.name, version)
+        loaded = load_version(self.registry, self.use_case.name, version)
+        settle_heap()  # full collections no longer rescan the models and modules
+        return loaded
 
     def refresh_model(self) -> bool:
         """Follow the registry: champion alias and rollout. True if anything changed.

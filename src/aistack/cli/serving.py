@@ -112,6 +112,17 @@ def stream_command(
             "for more: fewer, larger batches, less CPU per event (0: don't wait).",
         ),
     ] = 0,
+    commit_interval_ms: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10_000,
+            help="Publish each micro-batch's predictions once scored; commit the "
+            "log and acknowledge every N ms, many micro-batches at once (the "
+            "output stream then at least once; 0: commit, then publish, each "
+            "micro-batch).",
+        ),
+    ] = 0,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Serve Prometheus /metrics on PORT (at AISTACK_HOST)."),
@@ -163,6 +174,7 @@ def stream_command(
         principal=principal.name,
         batch_size=batch,
         linger_ms=linger_ms,
+        commit_interval_ms=commit_interval_ms,
     )
     if metrics_port is not None:
         start_http_server(  # AISTACK_HOST=0.0.0.0 in a pod: scraped from outside

