@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from aistack.contract import get_use_case
-from aistack.errors import ConfigError
+from aistack.errors import ConfigError, LogUnavailableError
 from aistack.features.realtime import bootstrap
 from aistack.features.state import open_event_state
 from aistack.governance.audit import audit_path, verify
@@ -243,9 +243,12 @@ def test_a_failed_log_commit_stops_the_committer_and_surfaces() -> None:
     committer = _Committer(write)
     try:
         for number in (1, 2, 3):
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(LogUnavailableError):
                 committer.submit(_Uncommitted(number=number))
-        with pytest.raises(RuntimeError, match="prediction log commit failed"):
+        with pytest.raises(
+            LogUnavailableError,
+            match="prediction log commit failed: No space left on device",
+        ):
             committer.wait()
     finally:
         committer.close()

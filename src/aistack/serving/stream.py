@@ -61,7 +61,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from aistack.contract import UseCase
-from aistack.errors import ConfigError
+from aistack.errors import ConfigError, LogUnavailableError
 from aistack.features.online import OnlineStore, open_store, to_us
 from aistack.features.realtime import apply_labels
 from aistack.features.state import EventState, open_event_state
@@ -535,8 +535,8 @@ class _Committer:
 
     def _check(self) -> None:
         if self.error is not None:
-            msg = "the prediction log commit failed"
-            raise RuntimeError(msg) from self.error
+            msg = f"the prediction log commit failed: {self.error}"
+            raise LogUnavailableError(msg) from self.error
 
     def submit(self, batch: _Uncommitted) -> None:
         self._check()
