@@ -290,7 +290,14 @@ def test_partitioned_consumers_share_the_load_with_exact_features(
         assert progress is not None
         reached = epoch + timedelta(microseconds=int(progress))
         assert timedelta(0) < reached - start < timedelta(days=2)  # 1 day + a batch
-        procs = [consume(ws, url, name="a", batch=100, partition=(0, 2)), ahead]
+        # partition 0 publishes first and commits every 200 ms (its acks, which
+        # end its backlog, come later than its progress)
+        procs = [
+            consume(
+                ws, url, name="a", batch=100, partition=(0, 2), commit_interval_ms=200
+            ),
+            ahead,
+        ]
         while client.get(names["lease"]) != b"a":  # then a third consumer of 0
             assert time.monotonic() < deadline and procs[0].poll() is None
             time.sleep(0.1)
