@@ -29,7 +29,7 @@ from aistack.features.blob import (
     events_of,
     frame,
 )
-from aistack.features.state import StateWrite, open_event_state
+from aistack.features.state import SQLiteEventState, StateWrite, open_event_state
 from servers import redis_server
 
 
@@ -120,6 +120,29 @@ WRITER = textwrap.dedent(
         state.write_labels("v", [("hot", i, i, 1.0)])
     """
 )
+
+
+def test_the_sqlite_label_index_forgets_events_older_than_its_horizon(
+    tmp_path,
+) -> None:
+    """Bounded like Redis's expiring keys: rows 90 days older (event time) than
+    the 1,000th newest are deleted; a few events from a wrong future do not
+    move the horizon."""
+    state = SQLiteEventState(tmp_path / "state.db", namespace="t")
+    state.index_prune_every = 1  # prune at every write
+    day = 86_400 * 1_000_000
+    base = 1_700_000_000 * 1_000_000
+    events = [(i, f"e{i % 7}", base + i * day // 10) for i in range(2000)]
+    for start in range(0, 2000, 500):
+        state.index("v", events[start : start + 500])
+    future = [(10_000 + i, "e0", base + 3650 * day) for i in range(5)]
+    state.index("v", future)
+    # the 1,000th newest is event 1005 (100.5 days): 10.5 days and later stay
+    found = state.locate("v", [i for i, _, _ in events + future])
+    assert sorted(int(k) for k in found) == [*range(105, 2000), *range(10_000, 10_005)]
+    assert found["105"].entity == "e0" and found["105"].ts_us == base + 105 * day // 10
+    con = sqlite3.connect(tmp_path / "state.db")
+    assert con.execute('SELECT count(*) FROM "ix:t.v"').fetchone()[0] == 1900
 
 
 def test_two_writer_processes_on_one_entity_lose_nothing(state_url, tmp_path) -> None:

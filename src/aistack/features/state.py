@@ -61,7 +61,12 @@ from aistack.features.blob import (
 
 log = logging.getLogger(__name__)
 
+INDEX_SECONDS = 90 * 86_400
+"""How long the label index remembers an event (a label arriving later finds
+none): Redis expires the key that long after its write; SQLite deletes the
+rows that much older, in event time, than the newest it indexed."""
 _CHUNK = 500  # entities per SELECT ... IN (...)
+_PRUNE_OUTLIERS = 999  # newest index rows a pruning does not measure from
 _SEEN_MAX = 20_000  # blobs a thread remembers from its reads (see read_blobs)
 _RETRIES = 100  # Redis WATCH conflicts before a write gives up
 
@@ -320,9 +325,13 @@ class SQLiteEventState:
     two workers). Readers never wait (WAL).
     """
 
+    index_seconds = INDEX_SECONDS
+    index_prune_every = 10_000  # rows indexed between two prunings of a view
+
     def __init__(self, path: Path, *, namespace: str) -> None:
         self.path = path
         self.namespace = namespace
+        self._indexed: dict[str, int] = {}  # rows indexed since the last pruning
         self._local = threading.local()
         self._made: set[str] = set()
         self._mutex = threading.Lock()
@@ -415,6 +424,8 @@ class SQLiteEventState:
                 "state BLOB NOT NULL)",
                 f'CREATE TABLE IF NOT EXISTS "ix:{view}" (id TEXT PRIMARY KEY, '
                 "entity TEXT, ts_us INTEGER) WITHOUT ROWID",
+                # the index's pruning deletes by time (`_prune_index`)
+                f'CREATE INDEX IF NOT EXISTS "ix:{view}:ts" ON "ix:{view}" (ts_us)',
             ):
                 con.execute(ddl)
             self._made.add(view)
@@ -531,6 +542,7 @@ class SQLiteEventState:
                         f'INSERT OR IGNORE INTO "ix:{view}" VALUES (?, ?, ?)',
                         [(str(e.id), ent, e.ts_us) for ent, e in change.events],
                     )
+                    self._prune_index(con, view, len(change.events))
 
     def write_labels(
         self, view: str, labels: Sequence[tuple[str, Value, int, float]]
@@ -549,6 +561,27 @@ class SQLiteEventState:
         rows = [(str(i), ent, ts) for i, ent, ts in events]
         with self._writing() as con:
             con.executemany(f'INSERT OR IGNORE INTO "ix:{view}" VALUES (?, ?, ?)', rows)
+            self._prune_index(con, view, len(rows))
+
+    def _prune_index(self, con: sqlite3.Connection, view: str, added: int) -> None:
+        """Every `index_prune_every` rows this process indexed in a view, delete
+        its rows older than `index_seconds` before the newest (in event time;
+        the 1,000th newest, so that a few events from a wrong future cannot
+        empty it): the label index stays bounded, as Redis's keys expire."""
+        count = self._indexed.get(view, 0) + added
+        if count < self.index_prune_every:
+            self._indexed[view] = count
+            return
+        self._indexed[view] = 0
+        newest = con.execute(
+            f'SELECT ts_us FROM "ix:{view}" ORDER BY ts_us DESC LIMIT 1 OFFSET '
+            f"{_PRUNE_OUTLIERS}"
+        ).fetchone()
+        if newest is not None:
+            con.execute(
+                f'DELETE FROM "ix:{view}" WHERE ts_us < ?',
+                (newest[0] - self.index_seconds * 1_000_000,),
+            )
 
     def locate(self, view: str, ids: Sequence[Value]) -> dict[str, Located]:
         """Entity and time of known event ids (keyed by `str(id)`)."""
@@ -637,7 +670,7 @@ class RedisEventState:
     """
 
     def __init__(
-        self, url: str, *, prefix: str, index_seconds: int = 90 * 86_400
+        self, url: str, *, prefix: str, index_seconds: int = INDEX_SECONDS
     ) -> None:
         self.url = url
         self.prefix = prefix
