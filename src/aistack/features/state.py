@@ -58,6 +58,7 @@ from aistack.features.blob import (
     encode,
     events_of,
 )
+from aistack.sql import quote
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ _CHUNK = 500  # entities per SELECT ... IN (...)
 _PRUNE_OUTLIERS = 999  # newest index rows a pruning does not measure from
 _SEEN_MAX = 20_000  # blobs a thread remembers from its reads (see read_blobs)
 _RETRIES = 100  # Redis WATCH conflicts before a write gives up
+
+
+def _name(*parts: str) -> str:
+    """A state table's (or index's) SQL name, `kind:view[:suffix]`, quoted."""
+    return quote(":".join(parts))
 
 
 @dataclass(frozen=True)
@@ -366,10 +372,10 @@ class SQLiteEventState:
             # by whichever commit crosses 1,000 pages (that commit paid the copy
             # and its fsync: half the cost of a request's write, measured)
             con.execute("PRAGMA wal_autocheckpoint=0")
-            # 64 MiB of pages (SQLite's default: 2 MiB) hold the blobs of the
-            # default simulation's 15,000 entities (46 MB): a 500-event state
-            # write 39-42 -> 28-30 us an event, a read 11.5 -> 9 (measured on
-            # its workspace); the cache fills only as far as the file is large
+            # 64 MiB of pages (SQLite's default: 2 MiB) hold a state of 15,000
+            # entities (46 MB, the real-time benchmark's larger workspace): a
+            # 500-event state write 39-42 -> 28-30 us an event, a read 11.5 ->
+            # 9; the cache fills only as far as the file is large
             con.execute("PRAGMA cache_size=-65536")
             self._local.con = con
         return con
@@ -420,12 +426,13 @@ class SQLiteEventState:
                 # a rowid table: a blob (KBs) fits in its leaf page, where a
                 # WITHOUT ROWID one overflows past ~1 KB; updated in place by
                 # an upsert (measured 100-240 -> 35-125 us a write transaction)
-                f'CREATE TABLE IF NOT EXISTS "st:{view}" (entity TEXT PRIMARY KEY, '
-                "state BLOB NOT NULL)",
-                f'CREATE TABLE IF NOT EXISTS "ix:{view}" (id TEXT PRIMARY KEY, '
-                "entity TEXT, ts_us INTEGER) WITHOUT ROWID",
+                f"CREATE TABLE IF NOT EXISTS {_name('st', view)} "
+                "(entity TEXT PRIMARY KEY, state BLOB NOT NULL)",
+                f"CREATE TABLE IF NOT EXISTS {_name('ix', view)} "
+                "(id TEXT PRIMARY KEY, entity TEXT, ts_us INTEGER) WITHOUT ROWID",
                 # the index's pruning deletes by time (`_prune_index`)
-                f'CREATE INDEX IF NOT EXISTS "ix:{view}:ts" ON "ix:{view}" (ts_us)',
+                f"CREATE INDEX IF NOT EXISTS {_name('ix', view, 'ts')} "
+                f"ON {_name('ix', view)} (ts_us)",
             ):
                 con.execute(ddl)
             self._made.add(view)
@@ -439,7 +446,8 @@ class SQLiteEventState:
             chunk = entities[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             yield from con.execute(
-                f'SELECT entity, state FROM "st:{view}" WHERE entity IN ({marks})',
+                f"SELECT entity, state FROM {_name('st', view)} "
+                f"WHERE entity IN ({marks})",
                 chunk,
             )
 
@@ -509,12 +517,12 @@ class SQLiteEventState:
                 put.append((entity, new))
         if put:
             con.executemany(
-                f'INSERT INTO "st:{view}" VALUES (?, ?) '
+                f"INSERT INTO {_name('st', view)} VALUES (?, ?) "
                 "ON CONFLICT (entity) DO UPDATE SET state = excluded.state",
                 put,
             )
         if drop:
-            con.executemany(f'DELETE FROM "st:{view}" WHERE entity = ?', drop)
+            con.executemany(f"DELETE FROM {_name('st', view)} WHERE entity = ?", drop)
 
     def write(
         self,
@@ -539,7 +547,7 @@ class SQLiteEventState:
                 self._update(con, view, touched, edit)
                 if change.indexed:
                     con.executemany(
-                        f'INSERT OR IGNORE INTO "ix:{view}" VALUES (?, ?, ?)',
+                        f"INSERT OR IGNORE INTO {_name('ix', view)} VALUES (?, ?, ?)",
                         [(str(e.id), ent, e.ts_us) for ent, e in change.events],
                     )
                     self._prune_index(con, view, len(change.events))
@@ -560,7 +568,9 @@ class SQLiteEventState:
         self._tables(view)
         rows = [(str(i), ent, ts) for i, ent, ts in events]
         with self._writing() as con:
-            con.executemany(f'INSERT OR IGNORE INTO "ix:{view}" VALUES (?, ?, ?)', rows)
+            con.executemany(
+                f"INSERT OR IGNORE INTO {_name('ix', view)} VALUES (?, ?, ?)", rows
+            )
             self._prune_index(con, view, len(rows))
 
     def _prune_index(self, con: sqlite3.Connection, view: str, added: int) -> None:
@@ -574,12 +584,12 @@ class SQLiteEventState:
             return
         self._indexed[view] = 0
         newest = con.execute(
-            f'SELECT ts_us FROM "ix:{view}" ORDER BY ts_us DESC LIMIT 1 OFFSET '
+            f"SELECT ts_us FROM {_name('ix', view)} ORDER BY ts_us DESC LIMIT 1 OFFSET "
             f"{_PRUNE_OUTLIERS}"
         ).fetchone()
         if newest is not None:
             con.execute(
-                f'DELETE FROM "ix:{view}" WHERE ts_us < ?',
+                f"DELETE FROM {_name('ix', view)} WHERE ts_us < ?",
                 (newest[0] - self.index_seconds * 1_000_000,),
             )
 
@@ -593,7 +603,8 @@ class SQLiteEventState:
             chunk = keys[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for ident, entity, ts in con.execute(
-                f'SELECT id, entity, ts_us FROM "ix:{view}" WHERE id IN ({marks})',
+                f"SELECT id, entity, ts_us FROM {_name('ix', view)} "
+                f"WHERE id IN ({marks})",
                 chunk,
             ):
                 found[ident] = Located(entity, int(ts))
@@ -627,7 +638,7 @@ class SQLiteEventState:
         con = self._tables(view)
         self._local.seen = None  # this connection's own change: data_version stays
         for table in ("st", "ix"):
-            con.execute(f'DELETE FROM "{table}:{view}"')
+            con.execute(f"DELETE FROM {_name(table, view)}")
         con.execute("DELETE FROM aistack_watermarks WHERE view = ?", (view,))
 
     def erase(
@@ -641,7 +652,7 @@ class SQLiteEventState:
         with self._writing() as con:
             self._update(con, view, touched, edit)
             con.executemany(
-                f'DELETE FROM "ix:{view}" WHERE id = ?',
+                f"DELETE FROM {_name('ix', view)} WHERE id = ?",
                 [(i,) for i in _erased_ids(removed, events)],
             )
         return sum(len(ids) for ids in removed.values())

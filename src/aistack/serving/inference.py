@@ -303,8 +303,8 @@ GC_YOUNG_THRESHOLD = 50_000
 """Allocations between two collections of the youngest generation (Python's
 default: 700). A scored batch allocates a few objects per row and frees them
 by reference counting; collecting every 700 allocations only rescans them: a
-1,000-row batch of the fraud use case in process, 76 -> 67 us of CPU a row
-(10,000: 72; 100,000: 68)."""
+1,000-row batch of the real-time benchmark in process, 76 -> 67 us of CPU a
+row (10,000: 72; 100,000: 68)."""
 
 
 def settle_heap() -> None:
