@@ -143,6 +143,8 @@ def test_the_sqlite_label_index_forgets_events_older_than_its_horizon(
     assert found["105"].entity == "e0" and found["105"].ts_us == base + 105 * day // 10
     con = sqlite3.connect(tmp_path / "state.db")
     assert con.execute('SELECT count(*) FROM "ix:t.v"').fetchone()[0] == 1900
+    # its connections keep 64 MiB of pages
+    assert state._connect().execute("PRAGMA cache_size").fetchone()[0] == -65536
 
 
 def test_two_writer_processes_on_one_entity_lose_nothing(state_url, tmp_path) -> None:

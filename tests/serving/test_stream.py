@@ -10,6 +10,7 @@ offline values.
 from __future__ import annotations
 
 import contextlib
+import gc
 import getpass
 import os
 import signal
@@ -33,6 +34,7 @@ from aistack.governance.audit import audit_path, verify
 from aistack.governance.audit import read as read_audit
 from aistack.monitoring.consistency import check_consistency
 from aistack.monitoring.trace import trace
+from aistack.serving.inference import GC_YOUNG_THRESHOLD
 from aistack.serving.stream import (
     Consumer,
     RedisStreamSource,
@@ -407,6 +409,8 @@ def test_a_lingering_consumer_scores_what_arrives_meanwhile_in_one_batch(
             linger_ms=3_000,
         )
         scored: list[int] = []
+        gc.unfreeze()  # as in a fresh process (another test may have settled it)
+        gc.set_threshold(700, 10, 10)
         thread = threading.Thread(
             target=lambda: scored.append(
                 consumer.run(threading.Event(), until_idle=True)
@@ -423,3 +427,6 @@ def test_a_lingering_consumer_scores_what_arrives_meanwhile_in_one_batch(
     for name in ("event_to_prediction", "event_to_commit"):  # one per event
         count = registry.get_sample_value(f"aistack_stream_{name}_seconds_count")
         assert count == first.events + second.events
+    # the champion's load settled the heap: full collections skip what it holds
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
